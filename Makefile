@@ -1,0 +1,59 @@
+# lir-robust. `make setup` once, then `make test`. Every heavy job is a target of its own.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DATA_ROOT ?= ../shared/data
+export LIR_ROBUST_DATA_ROOT ?= $(abspath $(DATA_ROOT))
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+# Length sweep (the main job); override any of these on the command line.
+MODEL ?= minilm
+DATA ?= cranfield
+POOLINGS ?= maxsim topk:k=4 softmax:tau=1.0 softmax:tau=0.1 lse:tau=0.1
+KINDS ?= gaussian corpus hard
+KS ?= 0 1 4 16 25 50 100 200 400
+OUT ?= results
+
+# Fine-tuning
+POOLING ?= maxsim
+
+.PHONY: setup test synth synth-quick eval-length-sweep bench bench-scoring bench-sweep finetune clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# 1. torch + torchvision first: the only pair whose torchvision imports on this machine (see README).
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	# 2. the project and its pinned dependencies.
+	$(PIP) install -e ".[dev]"
+	# 3. colpali-engine without its dependencies: its metadata caps torch < 2.14, it runs on 2.14.1.
+	$(PIP) install --no-deps colpali-engine==0.3.18
+	$(PY) -c "import lir_robust.patches.colpali as c; c.check_colpali_version(); print('setup ok')"
+
+test:
+	$(PY) -m pytest -q
+
+synth:
+	$(PY) eval/synthetic_study.py --preset full --out $(OUT)/synthetic
+
+synth-quick:
+	$(PY) eval/synthetic_study.py --preset quick --out $(OUT)/synthetic-quick
+
+eval-length-sweep:
+	$(PY) eval/length_sweep.py --model $(MODEL) --data $(DATA) --poolings $(POOLINGS) --kinds $(KINDS) --ks $(KS) --out $(OUT)/length-sweep
+
+bench: bench-scoring bench-sweep
+
+bench-scoring:
+	$(PY) eval/bench_scoring.py
+
+bench-sweep:
+	$(PY) eval/bench_sweep.py
+
+finetune:
+	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING)))
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

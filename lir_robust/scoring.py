@@ -1,0 +1,207 @@
+"""Query x document late-interaction scoring with any pooling head: masks, padding and chunking.
+
+Inputs are what colpali-engine's processors accept: a list of ``[L, D]`` tensors of different lengths, or a padded
+``[N, L, D]`` tensor (optionally with a ``[N, L]`` mask). Masks come from the list lengths or from the given mask;
+with a padded tensor and no mask, rows that are exactly zero (colpali-engine pads with zero vectors) or that contain
+NaN (colpali-engine models multiply padded positions by 0, and NaN * 0 stays NaN) are padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from lir_robust.pooling import PoolingHead, parse_head
+
+__all__ = [
+    "MultiVectors",
+    "as_multi_vectors",
+    "late_interaction_scores",
+    "paired_scores",
+    "score",
+]
+
+logger = logging.getLogger(__name__)
+
+Embeddings = Union[Sequence[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MultiVectors:
+    """A set of multi-vector embeddings, kept unpadded.
+
+    ``items[i]`` is ``[L_i, D]`` holding only the valid rows of the i-th query / document.
+    """
+
+    items: list[torch.Tensor]
+
+    @property
+    def dim(self) -> int:
+        return self.items[0].shape[-1]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.tensor([item.shape[0] for item in self.items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def padded(self, indices: Sequence[int] | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-padded ``[n, L_max, D]`` float tensor and bool mask ``[n, L_max]`` of the selected items."""
+        chosen = self.items if indices is None else [self.items[i] for i in indices]
+        return pad_with_mask(chosen, device=device)
+
+
+def pad_with_mask(items: Sequence[torch.Tensor], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``[L_i, D]`` tensors with zeros: ``([n, L_max, D], mask [n, L_max])``."""
+    lengths = torch.tensor([item.shape[0] for item in items], device=device)
+    padded = torch.nn.utils.rnn.pad_sequence([item.to(device) for item in items], batch_first=True)
+    mask = torch.arange(padded.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    return padded, mask
+
+
+def _describe(what: str) -> str:
+    return f"{what}: pass a list of [tokens, dim] tensors or a padded [n, tokens, dim] tensor"
+
+
+def padding_mask_from_values(padded: torch.Tensor) -> torch.Tensor:
+    """colpali-engine's convention for a padded ``[N, L, D]`` tensor without mask: zero or NaN rows are padding."""
+    is_zero = (padded == 0).all(dim=-1)
+    has_nan = torch.isnan(padded).any(dim=-1)
+    if bool(has_nan.any()):
+        logger.warning("%d embedding rows contain NaN and are treated as padding", int(has_nan.sum()))
+    return ~(is_zero | has_nan)
+
+
+def as_multi_vectors(embeddings: Embeddings, mask: torch.Tensor | None = None, what: str = "embeddings") -> MultiVectors:
+    """Normalise any accepted input to unpadded ``MultiVectors``, checking shapes and that nothing is empty.
+
+    Raises ValueError naming the problem (a 1-D / 2-D tensor, a wrong mask shape, an item without valid rows).
+    """
+    if isinstance(embeddings, MultiVectors):
+        return embeddings
+    if isinstance(embeddings, torch.Tensor):
+        if embeddings.dim() != 3:
+            raise ValueError(
+                f"{what} is a {embeddings.dim()}-D tensor of shape {tuple(embeddings.shape)}; "
+                + _describe("expected 3-D")
+                + " (wrap a single [tokens, dim] tensor in a list)"
+            )
+        if mask is None:
+            mask = padding_mask_from_values(embeddings)
+        elif tuple(mask.shape) != tuple(embeddings.shape[:2]):
+            raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match embeddings {tuple(embeddings.shape[:2])}")
+        mask = mask.to(torch.bool)
+        items = [embeddings[i][mask[i]] for i in range(embeddings.shape[0])]
+    else:
+        if mask is not None:
+            raise ValueError(f"{what}: a mask is only accepted with a padded 3-D tensor; a list carries its lengths")
+        items = list(embeddings)
+        if not items:
+            raise ValueError(f"{what} is empty")
+        for index, item in enumerate(items):
+            if not isinstance(item, torch.Tensor) or item.dim() != 2:
+                shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+                raise ValueError(f"{what}[{index}] has shape {shape}; expected a 2-D [tokens, dim] tensor")
+    if not items:
+        raise ValueError(f"{what} is empty")
+    dims = {item.shape[-1] for item in items}
+    if len(dims) > 1:
+        raise ValueError(f"{what} mix embedding dimensions {sorted(dims)}")
+    empty = [index for index, item in enumerate(items) if item.shape[0] == 0]
+    if empty:
+        raise ValueError(
+            f"{what} {empty[:10]}{' ...' if len(empty) > 10 else ''} have no valid tokens / patches "
+            "(all rows padding); drop them or give them at least one token"
+        )
+    return MultiVectors(items)
+
+
+def late_interaction_scores(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    documents: torch.Tensor,
+    document_mask: torch.Tensor,
+    head: PoolingHead,
+) -> torch.Tensor:
+    """All-pairs scores, differentiable: ``[Nq, Tq, D] x [Nd, Td, D] -> [Nq, Nd]`` (float32).
+
+    ``score(q, d) = sum over valid query tokens of head(similarities to valid document patches)``.
+    Padded rows may hold anything (NaN included): they are zeroed before the product and masked in the head.
+    """
+    queries = torch.where(query_mask.unsqueeze(-1), queries, 0).float()
+    documents = torch.where(document_mask.unsqueeze(-1), documents, 0).float()
+    similarities = torch.einsum("qtd,nsd->qnts", queries, documents)  # [Nq, Nd, Tq, Td]
+    per_token = head(similarities, document_mask.unsqueeze(0))  # [Nq, Nd, Tq]
+    return torch.where(query_mask.unsqueeze(1), per_token, 0).sum(dim=-1)
+
+
+def paired_scores(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    documents: torch.Tensor,
+    document_mask: torch.Tensor,
+    head: PoolingHead,
+) -> torch.Tensor:
+    """Scores of aligned pairs, differentiable: ``[N, Tq, D] x [N, Td, D] -> [N]`` (query i with document i)."""
+    queries = torch.where(query_mask.unsqueeze(-1), queries, 0).float()
+    documents = torch.where(document_mask.unsqueeze(-1), documents, 0).float()
+    similarities = torch.einsum("ntd,nsd->nts", queries, documents)
+    per_token = head(similarities, document_mask)
+    return torch.where(query_mask, per_token, 0).sum(dim=-1)
+
+
+def _length_sorted_chunks(lengths: torch.Tensor, chunk_size: int) -> Iterator[list[int]]:
+    order = torch.argsort(lengths, stable=True).tolist()
+    for start in range(0, len(order), chunk_size):
+        yield order[start : start + chunk_size]
+
+
+def score(
+    queries: Embeddings,
+    documents: Embeddings,
+    head: str | PoolingHead = "maxsim",
+    *,
+    query_mask: torch.Tensor | None = None,
+    document_mask: torch.Tensor | None = None,
+    query_batch_size: int = 64,
+    document_batch_size: int = 128,
+    device: str | torch.device | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Score every query against every document: float32 ``[Nq, Nd]`` on the CPU.
+
+    Items are grouped by length (less padding) and scored in chunks of ``query_batch_size x document_batch_size``, so
+    peak memory is about ``4 * query_batch_size * document_batch_size * Tq * Td`` bytes whatever the corpus size.
+    No gradient is kept (use :func:`late_interaction_scores` inside training).
+    """
+    head = parse_head(head)
+    if query_batch_size < 1 or document_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {query_batch_size} and {document_batch_size}")
+    query_vectors = as_multi_vectors(queries, query_mask, "queries")
+    document_vectors = as_multi_vectors(documents, document_mask, "documents")
+    if query_vectors.dim != document_vectors.dim:
+        raise ValueError(
+            f"query embedding dimension {query_vectors.dim} != document embedding dimension {document_vectors.dim}: "
+            "queries and documents must come from the same model / projection"
+        )
+    device = torch.device(device) if device is not None else query_vectors.items[0].device
+    scores = torch.empty(len(query_vectors), len(document_vectors), dtype=torch.float32)
+    query_chunks = list(_length_sorted_chunks(query_vectors.lengths, query_batch_size))
+    document_chunks = list(_length_sorted_chunks(document_vectors.lengths, document_batch_size))
+    progress = tqdm(total=len(query_chunks) * len(document_chunks), desc=f"scoring ({head})", disable=not show_progress)
+    with torch.no_grad():
+        for query_indices in query_chunks:
+            query_block, query_block_mask = query_vectors.padded(query_indices, device=device)
+            rows = torch.tensor(query_indices)
+            for document_indices in document_chunks:
+                document_block, document_block_mask = document_vectors.padded(document_indices, device=device)
+                block = late_interaction_scores(query_block, query_block_mask, document_block, document_block_mask, head)
+                scores[rows.unsqueeze(1), torch.tensor(document_indices).unsqueeze(0)] = block.cpu()
+                progress.update(1)
+    progress.close()
+    return scores

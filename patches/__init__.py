@@ -1,0 +1,1 @@
+"""The one place that imports colpali-engine (installed as lir_robust.patches)."""
