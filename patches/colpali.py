@@ -1,0 +1,402 @@
+"""colpali-engine integration: pooling heads in processors and in colpali-engine's trainer; loading checkpoints.
+
+This is the only module of lir-robust that imports ``colpali_engine``, and it does so lazily, after
+:func:`check_colpali_version` (supported: ``>=0.3.17,<0.4``).
+
+- :func:`patch_processor` makes one processor instance's ``score`` / ``score_multi_vector`` use a pooling head.
+- :class:`PooledColbertLoss` / :class:`PooledColbertPairwiseCELoss` are ``loss_func`` objects for
+  ``ContrastiveTrainer(loss_func=...)`` / ``ColModelTrainingConfig(loss_func=...)``.
+- :func:`load_colpali` loads ColPali / ColQwen2 / ColQwen2.5 / ColSmol (Idefics3) from the Hub or a local folder and
+  patches its processor; :func:`lora_target_modules` gives colpali-engine's LoRA target regex of each family.
+
+Embedding shapes follow colpali-engine: queries ``[Nq, Tq, D]`` (or a list of ``[Tq_i, D]``), documents
+``[Nd, Td, D]`` (or a list of ``[Td_i, D]``), zero rows are padding.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from lir_robust.losses import PooledInfoNCELoss, PooledPairwiseCELoss
+from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.scoring import padding_mask_from_values, score
+
+__all__ = [
+    "SUPPORTED_RANGE",
+    "FAMILIES",
+    "ColpaliIntegrationError",
+    "ColpaliVersionError",
+    "HubUnreachableError",
+    "check_colpali_version",
+    "patch_processor",
+    "PooledColbertLoss",
+    "PooledColbertPairwiseCELoss",
+    "load_colpali",
+    "lora_target_modules",
+    "infer_family",
+]
+
+logger = logging.getLogger(__name__)
+
+MINIMUM_VERSION = (0, 3, 17)
+BELOW_VERSION = (0, 4)
+SUPPORTED_RANGE = ">=0.3.17,<0.4"
+INSTALL_FIX = "pip install --no-deps colpali-engine==0.3.18"
+POOLING_FILE = "pooling.json"
+
+
+class ColpaliIntegrationError(RuntimeError):
+    """Base class of this module's errors; the message alone says what went wrong and what to do."""
+
+
+class ColpaliVersionError(ColpaliIntegrationError):
+    """colpali-engine is missing or outside the supported version range."""
+
+
+class HubUnreachableError(ColpaliIntegrationError):
+    """A checkpoint was asked for by Hub id and the Hugging Face Hub cannot be reached."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Version guard
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _installed_version() -> Optional[str]:
+    try:
+        return importlib.metadata.version("colpali_engine")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version)
+    return tuple(int(part) for part in numbers.group(1).split(".")) if numbers else ()
+
+
+def check_colpali_version() -> str:
+    """Return the installed colpali-engine version; raise ColpaliVersionError if missing or outside >=0.3.17,<0.4."""
+    version = _installed_version()
+    if version is None:
+        raise ColpaliVersionError(
+            f"colpali-engine is not installed; lir_robust.patches needs colpali-engine {SUPPORTED_RANGE}. "
+            f"Fix: {INSTALL_FIX} (after `make setup`'s other dependencies; --no-deps because its metadata caps "
+            "torch below 2.14)"
+        )
+    release = _release(version)
+    if not release or not (MINIMUM_VERSION <= release < BELOW_VERSION):
+        raise ColpaliVersionError(
+            f"colpali-engine {version} is installed, but lir_robust.patches supports colpali-engine {SUPPORTED_RANGE} "
+            "(0.3.16 and older crash in ContrastiveTrainer.compute_loss with transformers 5; 0.4 is untested). "
+            f"Fix: {INSTALL_FIX}"
+        )
+    return version
+
+
+def _colpali_models():
+    check_colpali_version()
+    import colpali_engine.models as models
+
+    return models
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring through a processor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _without_padding(embeddings: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Union[torch.Tensor, list]:
+    """colpali-engine's inputs with zero / NaN rows dropped from list items (a padded tensor keeps its zeros: the
+    scorer masks them). Lists made with ``list(padded_batch)`` carry the model's zero padding rows."""
+    if isinstance(embeddings, torch.Tensor):
+        return embeddings
+    items = list(embeddings)
+    stripped = []
+    for index, item in enumerate(items):
+        if not isinstance(item, torch.Tensor) or item.dim() != 2:
+            stripped.append(item)  # the scorer raises the clear error
+            continue
+        valid = padding_mask_from_values(item.unsqueeze(0))[0]
+        stripped.append(item if bool(valid.all()) else item[valid])
+    return stripped
+
+
+def patch_processor(processor: Any, head: Union[str, PoolingHead, dict] = "maxsim") -> Any:
+    """Make ``processor.score`` and ``processor.score_multi_vector`` score with ``head``; return the processor.
+
+    Only this instance changes (the methods are replaced on the instance, not on the class). Inputs are as
+    colpali-engine accepts them: lists of ``[L_i, D]`` tensors or zero-padded ``[N, L, D]`` tensors; zero or NaN
+    rows are padding. Output: float32 ``[Nq, Nd]`` on the CPU. The head is kept as ``processor.pooling_head``.
+    """
+    check_colpali_version()
+    head = parse_head(head)
+    if not hasattr(processor, "score_multi_vector"):
+        raise TypeError(
+            f"{type(processor).__name__} has no score_multi_vector: patch_processor expects a colpali-engine "
+            "processor (ColPaliProcessor, ColQwen2Processor, ...)"
+        )
+
+    def score_multi_vector(qs, ps, batch_size: int = 128, device=None, **_ignored) -> torch.Tensor:
+        """Late-interaction scores with the pooling head ``head``: float32 ``[Nq, Nd]`` on the CPU."""
+        if len(qs) == 0:
+            raise ValueError("No queries provided")
+        if len(ps) == 0:
+            raise ValueError("No passages provided")
+        return score(
+            _without_padding(qs),
+            _without_padding(ps),
+            head,
+            query_batch_size=batch_size,
+            document_batch_size=batch_size,
+            device=device,
+        )
+
+    def score_with_head(qs, ps, device=None, **kwargs) -> torch.Tensor:
+        """``processor.score`` with the pooling head: float32 ``[Nq, Nd]`` on the CPU."""
+        return score_multi_vector(qs, ps, device=device, **kwargs)
+
+    processor.score_multi_vector = score_multi_vector
+    processor.score = score_with_head
+    processor.pooling_head = head
+    return processor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Losses for colpali-engine's trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class PooledColbertLoss(PooledInfoNCELoss):
+    """colpali-engine ``loss_func``: in-batch InfoNCE over pooled scores (ColbertLoss with a pooling head).
+
+    ``forward(query_embeddings [B, Tq, D], doc_embeddings [N, Td, D], neg_doc_embeddings=None, offset=0)``, keyword
+    or positional, as ContrastiveTrainer calls it; zero rows (model padding, padding across processes) are masked.
+    Defaults follow colpali-engine's ColbertLoss: temperature 0.02, scores divided by query length.
+    """
+
+    def __init__(self, head: Union[str, PoolingHead] = "maxsim", temperature: float = 0.02, normalize_scores: bool = True):
+        check_colpali_version()
+        super().__init__(head=head, temperature=temperature, normalize_scores=normalize_scores)
+
+
+class PooledColbertPairwiseCELoss(PooledPairwiseCELoss):
+    """colpali-engine ``loss_func``: softplus(hardest negative - positive) over pooled scores.
+
+    Same call signature as :class:`PooledColbertLoss`; defaults follow ColbertPairwiseCELoss (temperature 1.0).
+    """
+
+    def __init__(self, head: Union[str, PoolingHead] = "maxsim", temperature: float = 1.0, normalize_scores: bool = True):
+        check_colpali_version()
+        super().__init__(head=head, temperature=temperature, normalize_scores=normalize_scores)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model families, LoRA targets, loading
+# ---------------------------------------------------------------------------------------------------------------
+
+_PROJECTIONS = "(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj)"
+
+# family -> (model class, processor class, LoRA target regex as in colpali-engine's training configs)
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "colpali": ("ColPali", "ColPaliProcessor", rf"(.*(language_model).*{_PROJECTIONS}.*$|.*(custom_text_proj).*$)"),
+    "colqwen2": ("ColQwen2", "ColQwen2Processor", rf"(.*(model).*{_PROJECTIONS}.*$|.*(custom_text_proj).*$)"),
+    "colqwen2.5": (
+        "ColQwen2_5",
+        "ColQwen2_5_Processor",
+        rf"(.*(model)(?!.*visual).*{_PROJECTIONS}.*$|.*(custom_text_proj).*$)",
+    ),
+    "colsmol": ("ColIdefics3", "ColIdefics3Processor", rf"(.*(model.text_model).*{_PROJECTIONS}.*$|.*(custom_text_proj).*$)"),
+}
+_ALIASES = {
+    "colpali": "colpali", "paligemma": "colpali",
+    "colqwen2": "colqwen2", "qwen2_vl": "colqwen2", "qwen2vl": "colqwen2",
+    "colqwen2.5": "colqwen2.5", "colqwen2_5": "colqwen2.5", "colqwen25": "colqwen2.5", "qwen2_5_vl": "colqwen2.5",
+    "colsmol": "colsmol", "colidefics3": "colsmol", "idefics3": "colsmol", "colsmolvlm": "colsmol",
+}
+# Name fragments, most specific first.
+_NAME_HINTS = [
+    ("colqwen2.5", "colqwen2.5"), ("colqwen2_5", "colqwen2.5"), ("colqwen25", "colqwen2.5"),
+    ("colqwen2", "colqwen2"), ("colpali", "colpali"), ("paligemma", "colpali"),
+    ("colsmol", "colsmol"), ("colidefics3", "colsmol"), ("idefics3", "colsmol"), ("smolvlm", "colsmol"),
+]
+
+
+def _family(name: str) -> str:
+    key = name.strip().lower().replace("-", "_") if name else ""
+    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", "."), key))
+    if key not in FAMILIES:
+        raise ValueError(f"unknown colpali-engine model family {name!r}; valid families: {', '.join(FAMILIES)}")
+    return key
+
+
+def lora_target_modules(family: str) -> str:
+    """colpali-engine's LoRA ``target_modules`` regex for a family (colpali, colqwen2, colqwen2.5, colsmol).
+
+    Language-model attention / MLP projections and ``custom_text_proj``; never the vision tower.
+    """
+    return FAMILIES[_family(family)][2]
+
+
+def infer_family(model_name_or_path: str, model_type: Optional[str] = None) -> str:
+    """Family from a config's ``model_type`` (paligemma, qwen2_vl, qwen2_5_vl, idefics3) or else from the name."""
+    if model_type and model_type.lower() in _ALIASES:
+        return _ALIASES[model_type.lower()]
+    lowered = str(model_name_or_path).lower()
+    for fragment, family in _NAME_HINTS:
+        if fragment in lowered:
+            return family
+    raise ValueError(
+        f"cannot tell the colpali-engine model family of {model_name_or_path!r}"
+        + (f" (config model_type {model_type!r})" if model_type else "")
+        + f"; pass family= one of {', '.join(FAMILIES)}"
+    )
+
+
+def _local_model_type(directory: Path) -> Optional[str]:
+    config = directory / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model_type")
+    adapter = directory / "adapter_config.json"
+    if adapter.is_file():  # a LoRA adapter: the base model's name says the family
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        return _local_model_type(Path(base)) if base and Path(base).is_dir() else None
+    return None
+
+
+def _local_head(directory: Path) -> Optional[PoolingHead]:
+    """The head saved in ``directory/pooling.json`` (``{"head": {...}}`` / ``{"spec": "..."}`` / a head dict)."""
+    path = directory / POOLING_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if isinstance(saved, dict) and saved.get("head"):
+        return parse_head(saved["head"])
+    if isinstance(saved, dict) and saved.get("spec"):
+        return parse_head(saved["spec"])
+    return parse_head(saved)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _unreachable(model_name_or_path: str, reason: str) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"cannot load {model_name_or_path!r}: the Hugging Face Hub is unreachable ({reason}) and the checkpoint is "
+        "not in the local cache. Point at a local copy instead: load_colpali('/path/to/folder') with a folder holding "
+        "config.json (or adapter_config.json), the weights and the processor files, e.g. one made elsewhere with "
+        f"`hf download {model_name_or_path} --local-dir /path/to/folder`; or unset HF_HUB_OFFLINE on a "
+        "machine with Hub access."
+    )
+
+
+def _in_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "adapter_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, filename), str):
+                return True
+        except Exception:  # an invalid repo id is simply not cached
+            return False
+    return False
+
+
+def _probe_hub(repo_id: str, timeout: float) -> None:
+    """Raise a one-message error when the Hub cannot be reached or does not know ``repo_id``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        raise ColpaliIntegrationError(
+            f"{repo_id!r} is gated on the Hub: accept its licence on huggingface.co and log in (`hf auth login`), "
+            "or point at a local copy"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ColpaliIntegrationError(
+            f"{repo_id!r} is neither a local folder nor a model on the Hub (or it is private): check the name or "
+            "point at a local copy"
+        ) from None
+    except HFValidationError:
+        raise ColpaliIntegrationError(
+            f"{repo_id!r} is neither an existing local folder nor a valid Hub id (owner/name)"
+        ) from None
+    except Exception as error:  # connection refused, DNS, proxy, timeout, ...: all mean the same to the user
+        raise _unreachable(repo_id, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+
+
+def load_colpali(
+    model_name_or_path: Union[str, os.PathLike],
+    family: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    torch_dtype: Optional[torch.dtype] = None,
+    head: Optional[Union[str, PoolingHead, dict]] = None,
+    *,
+    attn_implementation: Optional[str] = None,
+    hub_timeout: float = 10.0,
+    **model_kwargs: Any,
+) -> tuple[Any, Any]:
+    """Load a colpali-engine model and its processor (patched with ``head``): ``(model, processor)``.
+
+    ``model_name_or_path``: a local folder or a Hub id (``vidore/colqwen2.5-v0.2``). ``family`` (colpali, colqwen2,
+    colqwen2.5, colsmol) is inferred from the config's model_type or else from the name. ``head``: defaults to the
+    folder's pooling.json, else maxsim. ``attn_implementation`` defaults to "eager" on the CPU (sdpa gave NaN on
+    left-padded rows). When the Hub is unreachable (HF_HUB_OFFLINE=1 or any network error) and the checkpoint is not
+    cached, raises :class:`HubUnreachableError` at once, with a message saying how to use a local copy.
+    """
+    check_colpali_version()
+    name = str(model_name_or_path)
+    local = Path(name).expanduser()
+    load_kwargs: dict[str, Any] = dict(model_kwargs)
+    if local.is_dir():
+        source = str(local)
+        family = _family(family) if family else infer_family(name, _local_model_type(local))
+        if head is None:
+            head = _local_head(local)
+    else:
+        if local.exists() or name.startswith((".", "/", "~")):
+            raise ColpaliIntegrationError(f"{name!r} is not a folder: pass a checkpoint folder or a Hub id (owner/name)")
+        source = name
+        if _in_cache(name):
+            load_kwargs.setdefault("local_files_only", True)
+        elif _hub_offline():
+            raise _unreachable(name, "HF_HUB_OFFLINE is set")
+        else:
+            _probe_hub(name, hub_timeout)
+        family = _family(family) if family else infer_family(name)
+    models = _colpali_models()
+    model_class_name, processor_class_name, _ = FAMILIES[family]
+    model_class, processor_class = getattr(models, model_class_name), getattr(models, processor_class_name)
+
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if attn_implementation is None and device.type == "cpu":
+        attn_implementation = "eager"
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+    if torch_dtype is not None:
+        load_kwargs["dtype"] = torch_dtype
+    processor_kwargs = {"local_files_only": True} if load_kwargs.get("local_files_only") else {}
+    try:
+        model = model_class.from_pretrained(source, **load_kwargs)
+        processor = processor_class.from_pretrained(source, **processor_kwargs)
+    except OSError as error:
+        if local.is_dir():
+            raise
+        raise _unreachable(name, str(error).splitlines()[0][:200]) from None
+    model = model.to(device).eval()
+    processor = patch_processor(processor, "maxsim" if head is None else head)
+    logger.info("loaded %s as %s on %s, pooling head %s", name, family, device, processor.pooling_head)
+    return model, processor
