@@ -28,6 +28,16 @@ def _mask(embeddings: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return padding_mask_from_values(embeddings.detach()) if mask is None else mask.to(torch.bool)
 
 
+def _check_not_empty(name: str, mask: torch.Tensor) -> None:
+    """Raise when an item of a ``[N, L]`` mask has no valid row (its scores would be -inf or NaN)."""
+    empty = (~mask.any(dim=-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"{name} {empty[:10]} have no valid tokens / patches (all rows zero, NaN or masked); "
+            "every query and document needs at least one"
+        )
+
+
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"loss temperature must be > 0, got {temperature!r}")
@@ -58,6 +68,8 @@ def pooled_logits(
         )
     query_mask = _mask(query_embeddings, query_mask)
     doc_mask = _mask(doc_embeddings, doc_mask)
+    _check_not_empty("query_embeddings", query_mask)
+    _check_not_empty("doc_embeddings", doc_mask)
     logits = late_interaction_scores(query_embeddings, query_mask, doc_embeddings, doc_mask, head)  # [B, N]
     if neg_doc_embeddings is not None:
         if neg_doc_embeddings.dim() == 3:
@@ -68,6 +80,7 @@ def pooled_logits(
             raise ValueError(f"{batch} groups of negatives for {query_embeddings.shape[0]} queries")
         flat_negatives = neg_doc_embeddings.reshape(batch * n_neg, length, dim)
         flat_mask = _mask(flat_negatives, None if neg_doc_mask is None else neg_doc_mask.reshape(batch * n_neg, length))
+        _check_not_empty("neg_doc_embeddings (flattened)", flat_mask)
         # Score each query against its own negatives only: [B, B*n_neg] would waste work, so expand the queries.
         expanded_queries = query_embeddings.repeat_interleave(n_neg, dim=0)
         expanded_mask = query_mask.repeat_interleave(n_neg, dim=0)

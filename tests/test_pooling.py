@@ -1,0 +1,158 @@
+"""Properties of every pooling head: masking, limits (k = 1, tau -> 0, tau -> inf), gradients, parts, text form."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from lir_robust.pooling import HEADS, PoolingHead, available_heads, parse_head, register_head
+
+ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
+             "lse:tau=0.1,length_corrected=true", "mean"]
+
+
+def random_similarities(*shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator) * 0.5
+
+
+@pytest.mark.parametrize("spec", ALL_HEADS)
+def test_padded_patches_never_count_even_nan(spec):
+    head = parse_head(spec)
+    similarities = random_similarities(3, 5, 11)  # [B, Tq, Td]
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    reference = head(similarities, mask)
+    for fill in (0.0, 1e4, -1e4, math.nan, math.inf):
+        padded = torch.cat([similarities, torch.full((3, 5, 9), fill)], dim=-1)
+        padded_mask = torch.cat([mask, torch.zeros(3, 9, dtype=torch.bool)], dim=-1)
+        value = head(padded, padded_mask)
+        assert torch.isfinite(value).all(), (spec, fill)
+        torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ALL_HEADS)
+def test_float32_and_differentiable_from_half_inputs(spec):
+    head = parse_head(spec)
+    similarities = random_similarities(2, 3, 7).to(torch.bfloat16).requires_grad_()
+    value = head(similarities, torch.ones(2, 7, dtype=torch.bool))
+    assert value.dtype == torch.float32 and value.shape == (2, 3)
+    value.sum().backward()
+    assert similarities.grad is not None and torch.isfinite(similarities.grad.float()).all()
+
+
+def test_topk_with_k_1_equals_maxsim():
+    similarities, mask = random_similarities(4, 6, 30), torch.rand(4, 30, generator=torch.Generator().manual_seed(1)) > 0.3
+    torch.testing.assert_close(parse_head("topk:k=1")(similarities, mask), parse_head("maxsim")(similarities, mask))
+
+
+def test_topk_uses_all_valid_patches_when_k_exceeds_length():
+    similarities = torch.tensor([[[0.1, 0.5, 0.3, 9.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    torch.testing.assert_close(parse_head("topk:k=10")(similarities, mask), torch.tensor([[0.3]]))
+
+
+def test_softmax_with_tiny_tau_equals_maxsim():
+    similarities, mask = random_similarities(4, 6, 30), torch.rand(4, 30, generator=torch.Generator().manual_seed(2)) > 0.3
+    torch.testing.assert_close(
+        parse_head("softmax:tau=1e-4")(similarities, mask), parse_head("maxsim")(similarities, mask), atol=1e-5, rtol=0
+    )
+
+
+def test_mean_equals_softmax_with_huge_tau():
+    similarities, mask = random_similarities(4, 6, 30), torch.rand(4, 30, generator=torch.Generator().manual_seed(3)) > 0.3
+    torch.testing.assert_close(
+        parse_head("softmax:tau=1e6")(similarities, mask), parse_head("mean")(similarities, mask), atol=1e-5, rtol=0
+    )
+
+
+def test_softmax_is_a_weighted_mean_as_in_the_paper():
+    similarities = torch.tensor([[[0.2, -0.4, 0.9]]])
+    weights = torch.softmax(similarities / 0.5, dim=-1)
+    expected = (weights * similarities).sum(-1)
+    torch.testing.assert_close(parse_head("softmax:tau=0.5")(similarities, torch.ones(1, 3, dtype=torch.bool)), expected)
+
+
+def test_lse_is_colpali_smooth_max_and_length_correction():
+    similarities = random_similarities(1, 2, 9)
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    expected = 0.1 * torch.logsumexp(similarities / 0.1, dim=-1)
+    torch.testing.assert_close(parse_head("lse:tau=0.1")(similarities, mask), expected)
+    corrected = parse_head("lse:tau=0.1,length_corrected=true")(similarities, mask)
+    torch.testing.assert_close(corrected, expected - 0.1 * math.log(9))
+
+
+def test_maxsim_gradient_lands_on_exactly_one_patch_per_query_token():
+    queries = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)  # [Tq, D]
+    patches = torch.nn.functional.normalize(torch.randn(40, 16), dim=-1).requires_grad_()  # [Td, D]
+    value = parse_head("maxsim")((queries @ patches.T).unsqueeze(0), torch.ones(1, 40, dtype=torch.bool))
+    for token in range(6):
+        (gradient,) = torch.autograd.grad(value[0, token], patches, retain_graph=True)
+        assert int((gradient.norm(dim=-1) > 0).sum()) == 1
+
+
+@pytest.mark.parametrize("spec", ALL_HEADS)
+def test_partial_merge_finalize_over_a_split_document_equals_the_whole(spec):
+    head = parse_head(spec)
+    assert head.mergeable
+    similarities = random_similarities(3, 5, 40)
+    mask = torch.rand(3, 40, generator=torch.Generator().manual_seed(4)) > 0.2
+    mask[:, 0] = True
+    whole = head(similarities, mask)
+    for cut in (1, 13, 39):
+        first = head.partial(similarities[..., :cut], mask[..., :cut])
+        second = head.partial(similarities[..., cut:], mask[..., cut:])
+        torch.testing.assert_close(head.finalize(head.merge(first, second)), whole, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(head.finalize(head.merge(second, first)), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["maxsim", "topk:k=4", "softmax:tau=0.05", "lse:tau=0.1,length_corrected=true", "mean"])
+def test_text_and_dict_forms_round_trip(spec):
+    head = parse_head(spec)
+    assert parse_head(head.spec()) == head
+    assert parse_head(head.to_dict()) == head
+    assert parse_head(str(head)) == head
+
+
+def test_overrides_and_none_passthrough():
+    assert parse_head("topk", k=8) == parse_head("topk:k=8")
+    assert parse_head("topk:k=2", k=None) == parse_head("topk:k=2")
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("median", ["unknown pooling head 'median'", "maxsim", "topk", "softmax", "lse", "mean"]),
+        ("topk:k=0", ["k must be an integer >= 1", "0"]),
+        ("topk:k=1.5", ["k must be int"]),
+        ("softmax:tau=0", ["tau must be a finite number > 0", "0.0"]),
+        ("softmax:tau=-1", ["tau must be a finite number > 0"]),
+        ("lse:tau=0", ["tau must be a finite number > 0"]),
+        ("topk:q=3", ["no parameter 'q'", "k"]),
+        ("topk:4", ["key=value"]),
+    ],
+)
+def test_bad_heads_give_clear_errors(spec, words):
+    with pytest.raises(ValueError) as error:
+        parse_head(spec)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_a_user_head_registers_in_a_few_lines():
+    @register_head("test_median")
+    @dataclass(frozen=True)
+    class MedianHead(PoolingHead):
+        def __call__(self, similarities, document_mask):
+            filled = similarities.float().masked_fill(~document_mask.unsqueeze(-2), float("nan"))
+            return filled.nanmedian(dim=-1).values
+
+    try:
+        head = parse_head("test_median")
+        assert head.spec() == "test_median" and not head.mergeable and "test_median" in available_heads()
+        similarities = torch.tensor([[[1.0, 5.0, 2.0, 100.0]]])
+        torch.testing.assert_close(head(similarities, torch.tensor([[True, True, True, False]])), torch.tensor([[2.0]]))
+    finally:
+        HEADS.pop("test_median", None)

@@ -1,0 +1,147 @@
+"""The scorer: padding and chunking never change a score, masks, accepted inputs, clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lir_robust.pooling import parse_head
+from lir_robust.scoring import (
+    as_multi_vectors,
+    late_interaction_scores,
+    pad_with_mask,
+    padding_mask_from_values,
+    paired_scores,
+    score,
+)
+
+HEADS = ["maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true",
+         "mean"]
+DIM = 16
+
+
+def unit_vectors(count, dim=DIM, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(count, dim, generator=generator), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """3 queries of 3-6 tokens, 10 documents of 2-40 patches (lists of [L, D])."""
+    queries = [unit_vectors(length, seed=index) for index, length in enumerate([3, 6, 5])]
+    documents = [unit_vectors(length, seed=100 + index) for index, length in enumerate([7, 2, 40, 3, 12, 1, 25, 9, 4, 30])]
+    return queries, documents
+
+
+def reference_scores(queries, documents, head):
+    """One (query, document) pair at a time, no padding at all."""
+    head = parse_head(head)
+    out = torch.empty(len(queries), len(documents))
+    for i, query in enumerate(queries):
+        for j, document in enumerate(documents):
+            per_token = head((query @ document.T).unsqueeze(0), torch.ones(1, document.shape[0], dtype=torch.bool))
+            out[i, j] = per_token.sum()
+    return out
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_padding_and_chunking_never_change_a_score(corpus, head):
+    queries, documents = corpus
+    expected = reference_scores(queries, documents, head)
+    for extra in (0, 1, 37, 500):
+        for fill in (0.0, math.nan):
+            length = max(d.shape[0] for d in documents) + extra
+            padded = torch.full((len(documents), length, DIM), fill)
+            for index, document in enumerate(documents):
+                padded[index, : document.shape[0]] = document
+            mask = torch.arange(length).unsqueeze(0) < torch.tensor([d.shape[0] for d in documents]).unsqueeze(1)
+            for chunk in (1, 7, 128):
+                given_mask = score(queries, padded, head, document_mask=mask, document_batch_size=chunk)
+                torch.testing.assert_close(given_mask, expected, atol=1e-5, rtol=0)
+                # Without a mask, zero rows (colpali-engine's padding) and NaN rows are padding too.
+                inferred = score(queries, padded, head, document_batch_size=chunk)
+                torch.testing.assert_close(inferred, expected, atol=1e-5, rtol=0)
+                assert torch.isfinite(inferred).all()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_query_padding_and_query_chunks(corpus, head):
+    queries, documents = corpus
+    expected = reference_scores(queries, documents, head)
+    padded, mask = pad_with_mask(queries)
+    padded = torch.cat([padded, torch.zeros(len(queries), 5, DIM)], dim=1)
+    padded[:, -5:] = math.nan
+    mask = torch.cat([mask, torch.zeros(len(queries), 5, dtype=torch.bool)], dim=1)
+    for chunk in (1, 2, 64):
+        got = score(padded, documents, head, query_mask=mask, query_batch_size=chunk, document_batch_size=3)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_output_is_float32_cpu_of_shape_queries_by_documents(corpus):
+    queries, documents = corpus
+    got = score([q.to(torch.bfloat16) for q in queries], [d.half() for d in documents], "softmax:tau=0.1")
+    assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (3, 10)
+    torch.testing.assert_close(got, reference_scores(queries, documents, "softmax:tau=0.1"), atol=0.05, rtol=0.02)
+
+
+def test_list_items_keep_exact_zero_rows_their_length_says_are_real():
+    """Masks come from lengths: a zero row inside a list item is a real (if odd) patch."""
+    query = [torch.ones(1, 2)]
+    document = [torch.tensor([[-1.0, -1.0], [0.0, 0.0]])]
+    assert score(query, document, "maxsim").item() == 0.0  # the zero patch (similarity 0) wins over -2
+    padded = torch.stack(document)
+    assert score(query, padded, "maxsim").item() == -2.0  # in a padded tensor without mask, a zero row is padding
+
+
+def test_padding_mask_from_values_zero_and_nan_rows():
+    padded = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [math.nan, 1.0]]])
+    assert padding_mask_from_values(padded).tolist() == [[True, False, False]]
+
+
+def test_late_interaction_and_paired_scores_agree_and_are_differentiable(corpus):
+    queries, documents = corpus
+    query_block, query_mask = pad_with_mask(queries)
+    document_block, document_mask = pad_with_mask(documents[:3])
+    document_block.requires_grad_()
+    for head in map(parse_head, HEADS):
+        all_pairs = late_interaction_scores(query_block, query_mask, document_block, document_mask, head)
+        aligned = paired_scores(query_block, query_mask, document_block, document_mask, head)
+        torch.testing.assert_close(aligned, all_pairs.diagonal(), atol=1e-5, rtol=0)
+        (gradient,) = torch.autograd.grad(all_pairs.sum(), document_block)
+        assert torch.isfinite(gradient).all()
+        assert gradient[~document_mask].abs().sum() == 0  # padding gets no gradient
+
+
+def test_as_multi_vectors_drops_padding():
+    padded, mask = pad_with_mask([torch.ones(2, 3), torch.ones(4, 3)])
+    vectors = as_multi_vectors(padded, mask)
+    assert vectors.lengths.tolist() == [2, 4] and vectors.dim == 3
+
+
+@pytest.mark.parametrize(
+    "queries, documents, words",
+    [
+        ([torch.ones(2, 8)], [torch.ones(3, 16)], ["query embedding dimension 8", "document embedding dimension 16"]),
+        ([torch.ones(2, 4)], [torch.ones(3, 4), torch.zeros(0, 4)], ["documents [1]", "no valid tokens / patches"]),
+        ([torch.ones(2, 4)], torch.cat([torch.ones(1, 3, 4), torch.zeros(1, 3, 4)]), ["documents [1]", "no valid"]),
+        (torch.ones(4), [torch.ones(3, 4)], ["queries is a 1-D tensor", "expected 3-D"]),
+        ([torch.ones(4)], [torch.ones(3, 4)], ["queries[0] has shape (4,)", "expected a 2-D [tokens, dim] tensor"]),
+        ([torch.ones(2, 4)], [torch.ones(3, 4), torch.ones(4)], ["documents[1] has shape (4,)", "2-D"]),
+        ([torch.ones(2, 4)], [], ["documents is empty"]),
+    ],
+)
+def test_bad_inputs_give_clear_errors(queries, documents, words):
+    with pytest.raises(ValueError) as error:
+        score(queries, documents, "maxsim")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_bad_head_and_batch_size_errors(corpus):
+    queries, documents = corpus
+    with pytest.raises(ValueError, match="unknown pooling head 'maxx'.*valid heads: maxsim"):
+        score(queries, documents, "maxx")
+    with pytest.raises(ValueError, match="batch sizes must be >= 1"):
+        score(queries, documents, document_batch_size=0)
