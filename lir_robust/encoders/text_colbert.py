@@ -254,11 +254,15 @@ class TextColBERT(nn.Module):
         return digest.hexdigest()[:16]
 
     # ---------------------------------------------------------------- encoding
-    def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
-        """Token ids with the query / document marker after [CLS]: ``input_ids, attention_mask [B, L]``."""
+    def tokenize(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Token ids with the query / document marker after [CLS]: ``input_ids, attention_mask [B, L]``.
+
+        ``max_length`` (marker included) overrides the config's query / document length, e.g. shorter training docs.
+        """
         if isinstance(texts, str):
             raise TypeError("tokenize expects a list of texts, got a single string")
-        max_length = self.colbert_config.query_max_length if is_query else self.colbert_config.document_max_length
+        if max_length is None:
+            max_length = self.colbert_config.query_max_length if is_query else self.colbert_config.document_max_length
         encoded = self.tokenizer(
             list(texts), truncation=True, max_length=max_length - 1, padding=True, return_tensors="pt"
         )

@@ -1,0 +1,624 @@
+"""The parts of fine-tuning that are not the loop: training pairs, batching, models, gathering, checkpoints.
+
+``train/finetune.py`` is the loop (read it top to bottom); everything it needs that is more than a few lines lives
+here, so it can be tested on its own.
+
+Training data (:func:`load_training_pairs`):
+
+- a BEIR folder with ``qrels/train.tsv``: its training queries and their relevant documents;
+- a BEIR folder without a train split: (title -> text) pairs built from the corpus, with the copy of the title that
+  starts many abstracts (Cranfield's all do) stripped, empty documents skipped. ``queries.jsonl`` is never read, so
+  the evaluation queries can never leak into training; the caveat is that every corpus document is seen in training;
+- ``vidore/colpali_train_set`` (or any Hub dataset / ``datasets.save_to_disk`` folder with ``query`` and ``image``
+  columns) for colpali-engine models.
+
+Shapes: query / document embeddings are ``[B, T, D]`` with a bool mask ``[B, T]`` (True = a real token / patch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from lir_robust.pooling import PoolingHead
+
+__all__ = [
+    "VIDORE_TRAIN_SET",
+    "TrainingPair",
+    "TrainingData",
+    "DataLoadError",
+    "strip_title_copy",
+    "title_text_pairs",
+    "load_training_pairs",
+    "split_validation",
+    "mine_hard_negatives",
+    "PairDataset",
+    "EpochShuffleSampler",
+    "TextPairCollator",
+    "ImagePairCollator",
+    "TrainState",
+    "model_family",
+    "build_text_model",
+    "build_colpali_model",
+    "init_projection_svd",
+    "embed",
+    "gather_documents",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "JsonlLog",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDORE_TRAIN_SET = "vidore/colpali_train_set"
+DATA_ROOT_VARIABLE = "LIR_ROBUST_DATA_ROOT"
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+class DataLoadError(RuntimeError):
+    """Training data could not be found or loaded; the message says what was expected and where to get it."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training pairs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingPair:
+    """One training example: a query (text), its positive document (text or PIL image), optional hard negatives."""
+
+    query: str
+    document: Any
+    document_id: str = ""
+    negatives: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class TrainingData:
+    """Pairs plus a one-line account of where they came from (saved in the training config)."""
+
+    pairs: list[TrainingPair]
+    source: str
+    kind: str  # "train-split" | "title-text" | "image-pairs"
+    documents_seen: int
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def strip_title_copy(title: str, text: str, min_match: float = 0.8) -> str:
+    """``text`` without the copy of ``title`` it starts with (if it does); otherwise ``text`` unchanged.
+
+    Exact prefixes (ignoring case and whitespace runs) are cut; a near copy (Cranfield has a few, e.g. ``3.5`` in the
+    title and ``3. 5`` in the abstract) is cut when at least ``min_match`` of the title's words align with the start
+    of the text, at the position where the aligned title ends.
+    """
+    title_words, text_tokens = _words(title), list(_WORD.finditer(text))
+    if not title_words or not text_tokens:
+        return text.strip()
+    text_words = [match.group(0).lower() for match in text_tokens]
+    window = text_words[: len(title_words) + 8]
+    if window[: len(title_words)] == title_words:
+        cut = len(title_words)
+    else:
+        blocks = difflib.SequenceMatcher(None, title_words, window, autojunk=False).get_matching_blocks()
+        matched = sum(block.size for block in blocks)
+        real = [block for block in blocks if block.size]
+        if not real or matched < min_match * len(title_words) or real[0].b > 1:
+            return text.strip()
+        # the title's last word aligned at text position b_end; unaligned title words at its end map one to one
+        last = real[-1]
+        cut = last.b + last.size + (len(title_words) - (last.a + last.size))
+        cut = min(cut, len(text_words))
+    if cut >= len(text_tokens):
+        return ""
+    return text[text_tokens[cut].start() :].strip()
+
+
+def title_text_pairs(corpus: dict[str, dict[str, str]]) -> list[TrainingPair]:
+    """(title -> text without the title copy) pairs from a BEIR corpus ``{id: {"title", "text"}}``.
+
+    Documents without a title or whose text is empty once the title copy is removed are skipped.
+    """
+    pairs = []
+    for document_id, document in corpus.items():
+        title = " ".join((document.get("title") or "").split())
+        text = strip_title_copy(title, " ".join((document.get("text") or "").split()))
+        if title and text:
+            pairs.append(TrainingPair(query=title, document=text, document_id=str(document_id)))
+    return pairs
+
+
+def data_root() -> Path:
+    """The folder holding BEIR collections by name: $LIR_ROBUST_DATA_ROOT, else ../shared/data."""
+    return Path(os.environ.get(DATA_ROOT_VARIABLE) or DEFAULT_DATA_ROOT).expanduser()
+
+
+def resolve_beir_folder(data: str) -> Path | None:
+    """A BEIR folder from a path or a collection name under the data root; None when neither exists."""
+    for candidate in (Path(data).expanduser(), data_root() / data):
+        if (candidate / "corpus.jsonl").is_file():
+            return candidate
+    return None
+
+
+def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
+    rows = {}
+    with path.open() as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                rows[str(row["_id"])] = row
+    return rows
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open() as handle:
+        for number, line in enumerate(handle):
+            parts = line.rstrip("\n").split("\t")
+            if number == 0 and parts[0] == "query-id":
+                continue
+            if len(parts) >= 3:
+                qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    return qrels
+
+
+def _document_text(document: dict[str, Any]) -> str:
+    title, text = (document.get("title") or "").strip(), (document.get("text") or "").strip()
+    return f"{title} {strip_title_copy(title, text)}".strip() if title else text
+
+
+def load_training_pairs(data: str) -> TrainingData:
+    """Training pairs from a BEIR folder / collection name, a Hub image dataset or a saved ``datasets`` folder.
+
+    Raises :class:`DataLoadError` naming what was looked for; ``vidore/colpali_train_set`` fails at once offline.
+    """
+    folder = resolve_beir_folder(data)
+    if folder is not None:
+        corpus = _read_jsonl(folder / "corpus.jsonl")
+        train_qrels = folder / "qrels" / "train.tsv"
+        if train_qrels.is_file():
+            qrels = _read_qrels(train_qrels)
+            queries = _read_jsonl(folder / "queries.jsonl")
+            test_file = folder / "qrels" / "test.tsv"
+            test_queries = set(_read_qrels(test_file)) if test_file.is_file() else set()
+            overlap = test_queries & set(qrels)
+            if overlap:
+                raise DataLoadError(
+                    f"{train_qrels} shares {len(overlap)} query ids with qrels/test.tsv; refusing to train on "
+                    "evaluation queries"
+                )
+            pairs = [
+                TrainingPair(queries[query_id]["text"], _document_text(corpus[document_id]), document_id)
+                for query_id, relevant in qrels.items()
+                for document_id, grade in relevant.items()
+                if grade > 0 and query_id in queries and document_id in corpus and _document_text(corpus[document_id])
+            ]
+            kind = "train-split"
+        else:
+            pairs = title_text_pairs(corpus)
+            kind = "title-text"
+            if not pairs:
+                raise DataLoadError(
+                    f"{folder} has no qrels/train.tsv and no document with both a title and a text, so no training "
+                    "pairs can be built without using its (evaluation) queries"
+                )
+        return TrainingData(pairs, str(folder.resolve()), kind, len({pair.document_id for pair in pairs}))
+    return _load_image_pairs(data)
+
+
+def _load_image_pairs(data: str) -> TrainingData:
+    local = Path(data).expanduser()
+    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
+        import datasets
+
+        dataset = datasets.load_from_disk(str(local))
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset["train"]
+        source = str(local.resolve())
+    elif local.exists() or data.startswith((".", "/", "~")) or "/" not in data:
+        raise DataLoadError(
+            f"no training data at {data!r}: expected a BEIR folder (corpus.jsonl [+ qrels/train.tsv]) given as a path "
+            f"or as a collection name under the data root {data_root()} (set ${DATA_ROOT_VARIABLE}); a folder written "
+            f"by datasets' save_to_disk with query and image columns; or a Hub dataset id such as {VIDORE_TRAIN_SET}"
+        )
+    else:
+        dataset = _load_hub_dataset(data)
+        source = f"hub:{data}"
+    columns = set(dataset.column_names)
+    if not {"query", "image"} <= columns:
+        raise DataLoadError(f"{data}: image training data needs 'query' and 'image' columns, found {sorted(columns)}")
+    pairs = [TrainingPair(row["query"], row["image"], str(index)) for index, row in enumerate(dataset) if row["query"]]
+    return TrainingData(pairs, source, "image-pairs", len(pairs))
+
+
+def _load_hub_dataset(name: str):
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    hint = (
+        f"download it on a machine with Hub access (`hf download {name} --repo-type dataset --local-dir DIR`, then "
+        "`datasets.load_dataset(DIR, split='train').save_to_disk(OUT)`) and pass the saved folder with --data"
+    )
+    if flag in ("1", "ON", "YES", "TRUE"):
+        raise DataLoadError(f"cannot load the Hub dataset {name!r}: HF_HUB_OFFLINE is set; {hint}")
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split="train")
+    except Exception as error:  # connection errors come in many types; all mean the same here
+        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise DataLoadError(f"cannot load the Hub dataset {name!r} ({first_line}); {hint}") from None
+
+
+def split_validation(pairs: Sequence[TrainingPair], count: int, seed: int) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """``(train, validation)``: ``count`` pairs drawn with ``seed`` are held out (for the validation loss only)."""
+    if count <= 0:
+        return list(pairs), []
+    if count >= len(pairs):
+        raise ValueError(f"cannot hold out {count} validation pairs from {len(pairs)} pairs")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [pair for index, pair in enumerate(pairs) if index not in held], [pairs[index] for index in sorted(held)]
+
+
+def mine_hard_negatives(pairs: list[TrainingPair], count: int) -> list[TrainingPair]:
+    """Give every text pair the ``count`` documents (of the other pairs) most similar to its query under TF-IDF.
+
+    A cheap lexical miner, deterministic; documents of a pair's own text are never its negatives. Returns new pairs.
+    """
+    if count <= 0:
+        return pairs
+    if any(not isinstance(pair.document, str) for pair in pairs):
+        raise ValueError("hard-negative mining works on text documents only")
+    documents = [pair.document for pair in pairs]
+    vocabulary: dict[str, int] = {}
+    rows = [[vocabulary.setdefault(word, len(vocabulary)) for word in re.findall(r"\w+", text.lower())] for text in documents]
+    frequency = torch.zeros(len(vocabulary))
+    for row in rows:
+        frequency[list(set(row))] += 1
+    idf = torch.log((1 + len(documents)) / (1 + frequency)) + 1
+
+    def vectors(token_rows: list[list[int]]) -> torch.Tensor:
+        matrix = torch.zeros(len(token_rows), len(vocabulary))
+        for index, row in enumerate(token_rows):
+            if row:
+                matrix[index].index_add_(0, torch.tensor(row), torch.ones(len(row)))
+        return nn.functional.normalize(matrix * idf, dim=-1)
+
+    query_rows = [[vocabulary[word] for word in re.findall(r"\w+", pair.query.lower()) if word in vocabulary] for pair in pairs]
+    similarity = vectors(query_rows) @ vectors(rows).T
+    same = torch.tensor([[a.document == b for b in documents] for a in pairs])
+    similarity = similarity.masked_fill(same, -math.inf)
+    top = similarity.topk(min(count, len(pairs) - 1), dim=1).indices
+    return [
+        TrainingPair(pair.query, pair.document, pair.document_id, [documents[j] for j in top[i].tolist()])
+        for i, pair in enumerate(pairs)
+    ]
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """A list of :class:`TrainingPair` as a map-style dataset (items are the pairs themselves)."""
+
+    def __init__(self, pairs: Sequence[TrainingPair]):
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> TrainingPair:
+        return self.pairs[index]
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh permutation every epoch that depends only on ``(seed, epoch)``: resuming reproduces the data order.
+
+    It draws from its own generator, never from the global RNG (dropout's stream stays the same on resume).
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TextPairCollator:
+    """Tokenise a list of pairs for a TextColBERT: ``{"query": {...}, "document": {...}[, "negative": {...}]}``.
+
+    Each part holds ``input_ids`` / ``attention_mask`` ``[B, L]``; ``negative`` is ``[B * n_neg, L]`` (each pair must
+    have the same number of negatives). Training may truncate documents shorter than the model's inference length.
+    """
+
+    def __init__(self, model, query_max_length: int | None = None, document_max_length: int | None = None):
+        self.model = model
+        self.query_max_length = query_max_length
+        self.document_max_length = document_max_length
+
+    def _tokenize(self, texts: list[str], is_query: bool) -> dict[str, torch.Tensor]:
+        limit = self.query_max_length if is_query else self.document_max_length
+        return self.model.tokenize(texts, is_query=is_query, max_length=limit)
+
+    def __call__(self, pairs: list[TrainingPair]) -> dict[str, dict[str, torch.Tensor]]:
+        batch = {
+            "query": self._tokenize([pair.query for pair in pairs], True),
+            "document": self._tokenize([pair.document for pair in pairs], False),
+        }
+        if pairs[0].negatives:
+            batch["negative"] = self._tokenize([negative for pair in pairs for negative in pair.negatives], False)
+        return batch
+
+
+class ImagePairCollator:
+    """Process (query text, page image) pairs with a colpali-engine processor: ``{"query": {...}, "document": {...}}``."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, pairs: list[TrainingPair]) -> dict[str, dict[str, torch.Tensor]]:
+        batch = {
+            "query": dict(self.processor.process_queries([pair.query for pair in pairs])),
+            "document": dict(self.processor.process_images([pair.document for pair in pairs])),
+        }
+        if pairs[0].negatives:
+            batch["negative"] = dict(self.processor.process_images([n for pair in pairs for n in pair.negatives]))
+        return batch
+
+
+def embed(model: nn.Module, inputs: dict[str, torch.Tensor], is_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the (possibly wrapped) model on one part of a batch: ``(embeddings [B, T, D], mask [B, T] bool)``.
+
+    A TextColBERT returns both; a colpali-engine model returns embeddings zeroed at padding, and the mask is the
+    attention mask.
+    """
+    if "is_query" in _forward_parameters(model):
+        return model(**inputs, is_query=is_query)
+    return model(**inputs), inputs["attention_mask"].to(torch.bool)
+
+
+def _forward_parameters(model: nn.Module) -> set[str]:
+    import inspect
+
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    return set(inspect.signature(inner.forward).parameters)
+
+
+def gather_documents(accelerator, embeddings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every process's documents, with gradients: ``([P * B, T_max, D], [P * B, T_max], offset = rank * B)``.
+
+    Documents are padded to the longest across processes (``accelerator.pad_across_processes``), then all-gathered
+    with ``torch.distributed.nn.functional.all_gather`` so gradients flow back to the process that made each
+    document. Every process must hold the same local batch size B. With one process this returns the inputs.
+    """
+    if accelerator.num_processes == 1:
+        return embeddings, mask, 0
+    import torch.distributed.nn.functional as distributed
+
+    embeddings = accelerator.pad_across_processes(embeddings, dim=1)
+    mask = accelerator.pad_across_processes(mask, dim=1)
+    gathered = torch.cat(distributed.all_gather(embeddings), dim=0)
+    gathered_mask = accelerator.gather(mask)
+    return gathered, gathered_mask, accelerator.process_index * embeddings.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+COLPALI_MODEL_TYPES = ("paligemma", "qwen2_vl", "qwen2_5_vl", "idefics3")
+COLPALI_NAME_HINTS = ("colpali", "colqwen", "colsmol", "colidefics", "paligemma")
+
+
+def model_family(model: str) -> str:
+    """``"text"`` for BERT-like encoders (TextColBERT), else the colpali-engine family (colpali, colqwen2, ...)."""
+    local = Path(model).expanduser()
+    model_type = None
+    if (local / "config.json").is_file():
+        model_type = json.loads((local / "config.json").read_text()).get("model_type")
+    elif (local / "adapter_config.json").is_file():
+        base = json.loads((local / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+        return model_family(base) if base else "text"
+    if model_type in COLPALI_MODEL_TYPES or any(hint in str(model).lower() for hint in COLPALI_NAME_HINTS):
+        from lir_robust.patches.colpali import infer_family
+
+        return infer_family(str(model), model_type)
+    return "text"
+
+
+def build_text_model(
+    model: str,
+    head: PoolingHead,
+    projection_dim: int | None,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lora_target_modules: Sequence[str] | str | None,
+    gradient_checkpointing: bool = False,
+    query_max_length: int = 32,
+    document_max_length: int = 256,
+):
+    """A TextColBERT with a LoRA adapter on its backbone and a trainable projection (base weights frozen)."""
+    from lir_robust.encoders.text_colbert import TextColBERT
+
+    colbert = TextColBERT.from_base(
+        model, projection_dim=projection_dim, pooling=head,
+        query_max_length=query_max_length, document_max_length=document_max_length,
+    )
+    if gradient_checkpointing:
+        colbert.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    colbert.add_lora(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
+    for parameter in colbert.projection.parameters():
+        parameter.requires_grad_(True)
+    return colbert
+
+
+def build_colpali_model(
+    model: str,
+    head: PoolingHead,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lora_target_modules: Sequence[str] | str | None,
+    gradient_checkpointing: bool = False,
+):
+    """``(peft model, processor, family)``: a colpali-engine model (via lir_robust.patches) with a LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from lir_robust.patches.colpali import load_colpali, lora_target_modules as default_targets
+
+    family = model_family(model)
+    backbone, processor = load_colpali(model, family=family, device="cpu", head=head)
+    if gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = lora_target_modules or default_targets(family)
+    targets = targets[0] if isinstance(targets, (list, tuple)) and len(targets) == 1 and "(" in targets[0] else targets
+    config = LoraConfig(
+        r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+        init_lora_weights="gaussian", task_type="FEATURE_EXTRACTION",
+    )
+    return get_peft_model(backbone.train(), config), processor, family
+
+
+@torch.no_grad()
+def init_projection_svd(colbert, texts: Sequence[str], batch_size: int = 32, max_vectors: int = 20_000) -> float:
+    """Set a TextColBERT's linear projection ``[D, H]`` to the top-D right singular vectors of its token vectors.
+
+    Token vectors ``[N, H]`` of ``texts`` (as documents, unprojected) are stacked (uncentred, as the dot products
+    they preserve), ``X = U S V^T``; the projection is ``V[:, :D]^T``, so ``X W^T W ~ X``: the untrained projected
+    model starts as the best D-dimensional approximation of the raw H-dimensional one. Returns the share of the
+    squared norm kept (``sum S[:D]^2 / sum S^2``).
+    """
+    projection = colbert.projection
+    if not isinstance(projection, nn.Linear):
+        raise TypeError("init_projection_svd needs a linear projection (projection_dim set)")
+    identity, colbert.projection = colbert.projection, nn.Identity()
+    was_training = colbert.training
+    try:
+        vectors = torch.cat(colbert.encode(list(texts), is_query=False, batch_size=batch_size, show_progress=False))
+    finally:
+        colbert.projection = identity
+        colbert.train(was_training)
+    vectors = vectors[:max_vectors].double()
+    _, singular, right = torch.linalg.svd(vectors, full_matrices=False)
+    dim = projection.out_features
+    projection.weight.copy_(right[:dim].to(projection.weight.dtype))
+    return float((singular[:dim] ** 2).sum() / (singular**2).sum())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and logs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TrainState:
+    """Where the loop is: optimizer steps done, epoch, micro-batches done in that epoch (saved with save_state)."""
+
+    def __init__(self):
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoints/step-N`` folder with the largest N under ``output_dir`` (None if there is none)."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name)) and path.is_dir()]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(model: nn.Module, processor, directory: str | os.PathLike, head: PoolingHead, config: dict[str, Any]) -> Path:
+    """Write the fine-tuned model so that the eval side reloads all of it from ``directory``.
+
+    TextColBERT: its own ``save_pretrained`` (adapter/, projection, tokenizer/, colbert_config.json, pooling.json).
+    colpali-engine model: the PEFT adapter (adapter_config.json + weights, loadable by ``load_colpali(directory)``),
+    the processor and pooling.json ``{"head", "spec", "training"}``.
+    """
+    directory = Path(directory)
+    if hasattr(model, "colbert_config"):
+        model.pooling = head
+        return model.save_pretrained(directory, training_config=config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    processor.save_pretrained(str(directory))
+    pooling = {"head": head.to_dict(), "spec": head.spec(), "training": config}
+    (directory / "pooling.json").write_text(json.dumps(pooling, indent=2, default=str) + "\n")
+    return directory
+
+
+class JsonlLog:
+    """Append one JSON object per line to a file (written by the main process only), flushed every record."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that require gradients (LoRA matrices and the projection)."""
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (ru_maxrss) in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def validation_loss(embed_fn: Callable, loss_fn: nn.Module, batches: Sequence[dict]) -> dict[str, float]:
+    """Mean in-batch loss and top-1 accuracy over held-out batches (no gradient)."""
+    from lir_robust.losses import pooled_logits
+
+    losses, correct, total = [], 0, 0
+    with torch.no_grad():
+        for batch in batches:
+            queries, query_mask = embed_fn(batch["query"], True)
+            documents, document_mask = embed_fn(batch["document"], False)
+            losses.append(float(loss_fn(queries, documents, query_mask=query_mask, doc_mask=document_mask)))
+            logits = pooled_logits(loss_fn.head, queries, documents, query_mask=query_mask, doc_mask=document_mask)
+            correct += int((logits.argmax(dim=1) == torch.arange(logits.shape[0], device=logits.device)).sum())
+            total += logits.shape[0]
+    return {"val_loss": sum(losses) / max(len(losses), 1), "val_top1": correct / max(total, 1)}
