@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from lir_robust.losses import PooledInfoNCELoss
+from lir_robust.losses import PooledInfoNCELoss, pooled_logits
 from lir_robust.pooling import PoolingHead, parse_head
 from lir_robust.scoring import paired_scores
 
@@ -204,21 +205,44 @@ def gold_patch_gradient_norms(
     document_mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     normalize_scores: bool = False,
+    scope: str = "pair",
 ) -> torch.Tensor:
     """Gradient norms on every gold document's patches under in-batch InfoNCE: ``[B, Tq, D] x [B, Td, D] -> [B, Td]``.
 
     Query i's gold document is ``documents[i]``; the loss is :class:`~lir_robust.losses.PooledInfoNCELoss` over the
     ``[B, B]`` scores (logits ``score / temperature``, divided by query length first if ``normalize_scores``), i.e.
-    the loss the synthetic study trains with. Gold document i receives gradient as the positive of query i and as a
-    negative of every other query, exactly as in training. Masked patches get 0.
+    the loss the synthetic study trains with. ``scope`` says which part of the loss is differentiated:
+
+    - ``"pair"`` (default; PAPER.md's "for one (query, document) pair"): query i's own InfoNCE term ``L_i`` with
+      respect to its gold document ``d_i``. Since ``d_i`` enters ``L_i`` only through ``score(q_i, d_i)``, this is the
+      pair's score gradient scaled by ``-(1 - p_ii) / temperature``: the concentration is the head's.
+    - ``"batch"``: the whole batch loss with respect to ``d_i``, which adds ``d_i``'s role as an in-batch negative of
+      every other query (what an optimiser step applies to ``d_i``).
+
+    Masked patches get 0.
     """
+    if scope not in ("pair", "batch"):
+        raise ValueError(f"scope must be 'pair' or 'batch', got {scope!r}")
     head = parse_head(head)
     query_mask = _default_mask(queries, query_mask)
     document_mask = _default_mask(documents, document_mask)
-    loss_fn = PooledInfoNCELoss(head, temperature=temperature, normalize_scores=normalize_scores)
+    queries = queries.detach().float()
     with torch.enable_grad():
         leaf = documents.detach().float().requires_grad_(True)
-        loss = loss_fn(queries.detach().float(), leaf, query_mask=query_mask, doc_mask=document_mask)
+        if scope == "batch":
+            loss_fn = PooledInfoNCELoss(head, temperature=temperature, normalize_scores=normalize_scores)
+            loss = loss_fn(queries, leaf, query_mask=query_mask, doc_mask=document_mask)
+        else:
+            # Off-diagonal logits see detached documents, so sum_i L_i only differentiates L_i w.r.t. d_i.
+            logits = pooled_logits(head, queries, leaf.detach(), normalize_scores=normalize_scores,
+                                   query_mask=query_mask, doc_mask=document_mask)
+            diagonal = paired_scores(queries, query_mask, leaf, document_mask, head)
+            if normalize_scores:
+                diagonal = diagonal / query_mask.sum(dim=1).clamp_min(1)
+            eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+            logits = torch.where(eye, diagonal.unsqueeze(1), logits)
+            targets = torch.arange(logits.shape[0], device=logits.device)
+            loss = F.cross_entropy(logits / temperature, targets, reduction="sum")
         (gradient,) = torch.autograd.grad(loss, leaf)
     return gradient.norm(dim=-1).masked_fill(~document_mask, 0.0)
 
@@ -232,16 +256,20 @@ def gold_pair_gradient_concentration(
     document_mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     normalize_scores: bool = False,
+    scope: str = "pair",
     printed_gini: bool = False,
 ) -> GradientConcentration:
     """Concentration of the gold documents' patch gradients under in-batch InfoNCE (what the paper measured).
+
+    ``scope``: ``"pair"`` (query i's loss term w.r.t. its gold document) or ``"batch"`` (the whole batch loss); see
+    :func:`gold_patch_gradient_norms`.
 
     Shapes: queries ``[B, Tq, D]``, documents ``[B, Td, D]`` (document i is query i's gold), masks ``[B, Tq]`` /
     ``[B, Td]``; every field of the result is ``[B]`` (``gradient_norms`` is ``[B, Td]``). Average with ``.mean()``.
     """
     norms = gold_patch_gradient_norms(
         queries, documents, head, query_mask=query_mask, document_mask=document_mask,
-        temperature=temperature, normalize_scores=normalize_scores,
+        temperature=temperature, normalize_scores=normalize_scores, scope=scope,
     )
     mask = None if document_mask is None else document_mask.to(torch.bool)
     return gradient_concentration(norms, mask, printed_gini=printed_gini)

@@ -126,3 +126,16 @@ def test_hijack_rate_hand_built():
         torch.stack([query, query]), torch.stack([document, document]), torch.stack([injected, ~injected])
     )
     assert torch.allclose(batched, torch.tensor([0.5, 0.5]))
+
+
+def test_gold_pair_scope_equals_pair_score_gradient_and_batch_differs():
+    generator = torch.Generator().manual_seed(5)
+    queries = F.normalize(torch.randn(6, 16, 16, generator=generator), dim=-1)
+    documents = F.normalize(torch.randn(6, 32, 16, generator=generator), dim=-1)
+    pair = gold_pair_gradient_concentration(queries, documents, "topk:k=4", scope="pair")
+    own = pair_gradient_concentration(queries, documents, "topk:k=4")  # aligned pairs: the score gradient alone
+    assert torch.allclose(pair.gini, own.gini, atol=1e-5)
+    batch = gold_pair_gradient_concentration(queries, documents, "topk:k=4", scope="batch")
+    assert not torch.allclose(batch.gradient_norms, pair.gradient_norms)
+    with pytest.raises(ValueError, match="scope"):
+        gold_pair_gradient_concentration(queries, documents, "maxsim", scope="row")
