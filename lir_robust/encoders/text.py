@@ -1,0 +1,52 @@
+"""The MultiVectorEncoder interface over :class:`~lir_robust.encoders.text_colbert.TextColBERT`."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from lir_robust.encoders.base import MultiVectorEncoder
+from lir_robust.encoders.text_colbert import TextColBERT
+
+__all__ = ["TextEncoder"]
+
+
+class TextEncoder(MultiVectorEncoder):
+    """Text ColBERT (markers, punctuation masking, projection, L2 norm live in TextColBERT).
+
+    ``model``: a TextColBERT, or build one with :meth:`from_spec` ("minilm", a base model folder, or a fine-tuned
+    checkpoint folder with colbert_config.json).
+    """
+
+    def __init__(self, model: TextColBERT, batch_size: int = 32, show_progress: bool = True, device: str | None = None):
+        super().__init__(batch_size=batch_size, show_progress=show_progress)
+        self.model = model.eval()
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model.to(self.device)
+
+    @classmethod
+    def from_spec(cls, spec: str | None = None, **kwargs: Any) -> "TextEncoder":
+        """``None`` / "minilm": MiniLM-L6 (raw 384-d); a folder with colbert_config.json: a fine-tuned checkpoint;
+        another folder or name: a base Hugging Face encoder with the identity projection."""
+        from pathlib import Path
+
+        if spec is not None and (Path(spec) / "colbert_config.json").is_file():
+            return cls(TextColBERT.from_pretrained(spec), **kwargs)
+        return cls(TextColBERT.from_base(spec), **kwargs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model.config)
+
+    @property
+    def pooling(self):
+        return self.model.pooling
+
+    def _sizes(self, items: Sequence[str], is_query: bool) -> list[int]:
+        return [len(ids) for ids in self.model.tokenizer(list(items), truncation=False)["input_ids"]]
+
+    def _encode_batch(self, items: Sequence[str], is_query: bool) -> list[torch.Tensor]:
+        batch = self.model.tokenize(list(items), is_query)
+        vectors, mask = self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), is_query)
+        return [vectors[row][mask[row]] for row in range(vectors.shape[0])]

@@ -1,0 +1,83 @@
+"""Encoders: one interface over TextColBERT and colpali-engine models, the embedding cache, multi-process encoding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lir_robust.data import load_beir
+from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
+from lir_robust.encoders.load import load_encoder
+from retrieval_fixtures import write_beir, write_vidore_v2
+from tiny_text import save_tiny_bert
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def test_text_encoder_interface(tiny_bert):
+    encoder = load_encoder(str(tiny_bert), show_progress=False)
+    queries = encoder.encode_queries(["what is known about the wing ?", "heat"])
+    documents = encoder.encode_documents(["the wing , lift and drag .", "heat transfer in the boundary layer"])
+    assert [q.shape[1] for q in queries] == [32, 32] and all(q.dtype == torch.float32 for q in queries)
+    assert torch.allclose(documents[0].norm(dim=-1), torch.ones(documents[0].shape[0]))
+    # punctuation is masked in documents: [CLS] [D] the wing lift and drag [SEP] -> 8 rows
+    assert documents[0].shape[0] == 8
+    reference = encoder.model.encode(["what is known about the wing ?", "heat"], True, show_progress=False)
+    assert all(torch.allclose(a, b) for a, b in zip(queries, reference))
+
+
+def test_cache_is_reused(tiny_bert, tmp_path):
+    data = load_beir(write_beir(tmp_path / "tiny"))
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = load_encoder(str(tiny_bert), show_progress=False)
+    queries, documents = encode_retrieval_set(first, data, cache)
+    assert first.items_encoded == len(data.queries) + len(data.corpus)
+    second = load_encoder(str(tiny_bert), show_progress=False)
+    again_queries, again_documents = encode_retrieval_set(second, data, cache)
+    assert second.items_encoded == 0  # second run encodes nothing
+    assert all(torch.equal(a, b) for a, b in zip(documents, again_documents))
+    assert all(torch.equal(a, b) for a, b in zip(queries, again_queries))
+    # other data -> other key
+    other = load_beir(write_beir(tmp_path / "other", documents_per_topic=2))
+    encode_retrieval_set(second, other, cache)
+    assert second.items_encoded == len(other.queries) + len(other.corpus)
+
+
+def test_colpali_encoder_on_pages(tiny_colqwen2_dir, tmp_path):
+    data = __import__("lir_robust.data", fromlist=["x"]).load_retrieval_set(write_vidore_v2(tmp_path / "v2", pages=3))
+    encoder = load_encoder(str(tiny_colqwen2_dir), batch_size=2, show_progress=False)
+    assert encoder.modality == "image"
+    queries, pages = encode_retrieval_set(encoder, data, EmbeddingCache(tmp_path / "cache"))
+    assert len(queries) == 6 and len(pages) == 3
+    assert all(page.dim() == 2 and page.shape[1] == 128 and page.shape[0] > 4 for page in pages)
+    assert not any(torch.isnan(page).any() for page in pages)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_embeddings(tiny_bert, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    worker = str(TESTS / "distributed_encode_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+    subprocess.run([sys.executable, worker, str(tiny_bert), str(tmp_path / "one.pt")], check=True, env=env, timeout=120)
+    subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", worker, str(tiny_bert), str(tmp_path / "two.pt")],
+        check=True, env=env, timeout=180,
+    )
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["world"] == 1 and two["world"] == 2
+    assert two["encoded_here"] < one["encoded_here"]  # rank 0 encoded only its share
+    assert len(one["embeddings"]) == len(two["embeddings"]) == 23
+    assert all(torch.equal(a, b) for a, b in zip(one["embeddings"], two["embeddings"]))
