@@ -1,0 +1,68 @@
+"""Length / injection sweep on a real collection (thin entry; the logic is lir_robust.sweep).
+
+    python eval/length_sweep.py                       # MiniLM ColBERT on $LIR_ROBUST_DATA_ROOT/cranfield, default heads
+    python eval/length_sweep.py --model path/to/finetuned --kinds hard spike --ks 0 25 100
+    torchrun --nproc_per_node 2 eval/length_sweep.py ...   # corpus encoding split over processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lir_robust.encoders.base import init_distributed
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_TARGETS, KINDS, TARGETS
+from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, run_length_sweep
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="minilm | fine-tuned TextColBERT folder | colpali model id or folder")
+    parser.add_argument("--data", default="cranfield", help="bare name under the data root, a folder, or a ViDoRe Hub name")
+    parser.add_argument("--data-root", default=None, help="folder of collections (default $LIR_ROBUST_DATA_ROOT)")
+    parser.add_argument("--data-format", default="auto", choices=["auto", "beir", "vidore-v1", "vidore-v2"])
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--language", default=None, help="ViDoRe v2 query language filter, e.g. english")
+    parser.add_argument("--poolings", nargs="+", default=list(DEFAULT_HEADS), help="pooling heads, e.g. maxsim topk:k=4")
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
+    parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS), help="injection budgets K")
+    parser.add_argument("--target", action="append", default=[], metavar="KIND=TARGET",
+                        help=f"override a kind's target ({'/'.join(TARGETS)}), e.g. --target gaussian=non-gold")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spike-tokens", type=int, default=3)
+    parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
+    parser.add_argument("--batch-size", type=int, default=None, help="encoding batch size")
+    parser.add_argument("--document-batch-size", type=int, default=8, help="documents per scoring chunk")
+    parser.add_argument("--segments", type=int, default=8, help="resumable document segments")
+    parser.add_argument("--cache-dir", default=None, help="embedding cache (default $LIR_ROBUST_CACHE or .cache/lir-robust)")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--out", default="results/length-sweep")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    targets = dict(DEFAULT_TARGETS)
+    for item in args.target:
+        kind, _, target = item.partition("=")
+        if kind not in KINDS or target not in TARGETS:
+            raise SystemExit(f"--target expects KIND=TARGET with KIND in {KINDS} and TARGET in {TARGETS}, got {item!r}")
+        targets[kind] = target
+    init_distributed()
+    config = SweepConfig(
+        model=args.model, data=args.data, data_format=args.data_format, split=args.split, language=args.language,
+        data_root=args.data_root, heads=args.poolings, kinds=args.kinds, ks=args.ks, targets=targets, seed=args.seed,
+        spike_tokens=args.spike_tokens, max_queries=args.max_queries, encode_batch_size=args.batch_size,
+        document_batch_size=args.document_batch_size, segments=args.segments, cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+    )
+    results = run_length_sweep(config, args.out, show_progress=not args.quiet)
+    if results is not None:
+        logging.getLogger("length_sweep").info("timings (s): %s", {k: round(v, 1) for k, v in results["timings_s"].items()})
+        print((__import__("pathlib").Path(args.out) / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
