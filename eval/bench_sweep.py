@@ -1,0 +1,103 @@
+"""Benchmark (not a test): the full length / injection sweep against one plain evaluation, in the same run.
+
+    python eval/bench_sweep.py                    # MiniLM on $LIR_ROBUST_DATA_ROOT/cranfield, default heads / kinds / K
+    python eval/bench_sweep.py --max-queries 50   # quicker
+
+Measured, on the same embeddings and machine:
+- encode: queries + corpus, no cache (done once; both costs below include it);
+- plain evaluation = encode + score K = 0 with one head (maxsim, lir_robust.scoring.score) + pytrec_eval metrics;
+  also reported: plain evaluation of every head (encode + one score pass per head + metrics);
+- full sweep = encode + merged-state sweep of every head x kind x K (lir_robust.injection.sweep_scores, including the
+  hard-negative search) + metrics of every (head, kind, K).
+Ratios: full sweep / plain evaluation (target <= 1.5) and full sweep / plain evaluation of every head.
+Writes results/bench-sweep/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lir_robust.data import load_retrieval_set
+from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
+from lir_robust.encoders.load import load_encoder
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, InjectionSettings, sweep_scores
+from lir_robust.metrics import evaluate, run_from_scores
+from lir_robust.scoring import score
+from lir_robust.sweep import DEFAULT_HEADS, _versions, write_json_atomic
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data", default="cranfield")
+    parser.add_argument("--poolings", nargs="+", default=list(DEFAULT_HEADS))
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS))
+    parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--out", default="results/bench-sweep")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log = logging.getLogger("bench_sweep")
+
+    data = load_retrieval_set(args.data).subset(args.max_queries)
+    encoder = load_encoder(args.model, show_progress=False)
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        query_embeddings, documents = encode_retrieval_set(encoder, data, EmbeddingCache(cache_dir), use_cache=False)
+    timings["encode"] = time.perf_counter() - tick
+    query_ids = data.judged_query_ids
+    position = {qid: index for index, qid in enumerate(data.queries)}
+    queries = [query_embeddings[position[qid]] for qid in query_ids]
+    document_ids = data.document_ids
+    index_of = {docid: index for index, docid in enumerate(document_ids)}
+    gold = [sorted(index_of[docid] for docid in data.gold(qid)) for qid in query_ids]
+    qrels = {qid: data.qrels[qid] for qid in query_ids}
+
+    per_head: dict[str, float] = {}
+    for head in args.poolings:
+        tick = time.perf_counter()
+        scores = score(queries, documents, head)
+        evaluate(qrels, run_from_scores(scores, query_ids, document_ids))
+        per_head[head] = time.perf_counter() - tick
+        log.info("plain score + metrics, %s: %.1f s", head, per_head[head])
+    timings["plain_score_per_head"] = per_head
+
+    tick = time.perf_counter()
+    swept = sweep_scores(queries, documents, gold, args.poolings, args.kinds, args.ks, InjectionSettings(), show_progress=False)
+    timings["sweep_score"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    for by_kind in swept.scores.values():
+        for kind, by_k in by_kind.items():
+            for k, scores in by_k.items():
+                evaluate(qrels, run_from_scores(scores, query_ids, document_ids))
+    timings["sweep_metrics"] = time.perf_counter() - tick
+
+    first = args.poolings[0]
+    plain = timings["encode"] + per_head[first]
+    plain_all = timings["encode"] + sum(per_head.values())
+    full = timings["encode"] + timings["sweep_score"] + timings["sweep_metrics"]
+    report = {
+        "model": args.model, "data": data.summary(), "queries": len(query_ids), "heads": args.poolings, "kinds": args.kinds,
+        "ks": args.ks, "threads": torch.get_num_threads(), "timings_s": timings,
+        "plain_evaluation_s": plain, "plain_evaluation_every_head_s": plain_all, "full_sweep_s": full,
+        "ratio_full_sweep_to_plain": full / plain, "ratio_full_sweep_to_plain_every_head": full / plain_all,
+        "evaluations_in_sweep": len(args.poolings) * (1 + len(args.kinds) * (len(set(args.ks) - {0}))),
+        "versions": _versions(),
+    }
+    write_json_atomic(Path(args.out) / "bench.json", report)
+    log.info(
+        "encode %.1f s | plain (%s) %.1f s | plain, every head %.1f s | full sweep %.1f s (score %.1f, metrics %.1f) | "
+        "ratio %.2fx (vs every head %.2fx)", timings["encode"], first, plain, plain_all, full, timings["sweep_score"],
+        timings["sweep_metrics"], full / plain, full / plain_all,
+    )
+
+
+if __name__ == "__main__":
+    main()
