@@ -94,40 +94,38 @@ class TrainingData:
     documents_seen: int
 
 
-_WORD = re.compile(r"\S+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
 def strip_title_copy(title: str, text: str, min_match: float = 0.8) -> str:
     """``text`` without the copy of ``title`` it starts with (if it does); otherwise ``text`` unchanged.
 
-    Exact prefixes (ignoring case and whitespace runs) are cut; a near copy (Cranfield has a few, e.g. ``3.5`` in the
-    title and ``3. 5`` in the abstract) is cut when at least ``min_match`` of the title's words align with the start
-    of the text, at the position where the aligned title ends.
+    Titles and texts are compared ignoring case and whitespace. An exact prefix is cut; a near copy (Cranfield has
+    two, e.g. ``3.5 and 8.5`` in the title and ``3. 5 and 8 .5`` in the abstract) is cut when at least ``min_match``
+    of the title's characters align with the start of the text, at the end of the word where the aligned title ends.
     """
-    title_words, text_tokens = _words(title), list(_WORD.finditer(text))
-    if not title_words or not text_tokens:
-        return text.strip()
-    text_words = [match.group(0).lower() for match in text_tokens]
-    window = text_words[: len(title_words) + 8]
-    if window[: len(title_words)] == title_words:
-        cut = len(title_words)
+    title_chars = "".join(title.lower().split())
+    text = text.strip()
+    if not title_chars or not text:
+        return text
+    positions = [index for index, char in enumerate(text) if not char.isspace()]  # compact index -> text index
+    text_chars = "".join(text[index] for index in positions).lower()
+    window = text_chars[: len(title_chars) + 10]
+    if window.startswith(title_chars):
+        end = len(title_chars)
     else:
-        blocks = difflib.SequenceMatcher(None, title_words, window, autojunk=False).get_matching_blocks()
+        blocks = [block for block in difflib.SequenceMatcher(None, title_chars, window, autojunk=False).get_matching_blocks() if block.size]
         matched = sum(block.size for block in blocks)
-        real = [block for block in blocks if block.size]
-        if not real or matched < min_match * len(title_words) or real[0].b > 1:
-            return text.strip()
-        # the title's last word aligned at text position b_end; unaligned title words at its end map one to one
-        last = real[-1]
-        cut = last.b + last.size + (len(title_words) - (last.a + last.size))
-        cut = min(cut, len(text_words))
-    if cut >= len(text_tokens):
+        if not blocks or blocks[0].b > 2 or matched < min_match * len(title_chars):
+            return text
+        last = blocks[-1]
+        end = min(last.b + last.size + (len(title_chars) - (last.a + last.size)), len(text_chars))
+    if end >= len(text_chars):
         return ""
-    return text[text_tokens[cut].start() :].strip()
+    cut = positions[end - 1] + 1
+    while cut < len(text) and not text[cut].isspace():  # finish the word the copy ends in
+        cut += 1
+    rest = text[cut:].strip()
+    if "".join(rest.lower().split()).startswith(title_chars):  # the title repeated twice (one Cranfield abstract)
+        return strip_title_copy(title, rest, min_match)
+    return rest
 
 
 def title_text_pairs(corpus: dict[str, dict[str, str]]) -> list[TrainingPair]:

@@ -85,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=50, help="accelerator.save_state every N steps (0: never)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue from the last checkpoint of --output-dir (or from a given checkpoint folder)")
+    p.add_argument("--stop-after-steps", type=int, default=None, help="leave the loop after this many steps without saving the model, as if interrupted (to test --resume)")
     args = p.parse_args(argv)
     args.head = parse_head(args.pooling, k=args.pool_k, tau=args.pool_tau).spec()
     if args.output_dir is None:
@@ -92,8 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def train(args: argparse.Namespace):
+    """Run the fine-tuning described by ``args`` (see parse_args); returns ``(unwrapped model, summary dict)``."""
     head = parse_head(args.head)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -195,8 +196,9 @@ def main(argv=None) -> dict:
     progress = tqdm(total=max_steps, initial=state.step, desc=f"fine-tuning ({head})", disable=not accelerator.is_main_process)
     step_started, step_times, loss_sum, loss_count = time.perf_counter(), [], 0.0, 0
     while state.step < max_steps:
-        sampler.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        sampler.set_epoch(state.epoch)  # the data order depends on (seed, epoch) only, so a resumed run sees the same
+        batches.set_epoch(state.epoch)  # batches; Accelerate's loaders reset the sampler's epoch to their own counter
         for batch in batches:
             with accelerator.accumulate(model):
                 queries, query_mask = encode(batch["query"], True)
@@ -246,11 +248,17 @@ def main(argv=None) -> dict:
             if args.save_every and state.step % args.save_every == 0:
                 accelerator.save_state(str(output / "checkpoints" / f"step-{state.step}"))
             step_started = time.perf_counter()
-            if state.step >= max_steps:
+            if state.step >= max_steps or state.step == args.stop_after_steps:
                 break
         else:  # the epoch ran out
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if state.step == args.stop_after_steps:
+            break
     progress.close()
+    if state.step == args.stop_after_steps and state.step < max_steps:
+        logger.info("stopped after step %d as asked (--stop-after-steps); continue with --resume", state.step)
+        accelerator.end_training()
+        return accelerator.unwrap_model(model), {"step": state.step, "stopped": True}
 
     # ---------------------------------------------------------------- save
     final = {"step": state.step, **evaluate()}
@@ -267,6 +275,11 @@ def main(argv=None) -> dict:
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info("saved the model to %s (%s)", output / "model", json.dumps(summary))
     accelerator.end_training()
+    return accelerator.unwrap_model(model), summary
+
+
+def main(argv=None) -> dict:
+    _, summary = train(parse_args(argv))
     return summary
 
 

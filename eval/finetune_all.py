@@ -1,0 +1,188 @@
+"""Fine-tune MiniLM ColBERT on Cranfield title -> text pairs once per pooling head; nDCG@10 before / after.
+
+    python eval/finetune_all.py                       # = make finetune-all; results under results/finetune/
+    python eval/finetune_all.py --heads maxsim topk:k=4 --max-steps 50
+
+For every head: train with `accelerate launch train/finetune.py` (timed; its summary holds the median step time and
+peak memory), reload the saved folder with TextColBERT.from_pretrained and evaluate on the 225 test queries with the
+head it was trained with. The untrained baseline is the raw MiniLM (identity projection, no adapter) under the same
+head, plus the maxsim baseline. Step-time ratios between heads are measured again in ONE process with interleaved
+steps on the same batch (the CPU is shared, so separate runs' timings are noisy). Every stage writes its JSON and
+is skipped when re-run; delete a file to redo it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from lir_robust import training  # noqa: E402
+from lir_robust.encoders.text_colbert import TextColBERT  # noqa: E402
+from lir_robust.pooling import parse_head  # noqa: E402
+from lir_robust.scoring import score  # noqa: E402
+
+
+def slug(head: str) -> str:
+    return head.replace(":", "-").replace("=", "").replace(",", "-")
+
+
+def load_collection(name: str):
+    """(document ids, document texts, query ids, query texts, qrels) of a BEIR collection."""
+    folder = training.resolve_beir_folder(name)
+    if folder is None:
+        raise SystemExit(f"no BEIR collection {name!r} under {training.data_root()}")
+    corpus = training._read_jsonl(folder / "corpus.jsonl")
+    queries = training._read_jsonl(folder / "queries.jsonl")
+    qrels = training._read_qrels(folder / "qrels" / "test.tsv")
+    document_ids = [doc_id for doc_id, doc in corpus.items() if training._document_text(doc)]
+    documents = [training._document_text(corpus[doc_id]) for doc_id in document_ids]
+    query_ids = [query_id for query_id in queries if query_id in qrels]
+    return document_ids, documents, query_ids, [queries[q]["text"] for q in query_ids], qrels
+
+
+def ndcg_at_10(scores: torch.Tensor, document_ids, query_ids, qrels) -> float:
+    """Mean nDCG@10 (pytrec_eval) of a ``[Nq, Nd]`` score matrix."""
+    import pytrec_eval
+
+    top = scores.topk(min(100, scores.shape[1]), dim=1)
+    run = {
+        query_id: {document_ids[j]: float(v) for v, j in zip(values.tolist(), indices.tolist())}
+        for query_id, values, indices in zip(query_ids, top.values, top.indices)
+    }
+    evaluator = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in query_ids}, {"ndcg_cut.10"})
+    per_query = evaluator.evaluate(run)
+    return sum(result["ndcg_cut_10"] for result in per_query.values()) / len(per_query)
+
+
+def evaluate(model: TextColBERT, heads, collection, batch_size: int = 32) -> dict[str, float]:
+    document_ids, documents, query_ids, queries, qrels = collection
+    started = time.perf_counter()
+    query_vectors = model.encode(queries, is_query=True, batch_size=batch_size)
+    document_vectors = model.encode(documents, is_query=False, batch_size=batch_size)
+    encode_s = time.perf_counter() - started
+    results = {head: ndcg_at_10(score(query_vectors, document_vectors, head), document_ids, query_ids, qrels) for head in heads}
+    return {"ndcg@10": results, "encode_s": encode_s}
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_document_max_length: int) -> dict:
+    """Median seconds of one training step per head, interleaved in one process on one fixed batch."""
+    from lir_robust.losses import PooledInfoNCELoss
+
+    torch.manual_seed(0)
+    model = training.build_text_model("minilm", parse_head("maxsim"), 128, 32, 32, 0.1, None)
+    model.train()
+    pairs = training.load_training_pairs(data).pairs[:batch_size]
+    batch = training.TextPairCollator(model, 32, train_document_max_length)(pairs)
+    optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=1e-5)
+    times: dict[str, list[float]] = {head: [] for head in heads}
+    for round_index in range(rounds + 1):
+        order = heads[round_index % len(heads) :] + heads[: round_index % len(heads)]
+        for head in order:
+            loss_fn = PooledInfoNCELoss(head, temperature=0.02)
+            started = time.perf_counter()
+            queries, query_mask = training.embed(model, batch["query"], True)
+            documents, document_mask = training.embed(model, batch["document"], False)
+            loss = loss_fn(queries, documents, query_mask=query_mask, doc_mask=document_mask)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if round_index:  # round 0 warms up
+                times[head].append(time.perf_counter() - started)
+    medians = {head: sorted(values)[len(values) // 2] for head, values in times.items()}
+    reference = medians[heads[0]]
+    return {"median_step_s": medians, "ratio_to_" + heads[0]: {h: m / reference for h, m in medians.items()}, "rounds": rounds, "batch_size": batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--heads", nargs="+", default=["maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"])
+    parser.add_argument("--data", default="cranfield")
+    parser.add_argument("--out", default="results/finetune")
+    parser.add_argument("--max-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--train-document-max-length", type=int, default=128)
+    parser.add_argument("--bench-rounds", type=int, default=5)
+    parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("finetune_args", nargs="*", help="extra arguments for train/finetune.py (after --)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    heads = [parse_head(head).spec() for head in args.heads]
+    baseline_heads = list(dict.fromkeys(["maxsim", *heads]))
+    collection = load_collection(args.data)
+
+    baseline_file = out / "baseline.json"
+    if not baseline_file.exists():
+        print("baseline: raw MiniLM, identity projection", flush=True)
+        write_json(baseline_file, evaluate(TextColBERT.from_base("minilm"), baseline_heads, collection))
+    baseline = json.loads(baseline_file.read_text())
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    for head in heads:
+        run = out / slug(head)
+        if not (run / "summary.json").exists():
+            command = [
+                str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", str(ROOT / "train" / "finetune.py"), "--pooling", head, "--data", args.data,
+                "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                "--train-document-max-length", str(args.train_document_max_length), "--save-every", "50",
+                "--output-dir", str(run), *(["--resume"] if (run / "checkpoints").is_dir() else []), *args.finetune_args,
+            ]
+            print("train:", " ".join(command), flush=True)
+            started = time.perf_counter()
+            subprocess.run(command, check=True)
+            write_json(run / "wall.json", {"train_wall_s": time.perf_counter() - started, "command": command})
+        if not (run / "eval.json").exists():
+            model = TextColBERT.from_pretrained(run / "model")
+            write_json(run / "eval.json", {"head": model.pooling.spec(), **evaluate(model, [model.pooling.spec()], collection)})
+
+    bench_file = out / "step_time_bench.json"
+    if not args.skip_bench and not bench_file.exists():
+        write_json(bench_file, step_time_ratios(heads, args.data, args.batch_size, args.bench_rounds, args.train_document_max_length))
+
+    rows = ["| head | nDCG@10 untrained (same head) | nDCG@10 fine-tuned | train wall (s) | median step (s) | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|"]
+    report = {"baseline": baseline, "runs": {}}
+    for head in heads:
+        run = out / slug(head)
+        if not (run / "eval.json").exists():
+            continue
+        summary, evaluation = json.loads((run / "summary.json").read_text()), json.loads((run / "eval.json").read_text())
+        wall = json.loads((run / "wall.json").read_text()) if (run / "wall.json").exists() else {}
+        report["runs"][head] = {"summary": summary, "eval": evaluation, "wall": wall}
+        rows.append(
+            f"| {head} | {baseline['ndcg@10'][head]:.4f} | {evaluation['ndcg@10'][head]:.4f} | "
+            f"{wall.get('train_wall_s', float('nan')):.0f} | {summary['median_step_time_s']:.2f} | {summary['peak_memory_mb']:.0f} |"
+        )
+    rows.append(f"\nmaxsim baseline (raw MiniLM): {baseline['ndcg@10']['maxsim']:.4f}")
+    if bench_file.exists():
+        bench = json.loads(bench_file.read_text())
+        report["bench"] = bench
+        ratios = next(value for key, value in bench.items() if key.startswith("ratio_to_"))
+        rows.append("step-time ratio to maxsim (one process, interleaved): " + ", ".join(f"{h} {r:.3f}" for h, r in ratios.items()))
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

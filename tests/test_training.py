@@ -1,0 +1,136 @@
+"""lir_robust.training: training pairs (title copy stripped, never the evaluation queries), sampler, helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lir_robust import training
+from finetune_fixtures import save_dropout_bert, write_tiny_beir
+
+CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
+
+
+@pytest.mark.parametrize(
+    "title, text, expected",
+    [
+        ("simple shear flow .", "simple shear flow . in the study of flow", "in the study of flow"),
+        ("Simple  Shear flow .", "simple shear   flow . in the study", "in the study"),  # case, whitespace runs
+        # Cranfield's near copies: "3.5" vs "3. 5", "oseen's" vs "oseens's"
+        ("drag at mach numbers 3.5 and 8.5 .", "drag at mach numbers 3. 5 and 8 .5 . tests were made", "tests were made"),
+        ("steady motion of a sphere., oseen's criticism .", "steady motion of a sphere., oseens's criticism . the formula", "the formula"),
+        ("wing theory .", "an abstract about something else entirely", "an abstract about something else entirely"),
+        ("wing theory .", "wing theory .", ""),
+        ("wing theory .", "wing theory . wing theory . the abstract", "the abstract"),
+        ("", "only text", "only text"),
+    ],
+)
+def test_strip_title_copy(title, text, expected):
+    assert training.strip_title_copy(title, text) == expected
+
+
+def test_title_text_pairs_strip_the_copy_skip_empty_and_never_read_queries(tmp_path):
+    folder = write_tiny_beir(tmp_path / "beir", documents=12)
+    data = training.load_training_pairs(str(folder))
+    assert data.kind == "title-text"
+    assert len(data.pairs) == 12  # the empty document is skipped
+    corpus = {row["_id"]: row for row in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
+    for pair in data.pairs:
+        assert pair.query == corpus[pair.document_id]["title"]
+        assert not pair.document.startswith(pair.query.rstrip(" ."))
+        assert corpus[pair.document_id]["text"].endswith(pair.document)
+        assert "evalquery" not in pair.query and "secret" not in pair.document
+    (folder / "queries.jsonl").unlink()  # the evaluation queries are not needed at all
+    assert len(training.load_training_pairs(str(folder)).pairs) == 12
+
+
+def test_train_split_is_used_when_present_and_must_not_overlap_test(tmp_path):
+    folder = write_tiny_beir(tmp_path / "beir", documents=6, with_train_split=True)
+    data = training.load_training_pairs(str(folder))
+    assert data.kind == "train-split" and len(data.pairs) == 6
+    assert all(pair.query.startswith("how ") for pair in data.pairs)
+    with (folder / "qrels" / "train.tsv").open("a") as handle:
+        handle.write("q0\t1\t1\n")  # an evaluation query sneaks into the train split
+    with pytest.raises(training.DataLoadError, match="evaluation queries"):
+        training.load_training_pairs(str(folder))
+
+
+def test_collection_by_name_under_the_data_root(tmp_path, monkeypatch):
+    write_tiny_beir(tmp_path / "root" / "tiny", documents=4)
+    monkeypatch.setenv("LIR_ROBUST_DATA_ROOT", str(tmp_path / "root"))
+    assert len(training.load_training_pairs("tiny").pairs) == 4
+    with pytest.raises(training.DataLoadError, match="BEIR folder"):
+        training.load_training_pairs("no-such-collection")
+
+
+def test_vidore_train_set_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(training.DataLoadError, match="HF_HUB_OFFLINE.*save_to_disk"):
+        training.load_training_pairs(training.VIDORE_TRAIN_SET)
+
+
+@pytest.mark.skipif(not CRANFIELD.is_dir(), reason="../shared/data/cranfield is not on this machine")
+def test_cranfield_pairs():
+    data = training.load_training_pairs(str(CRANFIELD))
+    assert data.kind == "title-text" and len(data.pairs) == 1398  # 2 empty documents
+    squeezed = lambda text: "".join(text.lower().split())  # noqa: E731
+    assert not [pair for pair in data.pairs if squeezed(pair.document).startswith(squeezed(pair.query))]
+    queries = {json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()}
+    assert not queries & {pair.query for pair in data.pairs}
+
+
+def test_split_validation_is_disjoint_and_seeded():
+    pairs = [training.TrainingPair(f"q{i}", f"d{i}", str(i)) for i in range(20)]
+    train, held = training.split_validation(pairs, 5, seed=3)
+    assert len(train) == 15 and len(held) == 5 and not {p.query for p in train} & {p.query for p in held}
+    assert [p.query for p in held] == [p.query for p in training.split_validation(pairs, 5, seed=3)[1]]
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    sampler = training.EpochShuffleSampler(10, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(first) == list(range(10)) and first != second
+    again = training.EpochShuffleSampler(10, seed=1)
+    again.set_epoch(1)
+    assert list(again) == second
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (dropout) is untouched
+
+
+def test_hard_negatives_exclude_the_positive():
+    pairs = [
+        training.TrainingPair("shock wave drag", "shock wave drag on cones", "1"),
+        training.TrainingPair("heat transfer plate", "heat transfer to a flat plate", "2"),
+        training.TrainingPair("shock layer", "shock layer thickness and drag", "3"),
+    ]
+    mined = training.mine_hard_negatives(pairs, 1)
+    assert mined[0].negatives == ["shock layer thickness and drag"]
+    assert all(pair.document not in pair.negatives for pair in mined)
+
+
+def test_svd_projection_is_orthonormal_and_collator_truncates(tmp_path):
+    from lir_robust.pooling import parse_head
+
+    model = training.build_text_model(str(save_dropout_bert(tmp_path / "bert")), parse_head("maxsim"), 8, 4, 4, 0.0, None)
+    texts = ["shock wave drag on a cone at high mach number .", "heat transfer to a flat plate in laminar flow ."]
+    kept = training.init_projection_svd(model, texts)
+    weight = model.projection.weight
+    assert 0 < kept <= 1
+    assert torch.allclose(weight @ weight.T, torch.eye(8), atol=1e-5)
+    batch = training.TextPairCollator(model, 6, 5)([training.TrainingPair(t, t) for t in texts])
+    assert batch["query"]["input_ids"].shape[1] == 6 and batch["document"]["input_ids"].shape[1] == 5
+    embeddings, mask = training.embed(model, batch["document"], is_query=False)
+    assert embeddings.shape == (2, 5, 8) and mask.shape == (2, 5)
+
+
+def test_latest_checkpoint(tmp_path):
+    assert training.latest_checkpoint(tmp_path) is None
+    for step in (5, 10, 50):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    assert training.latest_checkpoint(tmp_path).name == "step-50"
