@@ -419,9 +419,9 @@ def gather_documents(accelerator, embeddings: torch.Tensor, mask: torch.Tensor) 
     import torch.distributed.nn.functional as distributed
 
     embeddings = accelerator.pad_across_processes(embeddings, dim=1)
-    mask = accelerator.pad_across_processes(mask, dim=1)
+    mask = accelerator.pad_across_processes(mask.to(torch.int64), dim=1)  # gloo gathers no bool tensors
     gathered = torch.cat(distributed.all_gather(embeddings), dim=0)
-    gathered_mask = accelerator.gather(mask)
+    gathered_mask = accelerator.gather(mask).to(torch.bool)
     return gathered, gathered_mask, accelerator.process_index * embeddings.shape[0]
 
 

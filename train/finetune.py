@@ -104,6 +104,7 @@ def train(args: argparse.Namespace):
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     has_tensorboard = importlib.util.find_spec("tensorboard") is not None
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without a GPU, processes started by torchrun form a gloo (multi-CPU) group
         gradient_accumulation_steps=args.gradient_accumulation,
         mixed_precision=precision,
         step_scheduler_with_optimizer=False,  # the loop steps the scheduler once per optimizer step
