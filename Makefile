@@ -16,10 +16,12 @@ KINDS ?= gaussian corpus hard
 KS ?= 0 1 4 16 25 50 100 200 400
 OUT ?= results
 
-# Fine-tuning
+# Fine-tuning (FINETUNE_ARGS: any extra train/finetune.py options, e.g. "--max-steps 200 --batch-size 64")
 POOLING ?= maxsim
+FINETUNE_ARGS ?=
+FINETUNE_STEPS ?= 40
 
-.PHONY: setup test synth synth-quick eval-length-sweep bench bench-scoring bench-sweep finetune clean
+.PHONY: setup test synth synth-quick eval-length-sweep bench bench-scoring bench-sweep finetune finetune-all clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +55,11 @@ bench-sweep:
 	$(PY) eval/bench_sweep.py
 
 finetune:
-	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING)))
+	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING))) $(FINETUNE_ARGS)
+
+# One fine-tuning run per head on Cranfield title -> text pairs, nDCG@10 before / after (results/finetune/report.md).
+finetune-all:
+	$(PY) eval/finetune_all.py --out $(OUT)/finetune --max-steps $(FINETUNE_STEPS) --lr 3e-4 --train-document-max-length 96
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
