@@ -82,8 +82,16 @@ def available_heads() -> str:
 
 def masked_fill_float32(similarities: torch.Tensor, document_mask: torch.Tensor, value: float) -> torch.Tensor:
     """Similarities ``[..., Tq, Td]`` in float32 with masked patches (``document_mask [..., Td]`` False) set to value."""
+    similarities = similarities.float()
+    if _all_valid(document_mask):  # nothing to fill: no copy (the heads never write into their input)
+        return similarities
     mask = document_mask.to(torch.bool).unsqueeze(-2)
-    return similarities.float().masked_fill(~mask, value)
+    return similarities.masked_fill(~mask, value)
+
+
+def _all_valid(document_mask: torch.Tensor) -> bool:
+    """True when no patch is masked (a pass over the small mask, never over the similarities)."""
+    return bool(document_mask.all()) if document_mask.numel() else True
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,14 @@ class SoftmaxHead(PoolingHead):
         weighted = (weights * filled.nan_to_num(neginf=0.0)).sum(dim=-1)
         return shift.squeeze(-1), weights.sum(dim=-1), weighted
 
+    def __call__(self, similarities, document_mask):
+        # Same value as finalize(partial(...)), in fewer passes over the similarities: a fused softmax, then one
+        # batched dot product per query token (the weights are exactly 0 at masked patches).
+        filled = masked_fill_float32(similarities, document_mask, -math.inf)
+        weights = torch.softmax(filled / self.tau, dim=-1)
+        values = filled if _all_valid(document_mask) else masked_fill_float32(similarities, document_mask, 0.0)
+        return (weights.unsqueeze(-2) @ values.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])
         scale_a, scale_b = torch.exp((a[0] - shift) / self.tau), torch.exp((b[0] - shift) / self.tau)
@@ -315,6 +331,14 @@ class LogSumExpHead(PoolingHead):
         total = torch.exp((filled - shift) / self.tau).sum(dim=-1)
         count = document_mask.to(torch.float32).sum(dim=-1, keepdim=True).expand_as(total)
         return shift.squeeze(-1), total, count
+
+    def __call__(self, similarities, document_mask):
+        # Same value as finalize(partial(...)) through one fused logsumexp.
+        filled = masked_fill_float32(similarities, document_mask, -math.inf)
+        value = self.tau * torch.logsumexp(filled / self.tau, dim=-1)
+        if self.length_corrected:
+            value = value - self.tau * torch.log(document_mask.to(torch.float32).sum(dim=-1, keepdim=True))
+        return value
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])

@@ -121,6 +121,25 @@ def as_multi_vectors(embeddings: Embeddings, mask: torch.Tensor | None = None, w
     return MultiVectors(items)
 
 
+def _zero_padding(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float32 ``[N, L, D]`` with masked rows set to 0 (NaN included); no copy when nothing is masked."""
+    if bool(mask.all()):
+        return embeddings.float()
+    return torch.where(mask.unsqueeze(-1), embeddings, 0).float()
+
+
+def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """``[Nq, Tq, D] x [Nd, Td, D] -> [Nq, Tq, Nd, 1, Td]``: one matrix product, viewed (no copy, contiguous).
+
+    The singleton axis lets a head see each (query token, document) pair as ``[..., 1, Td]`` with the document mask
+    ``[Nd, Td]`` broadcasting over queries and query tokens, while the patches stay contiguous in memory.
+    """
+    n_queries, query_tokens, dim = queries.shape
+    n_documents, document_tokens, _ = documents.shape
+    flat = queries.reshape(n_queries * query_tokens, dim) @ documents.reshape(n_documents * document_tokens, dim).T
+    return flat.view(n_queries, query_tokens, n_documents, 1, document_tokens)
+
+
 def late_interaction_scores(
     queries: torch.Tensor,
     query_mask: torch.Tensor,
@@ -133,11 +152,11 @@ def late_interaction_scores(
     ``score(q, d) = sum over valid query tokens of head(similarities to valid document patches)``.
     Padded rows may hold anything (NaN included): they are zeroed before the product and masked in the head.
     """
-    queries = torch.where(query_mask.unsqueeze(-1), queries, 0).float()
-    documents = torch.where(document_mask.unsqueeze(-1), documents, 0).float()
-    similarities = torch.einsum("qtd,nsd->qnts", queries, documents)  # [Nq, Nd, Tq, Td]
-    per_token = head(similarities, document_mask.unsqueeze(0))  # [Nq, Nd, Tq]
-    return torch.where(query_mask.unsqueeze(1), per_token, 0).sum(dim=-1)
+    similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask))
+    per_token = head(similarities, document_mask).squeeze(-1)  # [Nq, Tq, Nd]
+    if bool(query_mask.all()):
+        return per_token.sum(dim=1)
+    return torch.where(query_mask.unsqueeze(-1), per_token, 0).sum(dim=1)
 
 
 def paired_scores(
@@ -148,9 +167,9 @@ def paired_scores(
     head: PoolingHead,
 ) -> torch.Tensor:
     """Scores of aligned pairs, differentiable: ``[N, Tq, D] x [N, Td, D] -> [N]`` (query i with document i)."""
-    queries = torch.where(query_mask.unsqueeze(-1), queries, 0).float()
-    documents = torch.where(document_mask.unsqueeze(-1), documents, 0).float()
-    similarities = torch.einsum("ntd,nsd->nts", queries, documents)
+    queries = _zero_padding(queries, query_mask)
+    documents = _zero_padding(documents, document_mask)
+    similarities = queries @ documents.transpose(-1, -2)  # [N, Tq, Td]
     per_token = head(similarities, document_mask)
     return torch.where(query_mask, per_token, 0).sum(dim=-1)
 

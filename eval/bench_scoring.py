@@ -1,0 +1,165 @@
+"""Benchmark: scoring speed and peak memory of the pooling heads against colpali-engine and the matmul floor.
+
+Every method scores the same seeded random embeddings (default: 64 queries x 20 tokens against 2,000 documents x
+1,030 patches, 128-d, as ColPali produces). Each measurement runs in a fresh subprocess, so the peak memory it reports
+is that method's own (the growth of ru_maxrss over the embeddings already in memory; torch.cuda max memory on a GPU).
+
+    python eval/bench_scoring.py                       # the full size (about a minute per method on 2 CPU cores)
+    python eval/bench_scoring.py --documents 200       # smaller
+    make bench-scoring
+
+Not a test: it prints a table (and --json writes one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ["colpali-engine", "floor", "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=64)
+    parser.add_argument("--query-tokens", type=int, default=20)
+    parser.add_argument("--documents", type=int, default=2000)
+    parser.add_argument("--patches", type=int, default=1030)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="colpali-engine's batch_size and ours")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (the best is reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"any of {METHODS} or other head specs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def make_embeddings(args: argparse.Namespace) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Seeded L2-normalised queries ``[Tq, D]`` x Nq and documents ``[Td, D]`` x Nd (lists, as colpali-engine gives)."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(args.queries, args.query_tokens, args.dim, generator=generator), dim=-1)
+    documents = torch.empty(args.documents, args.patches, args.dim)
+    for start in range(0, args.documents, 256):
+        block = torch.randn(min(256, args.documents - start), args.patches, args.dim, generator=generator)
+        documents[start : start + block.shape[0]] = torch.nn.functional.normalize(block, dim=-1)
+    return list(queries.unbind(0)), list(documents.unbind(0))
+
+
+def floor(queries: list[torch.Tensor], documents: list[torch.Tensor], batch_size: int, device: str) -> torch.Tensor:
+    """The bare matrix products of the same shapes, in the same document chunks: ``[Nq*Tq, D] x [D, chunk*Td]``."""
+    flat_queries = torch.stack(queries).to(device).flatten(0, 1)
+    checksum = torch.zeros((), device=device)
+    for start in range(0, len(documents), batch_size):
+        chunk = torch.stack(documents[start : start + batch_size]).to(device).flatten(0, 1)
+        checksum += (flat_queries @ chunk.T)[0, 0]
+    return checksum
+
+
+def run_one(method: str, args: argparse.Namespace, connection) -> None:
+    """Child process: build the embeddings, time ``method``, send back seconds, peak memory and a checksum."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    queries, documents = make_embeddings(args)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if method == "colpali-engine":
+        import os
+
+        os.environ.setdefault("COLPALI_SCORES_BACKEND", "torch")
+        from colpali_engine.utils.processing_utils import BaseVisualRetrieverProcessor
+
+        call = lambda: BaseVisualRetrieverProcessor.score_multi_vector(  # noqa: E731
+            queries, documents, batch_size=args.batch_size, device=args.device
+        )
+    elif method == "floor":
+        call = lambda: floor(queries, documents, args.batch_size, args.device)  # noqa: E731
+    else:
+        from lir_robust.scoring import score
+
+        call = lambda: score(  # noqa: E731
+            queries, documents, method, query_batch_size=args.batch_size, document_batch_size=args.batch_size,
+            device=args.device,
+        )
+    best = float("inf")
+    result = None
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        result = call()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    if args.device.startswith("cuda"):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:  # ru_maxrss is in KiB on Linux
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    checksum = float(result.double().sum()) if result.dim() else float(result)
+    connection.send({"method": method, "seconds": best, "peak_mb": peak_mb, "checksum": checksum})
+    connection.close()
+
+
+def measure(method: str, args: argparse.Namespace) -> dict:
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=run_one, args=(method, args, sender))
+    process.start()
+    sender.close()
+    outcome = receiver.recv() if receiver.poll(timeout=24 * 3600) else None
+    process.join()
+    if outcome is None or process.exitcode != 0:
+        raise RuntimeError(f"benchmark of {method!r} failed (exit code {process.exitcode})")
+    return outcome
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    shape = (
+        f"{args.queries} queries x {args.query_tokens} tokens vs {args.documents} documents x {args.patches} patches, "
+        f"{args.dim}-d, batch {args.batch_size}, {args.device}, torch {torch.__version__}, "
+        f"{args.threads or torch.get_num_threads()} threads"
+    )
+    sys.stdout.write(f"bench_scoring: {shape}\n")
+    results = {}
+    for method in args.methods:
+        results[method] = measure(method, args)
+        sys.stdout.write(f"  {method:<18} {results[method]['seconds']:8.2f} s\n")
+        sys.stdout.flush()
+    reference = results.get("colpali-engine", {}).get("seconds")
+    floor_seconds = results.get("floor", {}).get("seconds")
+    maxsim = results.get("maxsim", {}).get("seconds")
+    ratio = lambda value, base: f"{value / base:6.2f}x" if base else "     -"  # noqa: E731
+    lines = [f"{'method':<18} {'seconds':>8} {'vs colpali':>11} {'vs floor':>9} {'vs maxsim':>10} {'peak MB':>9}"]
+    for method, outcome in results.items():
+        seconds = outcome["seconds"]
+        lines.append(
+            f"{method:<18} {seconds:8.2f} {ratio(seconds, reference):>11} {ratio(seconds, floor_seconds):>9} "
+            f"{ratio(seconds, maxsim):>10} {outcome['peak_mb']:9.0f}"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    if reference and maxsim and floor_seconds:
+        checks = [f"maxsim / colpali-engine = {maxsim / reference:.2f} (target <= 1.0)",
+                  f"maxsim / floor = {maxsim / floor_seconds:.2f} (target <= 2.0)"]
+        for head in ("topk:k=4", "softmax:tau=0.1"):
+            if head in results:
+                checks.append(f"{head} / maxsim = {results[head]['seconds'] / maxsim:.2f} (target <= 1.5)")
+        sys.stdout.write("targets: " + "; ".join(checks) + "\n")
+    if "colpali-engine" in results and "maxsim" in results:
+        difference = abs(results["colpali-engine"]["checksum"] - results["maxsim"]["checksum"])
+        sys.stdout.write(f"checksum |colpali-engine - maxsim| = {difference:.3g}\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"shape": shape, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
