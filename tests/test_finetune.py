@@ -231,4 +231,11 @@ def test_hub_names_fail_fast_offline(tmp_path, monkeypatch, tiny_image_pairs):
     with pytest.raises(DataLoadError, match="vidore/colpali_train_set.*HF_HUB_OFFLINE"):
         finetune.train(finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", "vidore/colpali_train_set", "--output-dir", str(tmp_path)]))
     with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE"):
-        finetune.train(finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", str(tiny_image_pairs), "--output-dir", str(tmp_path)]))
+        finetune.train(finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", str(tiny_image_pairs), "--validation-pairs", "0", "--output-dir", str(tmp_path)]))
+
+
+def test_hard_negatives_join_the_loss(tiny_bert, tiny_beir, tmp_path):
+    finetune.train(finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path, "--pooling", "topk:k=2", "--max-steps", "2", "--hard-negatives", "2")))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["hard_negatives"] == 2
+    assert all(math.isfinite(r["loss"]) for r in _log(tmp_path) if "loss" in r)
