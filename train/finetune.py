@@ -117,12 +117,14 @@ def train(args: argparse.Namespace):
     local_batch_size = args.batch_size // micro_batches
     set_seed(args.seed)
 
-    # ---------------------------------------------------------------- model
+    # ---------------------------------------------------------------- training pairs (never the evaluation queries)
     family = training.model_family(args.model)
     data = training.load_training_pairs(args.data)
     train_pairs, validation_pairs = training.split_validation(data.pairs, args.validation_pairs, args.seed)
     if args.hard_negatives:
         train_pairs = training.mine_hard_negatives(train_pairs, args.hard_negatives)
+
+    # ---------------------------------------------------------------- model: frozen base + LoRA (+ projection)
     if family == "text":
         model = training.build_text_model(
             args.model, head, args.projection_dim, args.lora_r, args.lora_alpha, args.lora_dropout,
@@ -141,7 +143,7 @@ def train(args: argparse.Namespace):
         collate = training.ImagePairCollator(processor)
     model.train()
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- batches
     sampler = training.EpochShuffleSampler(len(train_pairs), seed=args.seed)
     loader = torch.utils.data.DataLoader(
         training.PairDataset(train_pairs), batch_size=local_batch_size, sampler=sampler, collate_fn=collate,
