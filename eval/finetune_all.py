@@ -39,31 +39,29 @@ def slug(head: str) -> str:
 
 
 def load_collection(name: str):
-    """(document ids, document texts, query ids, query texts, qrels) of a BEIR collection."""
+    """(document ids, document texts, query ids, query texts, qrels) of a BEIR collection (lir_robust.data).
+
+    Documents are ``title + text`` with the copy of the title that starts Cranfield's abstracts removed (the title
+    once, as the fine-tuned models saw documents in training); empty documents are dropped.
+    """
+    from lir_robust.data import load_beir
+
     folder = training.resolve_beir_folder(name)
     if folder is None:
         raise SystemExit(f"no BEIR collection {name!r} under {training.data_root()}")
-    corpus = training._read_jsonl(folder / "corpus.jsonl")
-    queries = training._read_jsonl(folder / "queries.jsonl")
-    qrels = training._read_qrels(folder / "qrels" / "test.tsv")
-    document_ids = [doc_id for doc_id, doc in corpus.items() if training._document_text(doc)]
-    documents = [training._document_text(corpus[doc_id]) for doc_id in document_ids]
-    query_ids = [query_id for query_id in queries if query_id in qrels]
-    return document_ids, documents, query_ids, [queries[q]["text"] for q in query_ids], qrels
+    collection = load_beir(folder)
+    document_ids = [doc_id for doc_id, doc in collection.corpus.items() if training._document_text(doc)]
+    documents = [training._document_text(collection.corpus[doc_id]) for doc_id in document_ids]
+    query_ids = collection.judged_query_ids
+    return document_ids, documents, query_ids, [collection.queries[q] for q in query_ids], collection.qrels
 
 
 def ndcg_at_10(scores: torch.Tensor, document_ids, query_ids, qrels) -> float:
-    """Mean nDCG@10 (pytrec_eval) of a ``[Nq, Nd]`` score matrix."""
-    import pytrec_eval
+    """Mean nDCG@10 (lir_robust.metrics, pytrec_eval) of a ``[Nq, Nd]`` score matrix."""
+    from lir_robust.metrics import evaluate as evaluate_run, run_from_scores
 
-    top = scores.topk(min(100, scores.shape[1]), dim=1)
-    run = {
-        query_id: {document_ids[j]: float(v) for v, j in zip(values.tolist(), indices.tolist())}
-        for query_id, values, indices in zip(query_ids, top.values, top.indices)
-    }
-    evaluator = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in query_ids}, {"ndcg_cut.10"})
-    per_query = evaluator.evaluate(run)
-    return sum(result["ndcg_cut_10"] for result in per_query.values()) / len(per_query)
+    mean, _ = evaluate_run({q: qrels[q] for q in query_ids}, run_from_scores(scores, query_ids, document_ids))
+    return mean["ndcg@10"]
 
 
 def evaluate(model: TextColBERT, heads, collection, batch_size: int = 32) -> dict[str, float]:
