@@ -354,12 +354,14 @@ def sweep_scores(
     hard_indices: torch.Tensor | None = None,
     show_progress: bool = True,
     on_chunk: Callable[[list[int]], None] | None = None,
+    token_tile_elements: int = 1 << 19,
 ) -> SweepScores:
     """Scores of every query against every document, for every head, kind and budget K, in one pass.
 
     queries: ``Nq`` tensors ``[Tq_i, D]``; documents: ``Nd`` tensors ``[L_j, D]`` (valid rows only, unit norm);
     gold: ``gold[i]`` = indices of query i's gold (relevant) documents. ``document_subset`` restricts the pass to
-    some documents (their columns are filled, others left 0): the unit of resumption. Returns :class:`SweepScores`
+    some documents (their columns are filled, others left 0): the unit of resumption. ``token_tile_elements`` bounds
+    the similarity blocks ``[documents in chunk, query tokens in tile, patches]`` (speed only, same result). Returns :class:`SweepScores`
     (scores ``[Nq, Nd]`` per head / kind / K). Equals scoring the concatenated documents head by head (tested).
     """
     settings = settings or InjectionSettings()
@@ -428,39 +430,69 @@ def sweep_scores(
     lengths = torch.tensor([documents[index].shape[0] for index in chosen])
     order = [chosen[i] for i in torch.argsort(lengths, stable=True).tolist()]
     chunks = [order[start : start + document_batch_size] for start in range(0, len(order), document_batch_size)]
+    n_tokens = query_tokens.shape[0]
+    value_slot = {(spec, None, 0): slot for slot, spec in enumerate(merged)}
+    for kind in sources:
+        for k in ks[1:]:
+            for spec in merged:
+                value_slot[spec, kind, k] = len(value_slot)
+    hijack_slot = {(kind, k): slot for slot, (kind, k) in enumerate((kind, k) for kind in sources for k in ks[1:])}
     with torch.no_grad():
         for chunk in tqdm(chunks, desc="sweep (documents)", disable=not show_progress):
             columns = torch.tensor(chunk)
+            n = len(chunk)
             block, mask = pad_with_mask([documents[index].float() for index in chunk])  # [n, L, D], [n, L]
-            similarities = torch.einsum("td,nld->ntl", query_tokens, block)  # [n, T, L]
-            original_peak = similarities.masked_fill(~mask.unsqueeze(1), -math.inf).amax(dim=-1)  # [n, T]
-            base = {spec: helper.partial(similarities, mask) for spec, helper in merged.items()}
-            del similarities
-            for spec, helper in merged.items():
-                zero_scores[spec][:, columns] = (helper.finalize(base[spec]) @ per_query).T
-            for kind, source in sources.items():
-                if source.query_level:
-                    for k in ks[1:]:
-                        hijacked = (query_peaks[kind][k].unsqueeze(0) > original_peak + TIE_TOLERANCE).float()  # [n, T]
-                        hijack[kind][k][:, columns] = (hijacked @ share).T.half()
+            document_patches = {
+                kind: torch.stack([source.document_patches(index) for index in chunk])  # [n, k_max, D]
+                for kind, source in sources.items() if not source.query_level
+            }
+            # Per-token values of every (head, kind, K) are summed into their queries with one product per tile.
+            value_sums = torch.zeros(len(value_slot), n, n_queries)
+            hijack_sums = torch.zeros(len(hijack_slot), n, n_queries)
+            # Query tokens are processed in tiles small enough that every [n, tile, columns] block stays in cache:
+            # large temporaries cost more in fresh pages than in arithmetic.
+            columns_max = max(block.shape[1], k_max)
+            tile = max(1, min(n_tokens, token_tile_elements // max(1, n * columns_max)))
+            for token_start in range(0, n_tokens, tile):
+                tokens = slice(token_start, min(n_tokens, token_start + tile))
+                values: list[torch.Tensor | None] = [None] * len(value_slot)  # each [n, t]
+                hijacked: list[torch.Tensor | None] = [None] * len(hijack_slot)
+                similarities = torch.einsum("td,nld->ntl", query_tokens[tokens], block)  # [n, t, L]
+                original_peak = similarities.masked_fill(~mask.unsqueeze(1), -math.inf).amax(dim=-1)  # [n, t]
+                base = {spec: helper.partial(similarities, mask) for spec, helper in merged.items()}
+                del similarities
+                for spec, helper in merged.items():
+                    values[value_slot[spec, None, 0]] = helper.finalize(base[spec])
+                for kind, source in sources.items():
+                    if source.query_level:
+                        for k in ks[1:]:
+                            peak = query_peaks[kind][k][tokens].unsqueeze(0)
+                            hijacked[hijack_slot[kind, k]] = peak > original_peak + TIE_TOLERANCE
+                            for spec, helper in merged.items():
+                                own = tuple(part[tokens] for part in query_states[kind][spec][k])
+                                state = helper.merge(base[spec], _expand(own, (n, tokens.stop - tokens.start)))
+                                values[value_slot[spec, kind, k]] = helper.finalize(state)
+                        continue
+                    injected = torch.einsum("td,nkd->ntk", query_tokens[tokens], document_patches[kind])  # [n, t, k_max]
+                    running = dict(base)
+                    injected_peak = torch.full_like(original_peak, -math.inf)
+                    for start, stop in intervals:
+                        part_similarities = injected[..., start:stop]
+                        part_mask = torch.ones(n, stop - start, dtype=torch.bool)
+                        injected_peak = torch.maximum(injected_peak, part_similarities.amax(dim=-1))
+                        hijacked[hijack_slot[kind, stop]] = injected_peak > original_peak + TIE_TOLERANCE
                         for spec, helper in merged.items():
-                            state = helper.merge(base[spec], _expand(query_states[kind][spec][k], (len(chunk), query_tokens.shape[0])))
-                            scores[spec][kind][k][:, columns] = (helper.finalize(state) @ per_query).T
-                    continue
-                patches = torch.stack([source.document_patches(index) for index in chunk])  # [n, k_max, D]
-                injected = torch.einsum("td,nkd->ntk", query_tokens, patches)  # [n, T, k_max]
-                running = dict(base)
-                peak = original_peak
-                injected_peak = torch.full_like(original_peak, -math.inf)
-                for start, stop in intervals:
-                    part_similarities = injected[..., start:stop]
-                    part_mask = torch.ones(len(chunk), stop - start, dtype=torch.bool)
-                    injected_peak = torch.maximum(injected_peak, part_similarities.amax(dim=-1))
-                    hijack[kind][stop][:, columns] = ((injected_peak > peak + TIE_TOLERANCE).float() @ share).T.half()
-                    for spec, helper in merged.items():
-                        running[spec] = helper.merge(running[spec], helper.partial(part_similarities, part_mask))
-                        scores[spec][kind][stop][:, columns] = (helper.finalize(running[spec]) @ per_query).T
-                del injected
+                            running[spec] = helper.merge(running[spec], helper.partial(part_similarities, part_mask))
+                            values[value_slot[spec, kind, stop]] = helper.finalize(running[spec])
+                    del injected
+                value_sums += torch.stack(values) @ per_query[tokens]  # [G, n, t] @ [t, Nq]
+                if hijacked:
+                    hijack_sums += torch.stack(hijacked).float() @ share[tokens]
+            for (spec, kind, k), slot in value_slot.items():
+                target = zero_scores[spec] if kind is None else scores[spec][kind][k]
+                target[:, columns] = value_sums[slot].T
+            for (kind, k), slot in hijack_slot.items():
+                hijack[kind][k][:, columns] = hijack_sums[slot].T.half()
             if on_chunk is not None:
                 on_chunk(chunk)
 

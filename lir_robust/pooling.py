@@ -287,8 +287,10 @@ class SoftmaxHead(PoolingHead):
     def partial(self, similarities, document_mask):
         filled = masked_fill_float32(similarities, document_mask, -math.inf)
         shift = _safe_max(filled)
-        weights = torch.exp((filled - shift) / self.tau)  # exactly 0 at masked patches
-        weighted = (weights * filled.nan_to_num(neginf=0.0)).sum(dim=-1)
+        # One new tensor, then in place: exp((S - shift) / tau), exactly 0 at masked patches.
+        weights = (filled - shift).mul_(1.0 / self.tau).exp_()
+        values = filled if _all_valid(document_mask) else masked_fill_float32(similarities, document_mask, 0.0)
+        weighted = (weights.unsqueeze(-2) @ values.unsqueeze(-1))[..., 0, 0]  # batched dot product, no temporary
         return shift.squeeze(-1), weights.sum(dim=-1), weighted
 
     def __call__(self, similarities, document_mask):
@@ -328,7 +330,7 @@ class LogSumExpHead(PoolingHead):
     def partial(self, similarities, document_mask):
         filled = masked_fill_float32(similarities, document_mask, -math.inf)
         shift = _safe_max(filled)
-        total = torch.exp((filled - shift) / self.tau).sum(dim=-1)
+        total = (filled - shift).mul_(1.0 / self.tau).exp_().sum(dim=-1)
         count = document_mask.to(torch.float32).sum(dim=-1, keepdim=True).expand_as(total)
         return shift.squeeze(-1), total, count
 

@@ -90,11 +90,13 @@ HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.5", "lse:tau=0.1", "lse:tau=0.1,le
 
 @pytest.mark.parametrize("kind", ["gaussian", "corpus", "hard", "spike"])
 @pytest.mark.parametrize("target", ["non-gold", "all"])
-def test_merged_sweep_equals_brute_force(toy, kind, target):
+@pytest.mark.parametrize("tile_elements", [1 << 19, 50])  # one tile of query tokens; tiles of a few tokens
+def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements):
     queries, documents, gold = toy
     settings = InjectionSettings(seed=3, targets={kind: target})
     ks = [0, 1, 3, 6]
-    result = sweep_scores(queries, documents, gold, HEADS, [kind], ks, settings, document_batch_size=4, show_progress=False)
+    result = sweep_scores(queries, documents, gold, HEADS, [kind], ks, settings, document_batch_size=4, show_progress=False,
+                          token_tile_elements=tile_elements)
     for head in HEADS:
         spec = parse_head(head).spec()
         for k in ks:
@@ -108,7 +110,8 @@ def test_merged_sweep_equals_brute_force(toy, kind, target):
 def test_hijack_share_matches_diagnostics(toy):
     queries, documents, gold = toy
     settings = InjectionSettings(seed=1)
-    result = sweep_scores(queries, documents, gold, ["maxsim"], ["hard", "gaussian"], [0, 2, 5], settings, show_progress=False)
+    result = sweep_scores(queries, documents, gold, ["maxsim"], ["hard", "gaussian"], [0, 2, 5], settings, show_progress=False,
+                          token_tile_elements=40)
     corpus = FlatCorpus.from_documents(documents)
     for kind in ("hard", "gaussian"):
         source = PatchSource(kind, 5, settings, queries, corpus, gold)
