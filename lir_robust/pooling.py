@@ -124,8 +124,16 @@ class PoolingHead:
 
     # -- text and dict forms --
     def spec(self) -> str:
-        """Text form, e.g. ``topk:k=4``; ``parse_head(head.spec()) == head``."""
-        params = ",".join(f"{f.name}={_format_value(getattr(self, f.name))}" for f in dataclasses.fields(self))
+        """Text form, e.g. ``topk:k=4``; ``parse_head(head.spec()) == head``.
+
+        Numeric parameters are always written (``topk:k=4``); switches only when they differ from their default
+        (``lse:tau=0.1``, ``lse:tau=0.1,length_corrected=true``).
+        """
+        params = ",".join(
+            f"{f.name}={_format_value(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if not (isinstance(getattr(self, f.name), bool) and getattr(self, f.name) == f.default)
+        )
         return f"{self.name}:{params}" if params else self.name
 
     def to_dict(self) -> dict[str, Any]:

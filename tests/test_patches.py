@@ -224,7 +224,7 @@ def test_load_colpali_from_a_local_folder(tiny_colqwen2_dir):
     assert type(model).__name__ == "ColQwen2" and model.config._attn_implementation == "eager"
     assert processor.pooling_head.spec() == "topk:k=2"
     _, processor = patches.load_colpali(str(tiny_colqwen2_dir), family="colqwen2", head="lse:tau=0.1")
-    assert processor.pooling_head.spec() == "lse:tau=0.1,length_corrected=false"
+    assert processor.pooling_head.spec() == "lse:tau=0.1"
     with torch.no_grad():
         queries = model(**processor.process_queries(["red car"]))
         documents = model(**processor.process_images(tiny_images(2)))
