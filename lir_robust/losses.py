@@ -91,11 +91,14 @@ def pooled_logits(
     return logits
 
 
-class PooledInfoNCELoss(nn.Module):
-    """In-batch InfoNCE (cross-entropy over documents) with any pooling head; hard negatives join the candidates."""
+class _PooledLoss(nn.Module):
+    """Shared part of the pooled losses: the head, the logit temperature, the colpali-engine call signature."""
 
-    def __init__(self, head: str | PoolingHead = "maxsim", temperature: float = 0.02, normalize_scores: bool = True):
+    default_temperature = 1.0
+
+    def __init__(self, head: str | PoolingHead = "maxsim", temperature: float | None = None, normalize_scores: bool = True):
         super().__init__()
+        temperature = self.default_temperature if temperature is None else temperature
         _check_temperature(temperature)
         self.head = parse_head(head)
         self.temperature = temperature
@@ -116,42 +119,39 @@ class PooledInfoNCELoss(nn.Module):
             self.head, query_embeddings, doc_embeddings, neg_doc_embeddings,
             normalize_scores=self.normalize_scores, query_mask=query_mask, doc_mask=doc_mask, neg_doc_mask=neg_doc_mask,
         )
-        targets = torch.arange(logits.shape[0], device=logits.device) + offset
-        return F.cross_entropy(logits / self.temperature, targets)
+        return self.loss_from_logits(logits, offset)
+
+    def loss_from_logits(self, logits: torch.Tensor, offset: int) -> torch.Tensor:
+        """``logits [B, N (+ n_neg)]``, positive of row i at column ``offset + i`` -> scalar loss."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"head={self.head.spec()}, temperature={self.temperature}, normalize_scores={self.normalize_scores}"
 
 
-class PooledPairwiseCELoss(nn.Module):
-    """softplus((hardest negative - positive) / temperature), negatives from the batch and any hard negatives."""
+class PooledInfoNCELoss(_PooledLoss):
+    """In-batch InfoNCE (cross-entropy over documents) with any pooling head; hard negatives join the candidates.
 
-    def __init__(self, head: str | PoolingHead = "maxsim", temperature: float = 1.0, normalize_scores: bool = True):
-        super().__init__()
-        _check_temperature(temperature)
-        self.head = parse_head(head)
-        self.temperature = temperature
-        self.normalize_scores = normalize_scores
+    Temperature 0.02 by default, as colpali-engine's ColbertLoss (on length-normalised scores).
+    """
 
-    def forward(
-        self,
-        query_embeddings: torch.Tensor,
-        doc_embeddings: torch.Tensor,
-        neg_doc_embeddings: torch.Tensor | None = None,
-        offset: int = 0,
-        *,
-        query_mask: torch.Tensor | None = None,
-        doc_mask: torch.Tensor | None = None,
-        neg_doc_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        logits = pooled_logits(
-            self.head, query_embeddings, doc_embeddings, neg_doc_embeddings,
-            normalize_scores=self.normalize_scores, query_mask=query_mask, doc_mask=doc_mask, neg_doc_mask=neg_doc_mask,
-        )
+    default_temperature = 0.02
+
+    def loss_from_logits(self, logits, offset):
+        targets = torch.arange(logits.shape[0], device=logits.device) + offset
+        return F.cross_entropy(logits / self.temperature, targets)
+
+
+class PooledPairwiseCELoss(_PooledLoss):
+    """softplus((hardest negative - positive) / temperature), negatives from the batch and any hard negatives.
+
+    Temperature 1.0 by default, as colpali-engine's ColbertPairwiseCELoss.
+    """
+
+    default_temperature = 1.0
+
+    def loss_from_logits(self, logits, offset):
         rows = torch.arange(logits.shape[0], device=logits.device)
         positives = logits[rows, rows + offset]
         negatives = logits.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=logits.device))
         return F.softplus((negatives.amax(dim=1) - positives) / self.temperature).mean()
-
-    def extra_repr(self) -> str:
-        return f"head={self.head.spec()}, temperature={self.temperature}, normalize_scores={self.normalize_scores}"
