@@ -6,7 +6,8 @@
 For every head: train with `accelerate launch train/finetune.py` (timed; its summary holds the median step time and
 peak memory), reload the saved folder with TextColBERT.from_pretrained and evaluate on the 225 test queries with the
 head it was trained with. The untrained baseline is the raw MiniLM (identity projection, no adapter) under the same
-head, plus the maxsim baseline. Step-time ratios between heads are measured again in ONE process with interleaved
+head, plus the maxsim baseline; the untrained start (MiniLM + the 128-d SVD projection, no adapter) is also scored, to
+separate what the projection costs from what training changes. Step-time ratios between heads are measured again in ONE process with interleaved
 steps on the same batch (the CPU is shared, so separate runs' timings are noisy). Every stage writes its JSON and
 is skipped when re-run; delete a file to redo it.
 """
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--train-document-max-length", type=int, default=128)
     parser.add_argument("--bench-rounds", type=int, default=5)
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--skip-start", action="store_true", help="skip evaluating the untrained 128-d start")
     parser.add_argument("finetune_args", nargs="*", help="extra arguments for train/finetune.py (after --)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -133,6 +135,14 @@ def main() -> None:
         print("baseline: raw MiniLM, identity projection", flush=True)
         write_json(baseline_file, evaluate(TextColBERT.from_base("minilm"), baseline_heads, collection))
     baseline = json.loads(baseline_file.read_text())
+
+    start_file = out / "untrained_svd128.json"  # what training starts from: the 128-d SVD projection, no adapter
+    if not args.skip_start and not start_file.exists():
+        print("untrained start: MiniLM + 128-d SVD projection", flush=True)
+        pairs, _ = training.split_validation(training.load_training_pairs(args.data).pairs, 64, 0)
+        start = training.build_text_model("minilm", parse_head("maxsim"), 128, 32, 32, 0.1, None)
+        kept = training.init_projection_svd(start, [pair.document for pair in pairs[:64]])
+        write_json(start_file, {**evaluate(start.eval(), heads, collection), "kept": kept})
 
     accelerate = Path(sys.executable).parent / "accelerate"
     for head in heads:
@@ -157,8 +167,9 @@ def main() -> None:
     if not args.skip_bench and not bench_file.exists():
         write_json(bench_file, step_time_ratios(heads, args.data, args.batch_size, args.bench_rounds, args.train_document_max_length))
 
-    rows = ["| head | nDCG@10 untrained (same head) | nDCG@10 fine-tuned | train wall (s) | median step (s) | peak RSS (MiB) |",
-            "|---|---|---|---|---|---|"]
+    start = json.loads(start_file.read_text())["ndcg@10"] if start_file.exists() else {}
+    rows = ["| head | nDCG@10 raw MiniLM (same head) | nDCG@10 untrained 128-d start | nDCG@10 fine-tuned | train wall (s) | median step (s) | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|"]
     report = {"baseline": baseline, "runs": {}}
     for head in heads:
         run = out / slug(head)
@@ -168,7 +179,7 @@ def main() -> None:
         wall = json.loads((run / "wall.json").read_text()) if (run / "wall.json").exists() else {}
         report["runs"][head] = {"summary": summary, "eval": evaluation, "wall": wall}
         rows.append(
-            f"| {head} | {baseline['ndcg@10'][head]:.4f} | {evaluation['ndcg@10'][head]:.4f} | "
+            f"| {head} | {baseline['ndcg@10'][head]:.4f} | {start.get(head, float('nan')):.4f} | {evaluation['ndcg@10'][head]:.4f} | "
             f"{wall.get('train_wall_s', float('nan')):.0f} | {summary['median_step_time_s']:.2f} | {summary['peak_memory_mb']:.0f} |"
         )
     rows.append(f"\nmaxsim baseline (raw MiniLM): {baseline['ndcg@10']['maxsim']:.4f}")
