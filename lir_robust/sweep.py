@@ -366,6 +366,7 @@ def plot_retained(results: dict[str, Any], path: Path) -> None:
             axis.plot(ks, [100 * by_k[str(k)]["retained"]["ndcg@10"] for k in ks], marker="o", markersize=3, label=head)
         axis.axhline(100, color="gray", linewidth=0.8, linestyle="--")
         axis.set_xscale("symlog", linthresh=1)
+        axis.set_xlim(0, max(ks[-1], 1) * 1.3)  # symlog would otherwise show an empty negative range
         axis.set_xlabel("injected patches K")
         axis.set_title(f"{kind} ({results['injection']['targets'].get(kind)})")
         axis.grid(alpha=0.3)
