@@ -194,15 +194,36 @@ def document_text(document: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# In this project the collections lie in ../shared/data beside the repository; used when nothing else is set.
+PROJECT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path | None:
-    """The folder bare collection names resolve in: ``root``, else ``$LIR_ROBUST_DATA_ROOT``, else None."""
+    """The folder bare collection names resolve in: ``root``, else ``$LIR_ROBUST_DATA_ROOT``, else the project's
+    ``../shared/data`` when it exists, else None."""
     value = root if root is not None else os.environ.get(DATA_ROOT_ENV)
-    return Path(value).expanduser() if value else None
+    if value:
+        return Path(value).expanduser()
+    return PROJECT_DATA_ROOT if PROJECT_DATA_ROOT.is_dir() else None
+
+
+def resolve_collection(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """A local folder from a path or a bare collection name under the data root; DataError naming both if absent."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    text = str(spec)
+    if "/" in text or "\\" in text:
+        raise DataError(f"{text} does not exist (expected BEIR layout: {BEIR_LAYOUT})")
+    base = data_root(root)
+    if base is None or not (base / text).exists():
+        raise _missing_collection(text, base)
+    return base / text
 
 
 def _missing_collection(name: str, root: Path | None) -> DataError:
     where = (
-        f"looked for the folder {root / name}"
+        f"looked for the folder {root / name} (set {DATA_ROOT_ENV} or pass --data-root / data_root= to look elsewhere)"
         if root is not None
         else f"no data root is set (set {DATA_ROOT_ENV}=/path/to/collections or pass --data-root / data_root=)"
     )
@@ -266,24 +287,43 @@ def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None = None) -> RetrievalSet:
-    """A local BEIR folder -> RetrievalSet (ids as strings, grades as ints)."""
+def read_beir_corpus(folder: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """``<folder>/corpus.jsonl`` -> ``{doc id: {"title", "text"}}`` (clear errors on bad lines and duplicate ids)."""
     folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder (expected BEIR layout: {BEIR_LAYOUT})")
-    corpus: dict[str, dict[str, Any]] = {}
+    corpus: dict[str, dict[str, str]] = {}
     for number, record in _read_jsonl(folder / "corpus.jsonl", ("_id",)):
         docid = str(record["_id"])
         if docid in corpus:
             raise DataError(f"{folder / 'corpus.jsonl'} line {number}: duplicate _id {docid!r}")
         corpus[docid] = {"title": str(record.get("title") or ""), "text": str(record.get("text") or "")}
+    return corpus
+
+
+def read_beir_queries(folder: str | os.PathLike) -> dict[str, str]:
+    """``<folder>/queries.jsonl`` -> ``{query id: text}``."""
+    folder = Path(folder).expanduser()
     queries: dict[str, str] = {}
     for number, record in _read_jsonl(folder / "queries.jsonl", ("_id", "text")):
         qid = str(record["_id"])
         if qid in queries:
             raise DataError(f"{folder / 'queries.jsonl'} line {number}: duplicate _id {qid!r}")
         queries[qid] = str(record["text"])
-    qrels = _read_qrels_tsv(folder / "qrels" / f"{split}.tsv")
+    return queries
+
+
+def read_beir_qrels(folder: str | os.PathLike, split: str = "test") -> dict[str, dict[str, int]]:
+    """``<folder>/qrels/<split>.tsv`` -> ``{query id: {doc id: grade}}``."""
+    return _read_qrels_tsv(Path(folder).expanduser() / "qrels" / f"{split}.tsv")
+
+
+def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None = None) -> RetrievalSet:
+    """A local BEIR folder -> RetrievalSet (ids as strings, grades as ints)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (expected BEIR layout: {BEIR_LAYOUT})")
+    corpus = read_beir_corpus(folder)
+    queries = read_beir_queries(folder)
+    qrels = read_beir_qrels(folder, split)
     # BEIR query files often hold queries of every split: keep those of this split's qrels (all if none match).
     judged = [qid for qid in queries if qid in qrels]
     if judged and len(judged) < len(queries):
@@ -479,16 +519,9 @@ def load_retrieval_set(
     """
     text = str(spec)
     path = Path(text).expanduser()
-    if path.exists():
+    if path.exists() or ("/" not in text and "\\" not in text) or text.startswith((".", "/", "~")):
+        path = resolve_collection(text, root)
         chosen = _local_format(path) if data_format == "auto" else data_format
-    elif "/" not in text and "\\" not in text:
-        base = data_root(root)
-        if base is None or not (base / text).exists():
-            raise _missing_collection(text, base)
-        path = base / text
-        chosen = _local_format(path) if data_format == "auto" else data_format
-    elif text.startswith((".", "/", "~")):
-        raise DataError(f"{text} does not exist (expected BEIR layout: {BEIR_LAYOUT})")
     else:
         chosen = data_format if data_format != "auto" else ("vidore-v2" if text.rstrip("/").endswith("_v2") else "vidore-v1")
         if chosen == "beir":

@@ -30,6 +30,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from lir_robust.data import (
+    DATA_ROOT_ENV,
+    DataError,
+    data_root,
+    read_beir_corpus,
+    read_beir_qrels,
+    read_beir_queries,
+    resolve_collection,
+)
 from lir_robust.pooling import PoolingHead
 
 __all__ = [
@@ -61,8 +70,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VIDORE_TRAIN_SET = "vidore/colpali_train_set"
-DATA_ROOT_VARIABLE = "LIR_ROBUST_DATA_ROOT"
-DEFAULT_DATA_ROOT = "../shared/data"
 
 
 class DataLoadError(RuntimeError):
@@ -142,39 +149,13 @@ def title_text_pairs(corpus: dict[str, dict[str, str]]) -> list[TrainingPair]:
     return pairs
 
 
-def data_root() -> Path:
-    """The folder holding BEIR collections by name: $LIR_ROBUST_DATA_ROOT, else ../shared/data."""
-    return Path(os.environ.get(DATA_ROOT_VARIABLE) or DEFAULT_DATA_ROOT).expanduser()
-
-
 def resolve_beir_folder(data: str) -> Path | None:
-    """A BEIR folder from a path or a collection name under the data root; None when neither exists."""
-    for candidate in (Path(data).expanduser(), data_root() / data):
-        if (candidate / "corpus.jsonl").is_file():
-            return candidate
-    return None
-
-
-def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
-    rows = {}
-    with path.open() as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                rows[str(row["_id"])] = row
-    return rows
-
-
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open() as handle:
-        for number, line in enumerate(handle):
-            parts = line.rstrip("\n").split("\t")
-            if number == 0 and parts[0] == "query-id":
-                continue
-            if len(parts) >= 3:
-                qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
-    return qrels
+    """A BEIR folder (holding corpus.jsonl) from a path or a collection name under the data root; None otherwise."""
+    try:
+        folder = resolve_collection(data)
+    except DataError:
+        return None
+    return folder if (folder / "corpus.jsonl").is_file() else None
 
 
 def _document_text(document: dict[str, Any]) -> str:
@@ -189,13 +170,13 @@ def load_training_pairs(data: str) -> TrainingData:
     """
     folder = resolve_beir_folder(data)
     if folder is not None:
-        corpus = _read_jsonl(folder / "corpus.jsonl")
+        corpus = read_beir_corpus(folder)
         train_qrels = folder / "qrels" / "train.tsv"
         if train_qrels.is_file():
-            qrels = _read_qrels(train_qrels)
-            queries = _read_jsonl(folder / "queries.jsonl")
+            qrels = read_beir_qrels(folder, "train")
+            queries = read_beir_queries(folder)
             test_file = folder / "qrels" / "test.tsv"
-            test_queries = set(_read_qrels(test_file)) if test_file.is_file() else set()
+            test_queries = set(read_beir_qrels(folder, "test")) if test_file.is_file() else set()
             overlap = test_queries & set(qrels)
             if overlap:
                 raise DataLoadError(
@@ -203,7 +184,7 @@ def load_training_pairs(data: str) -> TrainingData:
                     "evaluation queries"
                 )
             pairs = [
-                TrainingPair(queries[query_id]["text"], _document_text(corpus[document_id]), document_id)
+                TrainingPair(queries[query_id], _document_text(corpus[document_id]), document_id)
                 for query_id, relevant in qrels.items()
                 for document_id, grade in relevant.items()
                 if grade > 0 and query_id in queries and document_id in corpus and _document_text(corpus[document_id])
@@ -233,7 +214,7 @@ def _load_image_pairs(data: str) -> TrainingData:
     elif local.exists() or data.startswith((".", "/", "~")) or "/" not in data:
         raise DataLoadError(
             f"no training data at {data!r}: expected a BEIR folder (corpus.jsonl [+ qrels/train.tsv]) given as a path "
-            f"or as a collection name under the data root {data_root()} (set ${DATA_ROOT_VARIABLE}); a folder written "
+            f"or as a collection name under the data root {data_root()} (set ${DATA_ROOT_ENV}); a folder written "
             f"by datasets' save_to_disk with query and image columns; or a Hub dataset id such as {VIDORE_TRAIN_SET}"
         )
     else:

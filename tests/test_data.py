@@ -34,10 +34,20 @@ def test_bare_name_resolves_under_the_data_root(tmp_path, monkeypatch):
     assert "cranfield" in message and "corpus.jsonl" in message and "ir.dcs.gla.ac.uk" in message
 
 
-def test_missing_data_root_is_explained(monkeypatch):
+def test_missing_data_root_is_explained(monkeypatch, tmp_path):
     monkeypatch.delenv("LIR_ROBUST_DATA_ROOT", raising=False)
     with pytest.raises(DataError, match="LIR_ROBUST_DATA_ROOT"):
+        load_retrieval_set("somecollection")  # under the project's ../shared/data, or no root at all
+    monkeypatch.setattr("lir_robust.data.PROJECT_DATA_ROOT", tmp_path / "absent")
+    with pytest.raises(DataError, match="no data root is set"):
         load_retrieval_set("somecollection")
+
+
+def test_project_data_root_is_the_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("LIR_ROBUST_DATA_ROOT", raising=False)
+    write_beir(tmp_path / "toy")
+    monkeypatch.setattr("lir_robust.data.PROJECT_DATA_ROOT", tmp_path)
+    assert load_retrieval_set("toy").name == "toy"
 
 
 def test_malformed_beir_inputs_give_clear_errors(tmp_path):
