@@ -338,6 +338,24 @@ def _probe_hub(repo_id: str, timeout: float) -> None:
         raise _unreachable(repo_id, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
 
 
+def _restore_tied_output_embeddings(model: torch.nn.Module) -> None:
+    """Re-tie language-model heads that loading left on the meta device.
+
+    A saved ColPali (PaliGemma) checkpoint stores the tied ``lm_head`` only through ``embed_tokens``; on transformers
+    5.23 ``from_pretrained`` then leaves ``lm_head.weight`` on the meta device (``model.to`` fails). ColPali never uses
+    that head (it projects hidden states with ``custom_text_proj``), but the module must hold real tensors.
+    """
+    for module in model.modules():
+        head = getattr(module, "lm_head", None)
+        if isinstance(head, torch.nn.Linear) and head.weight.is_meta and hasattr(module, "get_input_embeddings"):
+            embeddings = module.get_input_embeddings().weight
+            if embeddings.shape == head.weight.shape and not embeddings.is_meta:
+                head.weight = embeddings
+    left = [name for name, parameter in model.named_parameters() if parameter.is_meta]
+    if left:
+        raise RuntimeError(f"these weights were not in the checkpoint and could not be restored: {left[:5]}")
+
+
 def load_colpali(
     model_name_or_path: Union[str, os.PathLike],
     family: Optional[str] = None,
@@ -396,6 +414,7 @@ def load_colpali(
         if local.is_dir():
             raise
         raise _unreachable(name, str(error).splitlines()[0][:200]) from None
+    _restore_tied_output_embeddings(model)
     model = model.to(device).eval()
     processor = patch_processor(processor, "maxsim" if head is None else head)
     logger.info("loaded %s as %s on %s, pooling head %s", name, family, device, processor.pooling_head)
