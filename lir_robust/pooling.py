@@ -298,7 +298,7 @@ class SoftmaxHead(PoolingHead):
         # One new tensor, then in place: exp((S - shift) / tau), exactly 0 at masked patches.
         weights = (filled - shift).mul_(1.0 / self.tau).exp_()
         values = filled if _all_valid(document_mask) else masked_fill_float32(similarities, document_mask, 0.0)
-        weighted = (weights.unsqueeze(-2) @ values.unsqueeze(-1))[..., 0, 0]  # batched dot product, no temporary
+        weighted = torch.linalg.vecdot(weights, values)  # dot product per query token, no temporary
         return shift.squeeze(-1), weights.sum(dim=-1), weighted
 
     def __call__(self, similarities, document_mask):
@@ -307,7 +307,7 @@ class SoftmaxHead(PoolingHead):
         filled = masked_fill_float32(similarities, document_mask, -math.inf)
         weights = torch.softmax(filled / self.tau, dim=-1)
         values = filled if _all_valid(document_mask) else masked_fill_float32(similarities, document_mask, 0.0)
-        return (weights.unsqueeze(-2) @ values.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        return torch.linalg.vecdot(weights, values)
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])
@@ -341,14 +341,6 @@ class LogSumExpHead(PoolingHead):
         total = (filled - shift).mul_(1.0 / self.tau).exp_().sum(dim=-1)
         count = document_mask.to(torch.float32).sum(dim=-1, keepdim=True).expand_as(total)
         return shift.squeeze(-1), total, count
-
-    def __call__(self, similarities, document_mask):
-        # Same value as finalize(partial(...)) through one fused logsumexp.
-        filled = masked_fill_float32(similarities, document_mask, -math.inf)
-        value = self.tau * torch.logsumexp(filled / self.tau, dim=-1)
-        if self.length_corrected:
-            value = value - self.tau * torch.log(document_mask.to(torch.float32).sum(dim=-1, keepdim=True))
-        return value
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])

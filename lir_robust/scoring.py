@@ -27,6 +27,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Largest similarity block one pooling-head call sees at inference (elements; 2^22 floats = 16 MiB).
+HEAD_BLOCK_ELEMENTS = 1 << 22
+
 Embeddings = Union[Sequence[torch.Tensor], torch.Tensor]
 
 
@@ -153,7 +156,15 @@ def late_interaction_scores(
     Padded rows may hold anything (NaN included): they are zeroed before the product and masked in the head.
     """
     similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask))
-    per_token = head(similarities, document_mask).squeeze(-1)  # [Nq, Tq, Nd]
+    if torch.is_grad_enabled() and similarities.requires_grad:
+        per_token = head(similarities, document_mask).squeeze(-1)  # [Nq, Tq, Nd]
+    else:
+        # Inference: pool a few queries at a time, so the head's temporaries stay small enough to be recycled by the
+        # allocator (fresh pages for large temporaries cost more than the arithmetic). Same values.
+        rows = max(1, HEAD_BLOCK_ELEMENTS // max(1, similarities[0].numel()))
+        per_token = torch.cat(
+            [head(similarities[start : start + rows], document_mask) for start in range(0, similarities.shape[0], rows)]
+        ).squeeze(-1)
     if bool(query_mask.all()):
         return per_token.sum(dim=1)
     return torch.where(query_mask.unsqueeze(-1), per_token, 0).sum(dim=1)
