@@ -297,7 +297,8 @@ class TextColBERT(nn.Module):
         device = torch.device(device) if device is not None else next(self.parameters()).device
         was_training = self.training
         self.eval()
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        longest = self.colbert_config.query_max_length if is_query else self.colbert_config.document_max_length
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=longest)["input_ids"]]
         order = sorted(range(len(texts)), key=lambda index: lengths[index])
         outputs: list[torch.Tensor | None] = [None] * len(texts)
         what = "queries" if is_query else "documents"
