@@ -37,6 +37,16 @@ def test_text_encoder_interface(tiny_bert):
     assert all(torch.allclose(a, b) for a, b in zip(queries, reference))
 
 
+def test_finetune_output_folder_loads_through_its_model_subfolder(tiny_bert, tmp_path):
+    from lir_robust.encoders.text_colbert import TextColBERT
+
+    run = tmp_path / "finetune-topk-k4"
+    TextColBERT.from_base(str(tiny_bert), projection_dim=8, pooling="topk:k=4").save_pretrained(run / "model")
+    (run / "config.json").write_text("{}")  # the training configuration train/finetune.py writes beside model/
+    encoder = load_encoder(str(run), show_progress=False)
+    assert encoder.pooling.spec() == "topk:k=4" and encoder.encode_queries(["heat"])[0].shape[1] == 8
+
+
 def test_cache_is_reused(tiny_bert, tmp_path):
     data = load_beir(write_beir(tmp_path / "tiny"))
     cache = EmbeddingCache(tmp_path / "cache")

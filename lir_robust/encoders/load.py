@@ -25,9 +25,14 @@ def _is_colpali_folder(path: Path) -> bool:
 
 
 def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: bool = True, device: str | None = None) -> MultiVectorEncoder:
-    """``minilm`` (MiniLM-L6 text ColBERT, raw 384-d), a fine-tuned TextColBERT folder (colbert_config.json), a
+    """``minilm`` (MiniLM-L6 text ColBERT, raw 384-d), a fine-tuned TextColBERT folder (colbert_config.json; a
+    train/finetune.py output folder also works, through its ``model/``), a
     colpali-engine folder or Hub id (``vidore/colqwen2.5-v0.2``), or another Hugging Face text encoder."""
     path = Path(spec).expanduser()
+    inner = path / "model"
+    if not (path / "colbert_config.json").is_file() and ((inner / "colbert_config.json").is_file() or _is_colpali_folder(inner)):
+        path = path / "model"  # a train/finetune.py output folder: its model/ subfolder holds the checkpoint
+        spec = str(path)
     options: dict[str, Any] = {"show_progress": show_progress}
     if batch_size is not None:
         options["batch_size"] = batch_size
