@@ -29,7 +29,7 @@ from lir_robust.encoders.load import load_encoder
 from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, InjectionSettings, sweep_scores
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.scoring import score
-from lir_robust.sweep import DEFAULT_HEADS, _versions, write_json_atomic
+from lir_robust.sweep import DEFAULT_HEADS, _versions, judged_queries, write_json_atomic
 
 
 def main(argv=None) -> None:
@@ -52,12 +52,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         query_embeddings, documents = encode_retrieval_set(encoder, data, EmbeddingCache(cache_dir), use_cache=False)
     timings["encode"] = time.perf_counter() - tick
-    query_ids = data.judged_query_ids
-    position = {qid: index for index, qid in enumerate(data.queries)}
-    queries = [query_embeddings[position[qid]] for qid in query_ids]
-    document_ids = data.document_ids
-    index_of = {docid: index for index, docid in enumerate(document_ids)}
-    gold = [sorted(index_of[docid] for docid in data.gold(qid)) for qid in query_ids]
+    query_ids, queries, document_ids, gold = judged_queries(data, query_embeddings)
     qrels = {qid: data.qrels[qid] for qid in query_ids}
 
     per_head: dict[str, float] = {}

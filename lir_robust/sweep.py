@@ -44,7 +44,7 @@ from lir_robust.metrics import METRIC_NAMES, evaluate, gold_in_top, hijack_budge
 from lir_robust.pooling import parse_head
 from lir_robust.scoring import pad_with_mask
 
-__all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini"]
+__all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,18 @@ def gold_pair_gini(
     out = {name: float(torch.cat(parts).nanmean()) for name, parts in values.items()}
     out["pairs"] = len(pairs)
     return out
+
+
+def judged_queries(data: RetrievalSet, query_embeddings: Sequence[torch.Tensor]):
+    """The evaluated queries and their gold documents: ``(query ids, their [Tq, D] embeddings, document ids,
+    gold[i] = indices of query i's relevant documents)``."""
+    query_ids = data.judged_query_ids
+    position = {qid: index for index, qid in enumerate(data.queries)}
+    queries = [query_embeddings[position[qid]] for qid in query_ids]
+    document_ids = data.document_ids
+    document_index = {docid: index for index, docid in enumerate(document_ids)}
+    gold = [sorted(document_index[docid] for docid in data.gold(qid)) for qid in query_ids]
+    return query_ids, queries, document_ids, gold
 
 
 def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str) -> str:
@@ -219,12 +231,7 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
     if not is_main_process():
         return None
 
-    query_ids = data.judged_query_ids
-    position = {qid: index for index, qid in enumerate(data.queries)}
-    queries = [query_embeddings[position[qid]] for qid in query_ids]
-    document_ids = data.document_ids
-    document_index = {docid: index for index, docid in enumerate(document_ids)}
-    gold = [sorted(document_index[docid] for docid in data.gold(qid)) for qid in query_ids]
+    query_ids, queries, document_ids, gold = judged_queries(data, query_embeddings)
 
     embeddings_key = EmbeddingCache.key(encoder.config, data.fingerprint(), "both")
     run_key = _run_key(config, heads, embeddings_key)
