@@ -28,7 +28,9 @@ Adding a head takes a few lines::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -46,7 +48,12 @@ __all__ = [
     "parse_head",
     "available_heads",
     "masked_fill_float32",
+    "POOLING_FILE",
+    "save_pooling_json",
+    "load_pooling_json",
 ]
+
+POOLING_FILE = "pooling.json"
 
 State = tuple[torch.Tensor, ...]
 
@@ -370,3 +377,41 @@ class MeanHead(PoolingHead):
 
     def finalize(self, state):
         return state[0] / state[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pooling.json: the head a checkpoint was trained with, saved beside its weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_pooling_json(directory: "str | os.PathLike", head: PoolingHead | None, training: dict[str, Any] | None = None) -> None:
+    """Write ``directory/pooling.json``: ``{"head": {"name", "params"}, "spec": "topk:k=4", "training": {...}}``."""
+    payload = {
+        "head": None if head is None else head.to_dict(),
+        "spec": None if head is None else head.spec(),
+        "training": training or {},
+    }
+    path = os.path.join(os.fspath(directory), POOLING_FILE)
+    with open(path, "w") as handle:
+        handle.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def load_pooling_json(directory: "str | os.PathLike") -> PoolingHead | None:
+    """The head saved in ``directory/pooling.json`` (None when the file is absent or names no head).
+
+    Accepts what :func:`save_pooling_json` writes, and also a bare ``{"spec": ...}`` or head dict.
+    """
+    path = os.path.join(os.fspath(directory), POOLING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        saved = json.load(handle)
+    if isinstance(saved, dict) and saved.get("head"):
+        return parse_head(saved["head"])
+    if isinstance(saved, dict) and saved.get("spec"):
+        return parse_head(saved["spec"])
+    if isinstance(saved, dict) and "name" in saved:
+        return parse_head(saved)
+    if isinstance(saved, dict) and "head" in saved:
+        return None  # a checkpoint saved without a head
+    raise ValueError(f"{path} does not describe a pooling head (expected {{\"head\": {{\"name\": ..., \"params\": ...}}}})")

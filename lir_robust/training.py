@@ -39,7 +39,7 @@ from lir_robust.data import (
     read_beir_queries,
     resolve_collection,
 )
-from lir_robust.pooling import PoolingHead
+from lir_robust.pooling import PoolingHead, save_pooling_json
 
 __all__ = [
     "VIDORE_TRAIN_SET",
@@ -554,8 +554,7 @@ def save_checkpoint(model: nn.Module, processor, directory: str | os.PathLike, h
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
     processor.save_pretrained(str(directory))
-    pooling = {"head": head.to_dict(), "spec": head.spec(), "training": config}
-    (directory / "pooling.json").write_text(json.dumps(pooling, indent=2, default=str) + "\n")
+    save_pooling_json(directory, head, config)
     return directory
 
 

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from lir_robust.losses import PooledInfoNCELoss, PooledPairwiseCELoss
-from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.pooling import PoolingHead, load_pooling_json, parse_head
 from lir_robust.scoring import padding_mask_from_values, score
 
 __all__ = [
@@ -50,7 +50,6 @@ MINIMUM_VERSION = (0, 3, 17)
 BELOW_VERSION = (0, 4)
 SUPPORTED_RANGE = ">=0.3.17,<0.4"
 INSTALL_FIX = "pip install --no-deps colpali-engine==0.3.18"
-POOLING_FILE = "pooling.json"
 
 
 class ColpaliIntegrationError(RuntimeError):
@@ -272,16 +271,8 @@ def _local_model_type(directory: Path) -> Optional[str]:
 
 
 def _local_head(directory: Path) -> Optional[PoolingHead]:
-    """The head saved in ``directory/pooling.json`` (``{"head": {...}}`` / ``{"spec": "..."}`` / a head dict)."""
-    path = directory / POOLING_FILE
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if isinstance(saved, dict) and saved.get("head"):
-        return parse_head(saved["head"])
-    if isinstance(saved, dict) and saved.get("spec"):
-        return parse_head(saved["spec"])
-    return parse_head(saved)
+    """The head saved in ``directory/pooling.json`` (see :func:`lir_robust.pooling.load_pooling_json`)."""
+    return load_pooling_json(directory)
 
 
 def _hub_offline() -> bool:

