@@ -363,7 +363,9 @@ def _v2_how(name: str, split: str) -> str:
     )
 
 
-def _hub_dataset(name: str, config: str | None, split: str, how: str):
+def load_hub_dataset(name: str, config: str | None, split: str, how: str):
+    """``datasets.load_dataset(name, config, split=split)``; offline or unreachable -> HubUnreachableError at once,
+    whose message ends with ``how`` (the command that makes a local copy)."""
     if _hub_offline():
         raise _unreachable(name, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set", how)
     import datasets
@@ -374,7 +376,8 @@ def _hub_dataset(name: str, config: str | None, split: str, how: str):
         raise _unreachable(name, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}", how) from None
 
 
-def _local_dataset(path: Path, split: str):
+def load_local_dataset(path: Path, split: str):
+    """A ``datasets.save_to_disk`` folder (Dataset, or DatasetDict holding ``split``)."""
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -411,10 +414,10 @@ def load_vidore_v1(name_or_path: str | os.PathLike, split: str = "test", name: s
     path = Path(str(name_or_path)).expanduser()
     label = name or (path.name if path.exists() else str(name_or_path))
     if path.exists():
-        dataset = _local_dataset(path, split)
+        dataset = load_local_dataset(path, split)
         source = f"vidore-v1:{path}:{split}"
     else:
-        dataset = _hub_dataset(str(name_or_path), None, split, _v1_how(str(name_or_path), split))
+        dataset = load_hub_dataset(str(name_or_path), None, split, _v1_how(str(name_or_path), split))
         source = f"vidore-v1:{name_or_path}:{split}"
     _columns(dataset, ("query", "image", "image_filename"), source)
     corpus: dict[str, dict[str, Any]] = {}
@@ -454,9 +457,9 @@ def load_vidore_v2(
                     f"{path} is not a ViDoRe v2 copy: missing {path / config} (expected corpus/, queries/ and qrels/, "
                     "each written by datasets' save_to_disk)"
                 )
-            parts[config] = _local_dataset(path / config, split)
+            parts[config] = load_local_dataset(path / config, split)
         else:
-            parts[config] = _hub_dataset(str(name_or_path), config, split, _v2_how(str(name_or_path), split))
+            parts[config] = load_hub_dataset(str(name_or_path), config, split, _v2_how(str(name_or_path), split))
     source = f"vidore-v2:{name_or_path}:{split}" + (f":{language}" if language else "")
     _columns(parts["corpus"], ("corpus-id", "image"), f"{source} corpus")
     _columns(parts["queries"], ("query-id", "query"), f"{source} queries")

@@ -34,6 +34,8 @@ from lir_robust.data import (
     DATA_ROOT_ENV,
     DataError,
     data_root,
+    load_hub_dataset,
+    load_local_dataset,
     read_beir_corpus,
     read_beir_qrels,
     read_beir_queries,
@@ -72,8 +74,10 @@ logger = logging.getLogger(__name__)
 VIDORE_TRAIN_SET = "vidore/colpali_train_set"
 
 
-class DataLoadError(RuntimeError):
-    """Training data could not be found or loaded; the message says what was expected and where to get it."""
+class DataLoadError(DataError):
+    """Training data could not be found or loaded; the message says what was expected and where to get it.
+
+    A DataError, like the errors of :mod:`lir_robust.data` whose loaders it uses."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,11 +209,7 @@ def load_training_pairs(data: str) -> TrainingData:
 def _load_image_pairs(data: str) -> TrainingData:
     local = Path(data).expanduser()
     if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
-        import datasets
-
-        dataset = datasets.load_from_disk(str(local))
-        if isinstance(dataset, datasets.DatasetDict):
-            dataset = dataset["train"]
+        dataset = load_local_dataset(local, "train")
         source = str(local.resolve())
     elif local.exists() or data.startswith((".", "/", "~")) or "/" not in data:
         raise DataLoadError(
@@ -218,30 +218,17 @@ def _load_image_pairs(data: str) -> TrainingData:
             f"by datasets' save_to_disk with query and image columns; or a Hub dataset id such as {VIDORE_TRAIN_SET}"
         )
     else:
-        dataset = _load_hub_dataset(data)
+        how = f"`datasets.load_dataset({data!r}, split='train').save_to_disk('copy')` (then pass --data copy)"
+        try:
+            dataset = load_hub_dataset(data, None, "train", how)
+        except DataError as error:  # HubUnreachableError: same message, as this module's error
+            raise DataLoadError(str(error)) from None
         source = f"hub:{data}"
     columns = set(dataset.column_names)
     if not {"query", "image"} <= columns:
         raise DataLoadError(f"{data}: image training data needs 'query' and 'image' columns, found {sorted(columns)}")
     pairs = [TrainingPair(row["query"], row["image"], str(index)) for index, row in enumerate(dataset) if row["query"]]
     return TrainingData(pairs, source, "image-pairs", len(pairs))
-
-
-def _load_hub_dataset(name: str):
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    hint = (
-        f"download it on a machine with Hub access (`hf download {name} --repo-type dataset --local-dir DIR`, then "
-        "`datasets.load_dataset(DIR, split='train').save_to_disk(OUT)`) and pass the saved folder with --data"
-    )
-    if flag in ("1", "ON", "YES", "TRUE"):
-        raise DataLoadError(f"cannot load the Hub dataset {name!r}: HF_HUB_OFFLINE is set; {hint}")
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, split="train")
-    except Exception as error:  # connection errors come in many types; all mean the same here
-        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise DataLoadError(f"cannot load the Hub dataset {name!r} ({first_line}); {hint}") from None
 
 
 def split_validation(pairs: Sequence[TrainingPair], count: int, seed: int) -> tuple[list[TrainingPair], list[TrainingPair]]:
