@@ -7,8 +7,9 @@ Training data (:func:`load_training_pairs`):
 
 - a BEIR folder with ``qrels/train.tsv``: its training queries and their relevant documents;
 - a BEIR folder without a train split: (title -> text) pairs built from the corpus, with the copy of the title that
-  starts many abstracts (Cranfield's all do) stripped, empty documents skipped. ``queries.jsonl`` is never read, so
-  the evaluation queries can never leak into training; the caveat is that every corpus document is seen in training;
+  starts many abstracts (Cranfield's all do) stripped, empty documents skipped; or inverse-cloze pairs (one sentence
+  of the abstract -> the title and the rest of it). ``queries.jsonl`` is never read, so the evaluation queries can
+  never leak into training; the caveat is that every corpus document is seen in training;
 - ``vidore/colpali_train_set`` (or any Hub dataset / ``datasets.save_to_disk`` folder with ``query`` and ``image``
   columns) for colpali-engine models.
 
@@ -50,6 +51,9 @@ __all__ = [
     "DataLoadError",
     "strip_title_copy",
     "title_text_pairs",
+    "split_sentences",
+    "sentence_text_pairs",
+    "PSEUDO_QUERIES",
     "load_training_pairs",
     "split_validation",
     "mine_hard_negatives",
@@ -62,6 +66,7 @@ __all__ = [
     "build_text_model",
     "build_colpali_model",
     "init_projection_svd",
+    "init_projection_identity",
     "embed",
     "gather_documents",
     "save_checkpoint",
@@ -101,7 +106,7 @@ class TrainingData:
 
     pairs: list[TrainingPair]
     source: str
-    kind: str  # "train-split" | "title-text" | "image-pairs"
+    kind: str  # "train-split" | "title-text" | "sentence-text" | "image-pairs"
     documents_seen: int
 
 
@@ -153,6 +158,48 @@ def title_text_pairs(corpus: dict[str, dict[str, str]]) -> list[TrainingPair]:
     return pairs
 
 
+def split_sentences(text: str, min_words: int = 3) -> list[str]:
+    """``text`` cut after ``.``, ``?`` or ``!`` followed by whitespace; a piece with fewer than ``min_words`` words
+    that hold a letter joins the previous piece (so "mach 3. 5 was ..." or "fig. 2 shows ..." stay whole)."""
+    sentences: list[str] = []
+    for piece in re.split(r"(?<=[.?!])\s+", " ".join(text.split())):
+        if sentences and sum(any(char.isalpha() for char in word) for word in piece.split()) < min_words:
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        elif piece:
+            sentences.append(piece)
+    return sentences
+
+
+def sentence_text_pairs(corpus: dict[str, dict[str, str]], seed: int = 0, min_words: int = 5) -> list[TrainingPair]:
+    """Inverse-cloze pairs (Lee et al., 2019): one sentence of each abstract -> the title and the rest of it.
+
+    The sentence (drawn with ``seed`` among those of at least ``min_words`` words) is removed from its document, so
+    the pair is not solved by copying; the title copy is stripped first. A sentence reads more like a question of
+    a test collection than a title does. Documents with fewer than two sentences, or none long enough, give their
+    title -> text pair instead (skipped without a title); empty documents are skipped.
+    """
+    import random
+
+    generator = random.Random(seed)
+    pairs = []
+    for document_id, document in corpus.items():
+        title = " ".join((document.get("title") or "").split())
+        text = strip_title_copy(title, " ".join((document.get("text") or "").split()))
+        sentences = split_sentences(text)
+        candidates = [index for index, sentence in enumerate(sentences) if len(sentence.split()) >= min_words]
+        if len(sentences) >= 2 and candidates:
+            chosen = generator.choice(candidates)
+            rest = " ".join(sentence for index, sentence in enumerate(sentences) if index != chosen)
+            pairs.append(TrainingPair(query=sentences[chosen], document=f"{title} {rest}".strip(), document_id=str(document_id)))
+        elif title and text:
+            pairs.append(TrainingPair(query=title, document=text, document_id=str(document_id)))
+    return pairs
+
+
+# How training pairs are built from a corpus without a train split (load_training_pairs' pseudo_queries).
+PSEUDO_QUERIES = {"title": "title -> text", "sentence": "inverse cloze: a sentence -> title + the rest"}
+
+
 def resolve_beir_folder(data: str) -> Path | None:
     """A BEIR folder (holding corpus.jsonl) from a path or a collection name under the data root; None otherwise."""
     try:
@@ -167,11 +214,15 @@ def _document_text(document: dict[str, Any]) -> str:
     return f"{title} {strip_title_copy(title, text)}".strip() if title else text
 
 
-def load_training_pairs(data: str) -> TrainingData:
+def load_training_pairs(data: str, pseudo_queries: str = "title", seed: int = 0) -> TrainingData:
     """Training pairs from a BEIR folder / collection name, a Hub image dataset or a saved ``datasets`` folder.
 
+    A BEIR folder without a train split gives pairs built from its corpus (never its queries): ``pseudo_queries``
+    ``"title"`` (title -> text) or ``"sentence"`` (inverse cloze, drawn with ``seed``; see sentence_text_pairs).
     Raises :class:`DataLoadError` naming what was looked for; ``vidore/colpali_train_set`` fails at once offline.
     """
+    if pseudo_queries not in PSEUDO_QUERIES:
+        raise ValueError(f"pseudo_queries must be one of {sorted(PSEUDO_QUERIES)}, got {pseudo_queries!r}")
     folder = resolve_beir_folder(data)
     if folder is not None:
         corpus = read_beir_corpus(folder)
@@ -195,8 +246,8 @@ def load_training_pairs(data: str) -> TrainingData:
             ]
             kind = "train-split"
         else:
-            pairs = title_text_pairs(corpus)
-            kind = "title-text"
+            pairs = title_text_pairs(corpus) if pseudo_queries == "title" else sentence_text_pairs(corpus, seed)
+            kind = "title-text" if pseudo_queries == "title" else "sentence-text"
             if not pairs:
                 raise DataLoadError(
                     f"{folder} has no qrels/train.tsv and no document with both a title and a text, so no training "
@@ -495,6 +546,25 @@ def init_projection_svd(colbert, texts: Sequence[str], batch_size: int = 32, max
     dim = projection.out_features
     projection.weight.copy_(right[:dim].to(projection.weight.dtype))
     return float((singular[:dim] ** 2).sum() / (singular**2).sum())
+
+
+@torch.no_grad()
+def init_projection_identity(colbert) -> None:
+    """Set a TextColBERT's linear projection ``[H, H]`` to the identity: the untrained model IS the raw model.
+
+    With LoRA's B matrices starting at zero, step 0 then scores exactly as the raw H-dimensional model (identity
+    projection, no adapter), and training moves away from it only where the loss asks. Needs projection_dim equal
+    to the hidden size.
+    """
+    projection = colbert.projection
+    if not isinstance(projection, nn.Linear):
+        raise TypeError("init_projection_identity needs a linear projection (projection_dim set)")
+    if projection.in_features != projection.out_features:
+        raise ValueError(
+            f"an identity projection needs projection_dim = the hidden size {projection.in_features}, "
+            f"got {projection.out_features} (use --projection-dim {projection.in_features}, or --projection-init svd)"
+        )
+    projection.weight.copy_(torch.eye(projection.out_features, dtype=projection.weight.dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------------

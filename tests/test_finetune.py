@@ -235,3 +235,13 @@ def test_hard_negatives_join_the_loss(tiny_bert, tiny_beir, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["hard_negatives"] == 2
     assert all(math.isfinite(r["loss"]) for r in _log(tmp_path) if "loss" in r)
+
+
+def test_identity_projection_and_sentence_pseudo_queries(tiny_bert, tiny_beir, tmp_path):
+    arguments = _args(tiny_bert, tiny_beir, tmp_path, "--pooling", "maxsim", "--max-steps", "1", "--pseudo-queries", "sentence")
+    arguments[arguments.index("--projection-dim") + 1] = "32"  # the tiny BERT's hidden size
+    finetune.train(finetune.parse_args([*arguments, "--projection-init", "identity"]))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["projection_init"] == "identity" and config["data_kind"] == "sentence-text"
+    with pytest.raises(SystemExit, match="projection-init identity.*hidden size 32"):
+        finetune.train(finetune.parse_args([*_args(tiny_bert, tiny_beir, tmp_path / "b"), "--projection-init", "identity"]))

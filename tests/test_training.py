@@ -134,3 +134,46 @@ def test_latest_checkpoint(tmp_path):
     for step in (5, 10, 50):
         (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
     assert training.latest_checkpoint(tmp_path).name == "step-50"
+
+
+def test_identity_projection_starts_as_the_raw_model(tmp_path):
+    from lir_robust.encoders.text_colbert import TextColBERT
+    from lir_robust.pooling import parse_head
+
+    bert = str(save_dropout_bert(tmp_path / "bert", dropout=0.0))
+    model = training.build_text_model(bert, parse_head("maxsim"), 32, 4, 4, 0.0, None)  # hidden size 32
+    training.init_projection_identity(model)
+    raw = TextColBERT.from_base(bert)  # identity projection, no adapter
+    texts = ["shock wave drag on a cone at high mach number .", "heat transfer to a flat plate in laminar flow ."]
+    for is_query in (True, False):
+        ours, theirs = (m.encode(texts, is_query=is_query, show_progress=False) for m in (model, raw))
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, theirs))
+    smaller = training.build_text_model(bert, parse_head("maxsim"), 8, 4, 4, 0.0, None)
+    with pytest.raises(ValueError, match="projection_dim = the hidden size 32"):
+        training.init_projection_identity(smaller)
+
+
+def test_split_sentences_keeps_short_pieces_with_their_sentence():
+    text = "drag at mach 3. 5 was measured . the wake was seen. fig. 2 shows it ."
+    assert training.split_sentences(text) == ["drag at mach 3. 5 was measured .", "the wake was seen. fig. 2 shows it ."]
+    assert training.split_sentences("") == []
+
+
+def test_sentence_pairs_remove_the_sentence_from_its_document(tmp_path):
+    folder = write_tiny_beir(tmp_path / "beir", documents=6)
+    corpus = {row["_id"]: row for row in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
+    corpus["1"]["text"] += " a second sentence about shock waves . and a third one on heat transfer here ."
+    corpus["2"]["text"] += " a second sentence about wings and drag here ."
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus.values()))
+    data = training.load_training_pairs(str(folder), "sentence", seed=1)
+    assert data.kind == "sentence-text" and len(data.pairs) == 6  # the empty document is skipped
+    by_id = {pair.document_id: pair for pair in data.pairs}
+    for document_id in ("1", "2"):  # several sentences: one is the query, the title and the rest the document
+        pair = by_id[document_id]
+        assert pair.query != corpus[document_id]["title"] and pair.query in corpus[document_id]["text"]
+        assert pair.query not in pair.document and pair.document.startswith(corpus[document_id]["title"])
+    assert by_id["3"].query == corpus["3"]["title"]  # a one-sentence abstract: title -> text instead
+    assert [p.query for p in data.pairs] == [p.query for p in training.load_training_pairs(str(folder), "sentence", seed=1).pairs]
+    assert all("evalquery" not in pair.query for pair in data.pairs)
+    with pytest.raises(ValueError, match="pseudo_queries must be one of"):
+        training.load_training_pairs(str(folder), "queries")

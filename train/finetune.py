@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool-tau", type=float, default=None, help="tau of the softmax / lse heads (overrides the text form)")
     # model
     p.add_argument("--projection-dim", type=int, default=128, help="text models: token vector size after the projection")
-    p.add_argument("--projection-init", choices=["svd", "random"], default="svd", help="text models: svd = top singular directions of training-document token vectors (starts close to the raw model); random = nn.Linear default")
+    p.add_argument("--projection-init", choices=["svd", "identity", "random"], default="svd", help="text models: svd = top singular directions of training-document token vectors (starts close to the raw model); identity = the identity matrix, needs --projection-dim = hidden size (starts AS the raw model); random = nn.Linear default")
     p.add_argument("--query-max-length", type=int, default=32, help="text models: query tokens (inference and training)")
     p.add_argument("--document-max-length", type=int, default=256, help="text models: document tokens at inference (saved in the checkpoint)")
     p.add_argument("--train-document-max-length", type=int, default=128, help="text models: document tokens in training batches")
@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true")
     # loss and data
     p.add_argument("--temperature", type=float, default=0.02, help="InfoNCE temperature (scores are divided by query length first)")
+    p.add_argument("--pseudo-queries", default="title", choices=sorted(training.PSEUDO_QUERIES), help="text data without a train split: the query of each corpus pair: title (title -> text) or sentence (inverse cloze: one sentence of the abstract -> title + the rest)")
     p.add_argument("--hard-negatives", type=int, default=0, help="text data: TF-IDF-mined hard negatives per query (0 = in-batch only)")
     p.add_argument("--validation-pairs", type=int, default=64, help="pairs held out of training for the validation loss")
     # optimisation
@@ -119,7 +120,7 @@ def train(args: argparse.Namespace):
 
     # ---------------------------------------------------------------- training pairs (never the evaluation queries)
     family = training.model_family(args.model)
-    data = training.load_training_pairs(args.data)
+    data = training.load_training_pairs(args.data, args.pseudo_queries, args.seed)
     train_pairs, validation_pairs = training.split_validation(data.pairs, args.validation_pairs, args.seed)
     if args.hard_negatives:
         train_pairs = training.mine_hard_negatives(train_pairs, args.hard_negatives)
@@ -133,6 +134,12 @@ def train(args: argparse.Namespace):
         if args.projection_init == "svd" and args.projection_dim:
             kept = training.init_projection_svd(model, [pair.document for pair in train_pairs[:64]])
             logger.info("projection initialised from the SVD of training-document token vectors (%.3f of the energy kept)", kept)
+        elif args.projection_init == "identity" and args.projection_dim:
+            try:
+                training.init_projection_identity(model)
+            except ValueError as error:  # projection_dim is not the hidden size
+                raise SystemExit(f"--projection-init identity: {error}") from None
+            logger.info("projection initialised to the identity: step 0 is the raw model")
         processor = None
         collate = training.TextPairCollator(model, args.query_max_length, args.train_document_max_length)
     else:
