@@ -16,10 +16,11 @@ KINDS ?= gaussian corpus hard
 KS ?= 0 1 4 16 25 50 100 200 400
 OUT ?= results
 
-# Fine-tuning (FINETUNE_ARGS: any extra train/finetune.py options, e.g. "--max-steps 200 --batch-size 64")
+# Fine-tuning (FINETUNE_ARGS: any extra train/finetune.py options, e.g. "--max-steps 200 --batch-size 64";
+# FINETUNE_ALL_ARGS: eval/finetune_all.py options, e.g. "--projection-dim 128 --projection-init svd --out results/ft-svd")
 POOLING ?= maxsim
 FINETUNE_ARGS ?=
-FINETUNE_STEPS ?= 40
+FINETUNE_ALL_ARGS ?=
 
 .PHONY: setup test synth synth-quick eval-length-sweep bench bench-scoring bench-sweep finetune finetune-all clean
 
@@ -57,9 +58,10 @@ bench-sweep:
 finetune:
 	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING))) $(FINETUNE_ARGS)
 
-# One fine-tuning run per head on Cranfield title -> text pairs, nDCG@10 before / after (results/finetune/report.md).
+# One fine-tuning run per head on Cranfield pseudo-queries (the recipe: RECIPE in eval/finetune_all.py), nDCG@10
+# before / after on the dev / held-out halves of the test queries (results/finetune/report.md).
 finetune-all:
-	$(PY) eval/finetune_all.py --out $(OUT)/finetune --max-steps $(FINETUNE_STEPS) --lr 3e-4 --train-document-max-length 96
+	$(PY) eval/finetune_all.py --out $(OUT)/finetune $(FINETUNE_ALL_ARGS)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

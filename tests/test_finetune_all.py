@@ -1,0 +1,47 @@
+"""eval/finetune_all.py: the dev / held-out split of the test queries and the recipe guard (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("finetune_all", ROOT / "eval" / "finetune_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune_all = _load()
+
+
+def test_dev_and_held_out_halves_alternate_in_numeric_order():
+    dev, held_out = finetune_all.dev_heldout_split(["10", "2", "1", "3", "9"])
+    assert dev == ["1", "3", "10"] and held_out == ["2", "9"]
+    means = finetune_all.split_means({"1": 1.0, "2": 0.0, "3": 1.0, "4": 0.0})
+    assert means == {"all": 0.5, "dev": 1.0, "held_out": 0.0}
+
+
+def test_recipe_guard(tmp_path):
+    recipe = dict(finetune_all.RECIPE, extra=[])
+    finetune_all.check_recipe(tmp_path / "a", recipe)
+    finetune_all.check_recipe(tmp_path / "a", recipe)  # same recipe: runs are reused
+    assert json.loads((tmp_path / "a" / "recipe.json").read_text()) == recipe
+    with pytest.raises(SystemExit, match=r"another recipe \(differs in \['lr'\]\)"):
+        finetune_all.check_recipe(tmp_path / "a", dict(recipe, lr=1.0))
+    (tmp_path / "old" / "maxsim").mkdir(parents=True)
+    (tmp_path / "old" / "maxsim" / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="without a recipe.json"):
+        finetune_all.check_recipe(tmp_path / "old", recipe)
+
+
+def test_bad_options_fail_clearly(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        finetune_all.main(["--out", str(tmp_path), "--pseudo-queries", "queries"])
+    assert "invalid choice: 'queries'" in capsys.readouterr().err
