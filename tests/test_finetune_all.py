@@ -45,3 +45,11 @@ def test_bad_options_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         finetune_all.main(["--out", str(tmp_path), "--pseudo-queries", "queries"])
     assert "invalid choice: 'queries'" in capsys.readouterr().err
+
+
+def test_paired_gain_is_the_mean_difference_with_its_standard_error():
+    before = {"1": 0.5, "2": 0.5, "3": 0.5, "4": 0.5}
+    after = {"1": 0.7, "2": 0.5, "3": 0.5, "4": 0.3}
+    gains = finetune_all.paired_gain(after, before)
+    assert gains["dev"] == pytest.approx((0.1, 0.1)) and gains["held_out"] == pytest.approx((-0.1, 0.1))
+    assert gains["all"][0] == pytest.approx(0.0)
