@@ -2,13 +2,14 @@
 
     python eval/bench_sweep.py                    # MiniLM on $LIR_ROBUST_DATA_ROOT/cranfield, default heads / kinds / K
     python eval/bench_sweep.py --max-queries 50   # quicker
+    python eval/bench_sweep.py --threads 1        # both sides on one thread
 
 Measured, on the same embeddings and machine:
 - encode: queries + corpus, no cache (done once; both costs below include it);
 - plain evaluation = encode + score K = 0 with one head (maxsim, lir_robust.scoring.score) + pytrec_eval metrics;
   also reported: plain evaluation of every head (encode + one score pass per head + metrics);
 - full sweep = encode + merged-state sweep of every head x kind x K (lir_robust.injection.sweep_scores, including the
-  hard-negative search) + metrics of every (head, kind, K).
+  faiss hard-negative search and the pooled gaussian / corpus blocks) + metrics of every (head, kind, K).
 Ratios: full sweep / plain evaluation (target <= 1.5) and full sweep / plain evaluation of every head.
 Writes results/bench-sweep/bench.json.
 """
@@ -26,7 +27,7 @@ import torch
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, InjectionSettings, sweep_scores
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, sweep_scores
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.scoring import score
 from lir_robust.sweep import DEFAULT_HEADS, _versions, judged_queries, write_json_atomic
@@ -40,10 +41,15 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS))
     parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
     parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--pool-blocks", type=lambda text: None if text.lower() == "none" else int(text), default=DEFAULT_POOL_BLOCKS,
+                        help="gaussian / corpus blocks per budget interval ('none': private draws per document)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default="results/bench-sweep")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("bench_sweep")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = load_retrieval_set(args.data).subset(args.max_queries)
     encoder = load_encoder(args.model, show_progress=False)
@@ -65,7 +71,8 @@ def main(argv=None) -> None:
     timings["plain_score_per_head"] = per_head
 
     tick = time.perf_counter()
-    swept = sweep_scores(queries, documents, gold, args.poolings, args.kinds, args.ks, InjectionSettings(), show_progress=False)
+    swept = sweep_scores(queries, documents, gold, args.poolings, args.kinds, args.ks, InjectionSettings(pool_blocks=args.pool_blocks),
+                         show_progress=False)
     timings["sweep_score"] = time.perf_counter() - tick
     tick = time.perf_counter()
     for by_kind in swept.scores.values():
@@ -80,7 +87,7 @@ def main(argv=None) -> None:
     full = timings["encode"] + timings["sweep_score"] + timings["sweep_metrics"]
     report = {
         "model": args.model, "data": data.summary(), "queries": len(query_ids), "heads": args.poolings, "kinds": args.kinds,
-        "ks": args.ks, "threads": torch.get_num_threads(), "timings_s": timings,
+        "ks": args.ks, "pool_blocks": args.pool_blocks, "threads": torch.get_num_threads(), "timings_s": timings,
         "plain_evaluation_s": plain, "plain_evaluation_every_head_s": plain_all, "full_sweep_s": full,
         "ratio_full_sweep_to_plain": full / plain, "ratio_full_sweep_to_plain_every_head": full / plain_all,
         "evaluations_in_sweep": len(args.poolings) * (1 + len(args.kinds) * (len(set(args.ks) - {0}))),

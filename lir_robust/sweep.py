@@ -33,12 +33,13 @@ from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.injection import (
     DEFAULT_KINDS,
     DEFAULT_KS,
+    DEFAULT_POOL_BLOCKS,
     DEFAULT_TARGETS,
     FlatCorpus,
     InjectionSettings,
+    InjectionSweep,
     SweepScores,
     hard_negative_patches,
-    sweep_scores,
 )
 from lir_robust.metrics import METRIC_NAMES, evaluate, gold_in_top, hijack_budget, median_budget, retained_share, run_from_scores
 from lir_robust.pooling import parse_head
@@ -68,6 +69,7 @@ class SweepConfig:
     targets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     seed: int = 0
     spike_tokens: int = 3
+    pool_blocks: int | None = DEFAULT_POOL_BLOCKS
     max_queries: int | None = None
     encode_batch_size: int | None = None
     document_batch_size: int = 8
@@ -140,8 +142,9 @@ def judged_queries(data: RetrievalSet, query_embeddings: Sequence[torch.Tensor])
 
 def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str) -> str:
     payload = {"heads": heads, "kinds": config.kinds, "ks": sorted(set(config.ks) | {0}), "targets": config.targets,
-               "seed": config.seed, "spike_tokens": config.spike_tokens, "max_queries": config.max_queries,
-               "segments": config.segments, "embeddings": embeddings_key, "version": 1}
+               "seed": config.seed, "spike_tokens": config.spike_tokens, "pool_blocks": config.pool_blocks,
+               "max_queries": config.max_queries,
+               "segments": config.segments, "embeddings": embeddings_key, "version": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -166,6 +169,7 @@ def _scored_segments(
             torch.save(hard_indices, hard_file.with_suffix(".tmp"))
             os.replace(hard_file.with_suffix(".tmp"), hard_file)
     total: SweepScores | None = None
+    sweep: InjectionSweep | None = None  # built on the first segment that is not resumed; its injected states are reused
     for number, segment in enumerate(_segments(documents, config.segments)):
         segment_file = partial_dir / f"segment_{number:03d}.pt"
         columns = torch.tensor(segment)
@@ -173,10 +177,12 @@ def _scored_segments(
             part = torch.load(segment_file, weights_only=False)
             logger.info("segment %d: resumed from %s", number, segment_file)
         else:
-            result = sweep_scores(
-                queries, documents, gold, heads, config.kinds, ks, settings, document_batch_size=config.document_batch_size,
-                document_subset=segment, hard_indices=hard_indices, show_progress=show_progress,
-            )
+            if sweep is None:
+                sweep = InjectionSweep(
+                    queries, documents, gold, heads, config.kinds, ks, settings, hard_indices=hard_indices,
+                    document_batch_size=config.document_batch_size, show_progress=show_progress,
+                )
+            result = sweep.score(segment)
             part = {
                 "scores": {h: {kind: {k: t[:, columns].clone() for k, t in by_k.items()} for kind, by_k in by_kind.items()}
                            for h, by_kind in result.scores.items()},
@@ -237,7 +243,8 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
     run_key = _run_key(config, heads, embeddings_key)
     partial_dir = out_dir / "partial" / run_key
     partial_dir.mkdir(parents=True, exist_ok=True)
-    settings = InjectionSettings(seed=config.seed, spike_tokens=config.spike_tokens, targets=dict(config.targets))
+    settings = InjectionSettings(seed=config.seed, spike_tokens=config.spike_tokens, targets=dict(config.targets),
+                                 pool_blocks=config.pool_blocks)
 
     tick = time.perf_counter()
     swept = _scored_segments(queries, document_embeddings, gold, heads, config, settings, partial_dir, show_progress)

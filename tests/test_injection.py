@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,12 +16,15 @@ from lir_robust.injection import (
     brute_force_scores,
     corpus_patches,
     gaussian_patches,
+    InjectionSweep,
     hard_negative_patches,
     inject,
+    shared_partials,
+    top_k_values,
     spike_patches,
     sweep_scores,
 )
-from lir_robust.pooling import parse_head
+from lir_robust.pooling import PoolingHead, parse_head
 from lir_robust.scoring import pad_with_mask
 
 
@@ -90,17 +95,17 @@ HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.5", "lse:tau=0.1", "lse:tau=0.1,le
 
 @pytest.mark.parametrize("kind", ["gaussian", "corpus", "hard", "spike"])
 @pytest.mark.parametrize("target", ["non-gold", "all"])
-@pytest.mark.parametrize("tile_elements", [1 << 19, 50])  # one tile of query tokens; tiles of a few tokens
-def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements):
+@pytest.mark.parametrize("tile_elements,pool_blocks", [(1 << 19, 64), (50, 3), (50, None)])  # tiles of a few tokens too
+def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements, pool_blocks):
     queries, documents, gold = toy
-    settings = InjectionSettings(seed=3, targets={kind: target})
+    settings = InjectionSettings(seed=3, targets={kind: target}, pool_blocks=pool_blocks)
     ks = [0, 1, 3, 6]
     result = sweep_scores(queries, documents, gold, HEADS, [kind], ks, settings, document_batch_size=4, show_progress=False,
-                          token_tile_elements=tile_elements)
+                          token_tile_elements=tile_elements, merge_tile_elements=tile_elements)
     for head in HEADS:
         spec = parse_head(head).spec()
         for k in ks:
-            expected = brute_force_scores(queries, documents, gold, head, kind, k, 6, settings)
+            expected = brute_force_scores(queries, documents, gold, head, kind, k, ks, settings)
             assert torch.allclose(result.scores[spec][kind][k], expected, atol=1e-5), (head, k)
         if target == "non-gold":
             for query, indices in enumerate(gold):
@@ -114,7 +119,7 @@ def test_hijack_share_matches_diagnostics(toy):
                           token_tile_elements=40)
     corpus = FlatCorpus.from_documents(documents)
     for kind in ("hard", "gaussian"):
-        source = PatchSource(kind, 5, settings, queries, corpus, gold)
+        source = PatchSource(kind, [0, 2, 5], settings, queries, corpus, gold)
         for query in range(len(queries)):
             for k in (2, 5):
                 injected_docs, marks = [], []
@@ -135,3 +140,109 @@ def test_document_subsets_fill_their_columns(toy):
     part = sweep_scores(queries, documents, gold, ["softmax:tau=1.0"], ["corpus"], [0, 2], document_subset=[1, 4], show_progress=False)
     for k in (0, 2):
         assert torch.allclose(part.scores["softmax:tau=1.0"]["corpus"][k][:, [1, 4]], full.scores["softmax:tau=1.0"]["corpus"][k][:, [1, 4]])
+
+
+@dataclass(frozen=True)
+class _Median(PoolingHead):
+    """A mergeable head that is not built in (exercises shared_partials' fallback to head.partial)."""
+
+    def partial(self, similarities, document_mask):
+        filled = similarities.masked_fill(~document_mask.unsqueeze(-2), float("nan"))
+        return (filled,)
+
+    def merge(self, a, b):
+        return (torch.cat([a[0], b[0]], dim=-1),)
+
+    def finalize(self, state):
+        return state[0].nanmedian(dim=-1).values
+
+
+def test_shared_partials_equal_each_heads_own_partial():
+    generator = torch.Generator().manual_seed(5)
+    similarities = torch.randn(3, 4, 7, generator=generator)
+    mask = torch.rand(4, 7, generator=generator) > 0.3
+    mask[0] = False  # a document with no real patch
+    mask[1, :2] = True
+    mask[1, 2:] = False  # fewer real patches than k
+    heads = [parse_head(head) for head in HEADS + ["topk:k=3", "topk:k=1", "softmax:tau=0.1", "topk:k=9"]] + [_Median()]
+    zeroed = similarities.masked_fill(~mask, 0.0)
+    for given, values, zero in ((mask.unsqueeze(0), similarities, False), (None, similarities, False), (mask.unsqueeze(0), zeroed, True)):
+        states, peak = shared_partials(heads, values, given, masked_are_zero=zero)
+        own_mask = torch.ones(7, dtype=torch.bool) if given is None else mask
+        for head, state in zip(heads, states):
+            # head.partial's layout: [documents, tokens, patches] with a mask per document
+            expected = head(similarities.transpose(0, 1), own_mask if given is not None else own_mask.expand(4, 7)).T
+            assert torch.allclose(head.finalize(state), expected, atol=1e-6, equal_nan=True), head.spec()
+        filled = similarities if given is None else similarities.masked_fill(~mask, -float("inf"))
+        assert torch.equal(peak, filled.amax(dim=-1))
+
+
+def test_pooled_document_patches(toy):
+    queries, documents, gold = toy
+    corpus = FlatCorpus.from_documents(documents)
+    owner = corpus.owner()
+    ks = [0, 1, 3, 6]
+    for pool_blocks in (2, 5, None):
+        settings = InjectionSettings(seed=0, pool_blocks=pool_blocks)
+        for kind in ("gaussian", "corpus"):
+            source = PatchSource(kind, ks, settings, queries, corpus, gold)
+            patches = [source.document_patches(d) for d in range(len(documents))]
+            assert all(p.shape == (6, 16) for p in patches)
+            assert all(torch.allclose(p.norm(dim=-1), torch.ones(6)) for p in patches)
+            shared = (source.assignment < (pool_blocks or 0))
+            if pool_blocks is None:
+                assert not shared.any()  # private draws only: no two documents share a patch
+            if kind == "gaussian" and pool_blocks is not None:
+                assert shared.all() and (source.assignment < pool_blocks).all()
+                # documents taking the same block of an interval get the same patches there
+                first, second = source.assignment[:, 1], source.assignment[:, 1]
+                same = [(a, b) for a in range(len(documents)) for b in range(a) if first[a] == second[b]]
+                assert same  # 9 documents, 2 or 5 blocks: some share
+                a, b = same[0]
+                assert torch.equal(patches[a][1:3], patches[b][1:3])
+            if kind == "corpus":
+                rows = corpus.vectors
+                for d, drawn in enumerate(patches):
+                    own = rows[owner == d]
+                    assert not any(torch.equal(row, own_row) for row in drawn for own_row in own), (pool_blocks, d)
+    with pytest.raises(ValueError, match="pool_blocks"):
+        InjectionSettings(pool_blocks=0)
+
+
+def test_pooled_block_states_are_reused_across_document_subsets(toy):
+    queries, documents, gold = toy
+    sweep = InjectionSweep(queries, documents, gold, ["maxsim", "topk:k=2"], ["gaussian", "corpus"], [0, 2, 5],
+                           InjectionSettings(pool_blocks=2), show_progress=False)
+    whole = sweep.score()
+    cached = dict(sweep._block_cache)
+    parts = [sweep.score([0, 3, 5]), sweep.score([1, 2, 4, 6, 7, 8])]
+    assert sweep._block_cache.keys() == cached.keys()  # computed once
+    for spec in ("maxsim", "topk:k=2"):
+        for kind in ("gaussian", "corpus"):
+            for k in (0, 2, 5):
+                joined = parts[0].scores[spec][kind][k] + parts[1].scores[spec][kind][k]
+                assert torch.allclose(joined, whole.scores[spec][kind][k], atol=1e-6)
+
+
+def test_sweep_rejects_heads_that_cannot_be_merged(toy):
+    from lir_robust.pooling import PoolingHead
+
+    class Median(PoolingHead):
+        def __call__(self, similarities, document_mask):
+            return similarities.median(dim=-1).values
+
+    queries, documents, gold = toy
+    with pytest.raises(ValueError, match="computed in parts"):
+        sweep_scores(queries, documents, gold, [Median()], ["gaussian"], [0, 1], show_progress=False)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 174), (4, 9), (2, 16), (6, 3, 100), (5, 8)])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_top_k_values_equal_torch_topk(shape, k):
+    if shape[-1] < k:
+        pytest.skip("fewer columns than k")
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(k))
+    values[..., ::7] = -float("inf")  # padding
+    values[..., 1::5] = values[..., :1]  # ties
+    expected = values.topk(k, dim=-1).values
+    assert torch.equal(top_k_values(values, k), expected)
