@@ -22,7 +22,7 @@ POOLING ?= maxsim
 FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep bench bench-scoring bench-sweep finetune finetune-all clean
+.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ synth-quick:
 
 eval-length-sweep:
 	$(PY) eval/length_sweep.py --model $(MODEL) --data $(DATA) --poolings $(POOLINGS) --kinds $(KINDS) --ks $(KS) --out $(OUT)/length-sweep
+
+# Pooled gaussian / corpus patches (the sweep's default) against private draws per document, two seeds each.
+check-pool-blocks:
+	$(PY) eval/pool_blocks_check.py --out $(OUT)/pool-blocks-check
 
 bench: bench-scoring bench-sweep
 
