@@ -43,13 +43,16 @@ def main(argv=None) -> None:
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--pool-blocks", type=lambda text: None if text.lower() == "none" else int(text), default=DEFAULT_POOL_BLOCKS,
                         help="gaussian / corpus blocks per budget interval ('none': private draws per document)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and faiss threads (default: their choice)")
     parser.add_argument("--out", default="results/bench-sweep")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("bench_sweep")
     if args.threads:
+        import faiss
+
         torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)  # the hard-negative search
 
     data = load_retrieval_set(args.data).subset(args.max_queries)
     encoder = load_encoder(args.model, show_progress=False)
