@@ -586,16 +586,18 @@ class InjectionSweep:
         show_progress: bool = True,
     ):
         self.settings = settings or InjectionSettings()
-        self.heads = [parse_head(head) for head in heads]
+        unique = {}
+        for head in heads:
+            head = parse_head(head)
+            unique.setdefault(head.spec(), head)  # a head given twice is scored once
+        self.heads = list(unique.values())
         for head in self.heads:
             if not head.mergeable:
                 raise ValueError(
                     f"the injection sweep needs pooling heads that can be computed in parts (partial / merge / "
                     f"finalize, see lir_robust/pooling.py); {head.spec()} cannot"
                 )
-        self.specs = [head.spec() for head in self.heads]
-        if len(set(self.specs)) != len(self.specs):
-            raise ValueError(f"pooling heads given twice: {self.specs}")
+        self.specs = list(unique)
         self.kinds = [_check_kind(kind) for kind in kinds]
         ks = sorted(set(int(k) for k in ks) | {0})
         if ks[0] < 0:
@@ -709,6 +711,8 @@ class InjectionSweep:
     def score(self, document_subset: Sequence[int] | None = None) -> SweepScores:
         """Scores ``[Nq, Nd]`` of every head / kind / K for the given documents (all by default; other columns 0)."""
         documents = list(range(self.n_documents)) if document_subset is None else [int(d) for d in document_subset]
+        if len(set(documents)) != len(documents) or any(not 0 <= d < self.n_documents for d in documents):
+            raise ValueError(f"document_subset must list distinct document indices in [0, {self.n_documents})")
         shape = (self.n_queries, self.n_documents)
         zero_scores = {spec: torch.zeros(shape) for spec in self.specs}
         scores = {spec: {kind: {0: zero_scores[spec], **{k: torch.zeros(shape) for k in self.ks[1:]}} for kind in self.kinds}

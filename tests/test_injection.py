@@ -217,6 +217,10 @@ def test_pooled_block_states_are_reused_across_document_subsets(toy):
     cached = dict(sweep._block_cache)
     parts = [sweep.score([0, 3, 5]), sweep.score([1, 2, 4, 6, 7, 8])]
     assert sweep._block_cache.keys() == cached.keys()  # computed once
+    with pytest.raises(ValueError, match="document_subset"):
+        sweep.score([0, 0])
+    with pytest.raises(ValueError, match="document_subset"):
+        sweep.score([9])
     for spec in ("maxsim", "topk:k=2"):
         for kind in ("gaussian", "corpus"):
             for k in (0, 2, 5):
