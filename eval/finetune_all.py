@@ -180,7 +180,7 @@ def head_loss_cost(heads, rounds: int = 30, dim: int = 128, document_length: int
 RECIPE = {
     "max_steps": 40,
     "batch_size": 32,
-    "lr": 2e-4,
+    "lr": 4e-4,
     "temperature": 0.02,
     "train_document_max_length": 96,
     "projection_dim": 384,
