@@ -27,7 +27,7 @@ import torch
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, sweep_scores
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, parse_pool_blocks, sweep_scores
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.scoring import score
 from lir_robust.sweep import DEFAULT_HEADS, _versions, judged_queries, write_json_atomic
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS))
     parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
     parser.add_argument("--max-queries", type=int, default=None)
-    parser.add_argument("--pool-blocks", type=lambda text: None if text.lower() == "none" else int(text), default=DEFAULT_POOL_BLOCKS,
+    parser.add_argument("--pool-blocks", type=parse_pool_blocks, default=DEFAULT_POOL_BLOCKS,
                         help="gaussian / corpus blocks per budget interval ('none': private draws per document)")
     parser.add_argument("--threads", type=int, default=None, help="torch and faiss threads (default: their choice)")
     parser.add_argument("--out", default="results/bench-sweep")

@@ -11,7 +11,7 @@ import argparse
 import logging
 
 from lir_robust.encoders.base import init_distributed
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, DEFAULT_TARGETS, KINDS, TARGETS
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, DEFAULT_TARGETS, KINDS, TARGETS, parse_pool_blocks
 from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, run_length_sweep
 
 
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"override a kind's target ({'/'.join(TARGETS)}), e.g. --target gaussian=non-gold")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spike-tokens", type=int, default=3)
-    parser.add_argument("--pool-blocks", type=_pool_blocks, default=DEFAULT_POOL_BLOCKS, metavar="B|none",
+    parser.add_argument("--pool-blocks", type=parse_pool_blocks, default=DEFAULT_POOL_BLOCKS, metavar="B|none",
                         help="gaussian / corpus patches: blocks per budget interval shared between documents "
                         f"(default {DEFAULT_POOL_BLOCKS}); 'none' = private draws for every document (slower)")
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
@@ -42,18 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="results/length-sweep")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
-
-
-def _pool_blocks(text: str) -> int | None:
-    if text.strip().lower() in ("none", "private"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--pool-blocks takes an integer >= 1 or 'none', got {text!r}")
-    return value
 
 
 def main(argv=None) -> None:

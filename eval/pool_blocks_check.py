@@ -25,13 +25,9 @@ import torch
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep
+from lir_robust.injection import DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, parse_pool_blocks
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.sweep import DEFAULT_HEADS, _segments, judged_queries, write_json_atomic
-
-
-def _pool(text: str) -> int | None:
-    return None if text.lower() in ("none", "private") else int(text)
 
 
 def main(argv=None) -> None:
@@ -41,7 +37,7 @@ def main(argv=None) -> None:
     parser.add_argument("--poolings", nargs="+", default=list(DEFAULT_HEADS))
     parser.add_argument("--kinds", nargs="+", default=["gaussian", "corpus"], choices=["gaussian", "corpus"])
     parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
-    parser.add_argument("--pool-blocks", nargs="+", type=_pool, default=[None, DEFAULT_POOL_BLOCKS])
+    parser.add_argument("--pool-blocks", nargs="+", type=parse_pool_blocks, default=[None, DEFAULT_POOL_BLOCKS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--segments", type=int, default=8, help="documents scored in this many parts (bounds memory)")
     parser.add_argument("--out", default="results/pool-blocks-check")

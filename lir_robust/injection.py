@@ -34,6 +34,7 @@ document, kind, K) instead of a pass over their similarities.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import math
@@ -44,7 +45,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import LogSumExpHead, MaxSimHead, MeanHead, PoolingHead, SoftmaxHead, TopKHead, parse_head
+from lir_robust.pooling import (
+    LogSumExpHead,
+    MaxSimHead,
+    MeanHead,
+    PoolingHead,
+    SoftmaxHead,
+    TopKHead,
+    _all_valid,
+    parse_head,
+)
 from lir_robust.scoring import pad_with_mask
 
 __all__ = [
@@ -63,6 +73,7 @@ __all__ = [
     "spike_patches",
     "inject",
     "DEFAULT_POOL_BLOCKS",
+    "parse_pool_blocks",
     "SweepScores",
     "InjectionSweep",
     "shared_partials",
@@ -85,6 +96,19 @@ DEFAULT_POOL_BLOCKS = 64
 # copied from the document itself ties with the original, and ties go to the original (as in diagnostics.hijack_rates)
 # even when the two similarities come out of different matrix products one rounding step apart.
 TIE_TOLERANCE = 1e-6
+
+
+def parse_pool_blocks(text: str) -> int | None:
+    """``--pool-blocks`` (argparse type): an integer >= 1, or ``none`` / ``private`` (private draws per document)."""
+    if text.strip().lower() in ("none", "private"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--pool-blocks takes an integer >= 1 or 'none', got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -471,14 +495,15 @@ def shared_partials(
     """``head.partial`` of every head over the last dim of ``similarities [..., L]``, sharing the work between heads.
 
     ``mask`` (bool, broadcastable to the similarities; None = every patch is real); ``masked_are_zero``: the
-    similarities are exactly 0 at masked patches (zero-padded documents), which saves a copy. One masked copy, one max (maxsim,
-    and the shift of softmax / lse), one exponential per distinct tau (softmax and lse of the same tau share it), one
-    top-k per distinct k. Built-in heads give exactly the states of their own ``partial`` (top-k states are padded
-    with -inf to k columns when there are fewer than k patches); other mergeable heads fall back to ``head.partial``.
+    similarities are exactly 0 at masked patches (zero-padded documents), which saves a copy. One masked copy, one max
+    (maxsim, and the shift of softmax / lse), one exponential per distinct tau (softmax and lse of the same tau share it), one
+    top-k per distinct k. Built-in heads give exactly the states of their own ``partial``, except that top-k states are
+    sorted in descending order (which :func:`merge_states` relies on) and padded with -inf to k columns when there are
+    fewer than k patches; other mergeable heads fall back to ``head.partial``.
     Returns (states in head order, the max ``[...]``, -inf where no patch is real).
     """
     similarities = similarities.float()
-    all_valid = mask is None or _mask_all(mask)
+    all_valid = mask is None or _all_valid(mask)
     filled = similarities if all_valid else similarities.masked_fill(~mask, -math.inf)
     peak = filled.amax(dim=-1)
     shift = peak if all_valid else torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
@@ -539,24 +564,16 @@ def shared_partials(
 
 def merge_states(head: PoolingHead, a: tuple, b: tuple) -> tuple:
     """``head.merge(a, b)``; top-k states from :func:`shared_partials` (sorted, k a power of two) merge by a bitonic
-    network instead of a sort of the 2k values (``torch.topk`` on short rows costs ~1 µs per row)."""
+    network instead of ``torch.topk`` over the 2k values.
+
+    This lives here, not in TopKHead, because only the sweep's states are sorted: TopKHead.partial keeps
+    ``torch.topk`` since training differentiates through it, and the max / min network's forward + backward is ~6.7x
+    slower than topk's on training shapes ([32, 32, 32, 96], k = 4).
+    """
     if type(head) is TopKHead and head.k >= 2 and not head.k & (head.k - 1) and a[0].shape[-1] == b[0].shape[-1] == head.k:
         merged = _bitonic_merge(list(a[0].unbind(-1)), list(b[0].unbind(-1)))
         return (torch.stack(merged, dim=-1),)
     return head.merge(a, b)
-
-
-def finalize_state(head: PoolingHead, state: tuple) -> torch.Tensor:
-    """``head.finalize(state)``, with a shortcut for top-k states without padding (the mean of the k values)."""
-    if type(head) is TopKHead:
-        total = state[0].sum(dim=-1)
-        if bool(torch.isfinite(total).all()):
-            return total.div_(state[0].shape[-1])
-    return head.finalize(state)
-
-
-def _mask_all(mask: torch.Tensor) -> bool:
-    return bool(mask.all()) if mask.numel() else True
 
 
 class InjectionSweep:
@@ -725,7 +742,7 @@ class InjectionSweep:
         with torch.no_grad():
             base, base_peak = self._base_states(documents)
             for spec, head, state in zip(self.specs, self.heads, base):
-                zero_scores[spec][:, columns] = self._per_query(finalize_state(head, state))
+                zero_scores[spec][:, columns] = self._per_query(head.finalize(state))
             tables = {
                 (kind, interval): self._block_table(kind, interval, columns)
                 for kind, source in self.sources.items() if not source.query_level
@@ -753,7 +770,7 @@ class InjectionSweep:
                     hijack[kind][stop][:, columns] += self._per_query(hijacked, rows)
                     for h, (spec, head) in enumerate(zip(self.specs, self.heads)):
                         running[h] = merge_states(head, running[h], parts[h])
-                        scores[spec][kind][stop][:, columns] += self._per_query(finalize_state(head, running[h]), rows)
+                        scores[spec][kind][stop][:, columns] += self._per_query(head.finalize(running[h]), rows)
 
         # Targets: documents left untouched keep their K = 0 scores and have no hijacked token.
         for kind in self.kinds:

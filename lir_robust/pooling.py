@@ -284,6 +284,9 @@ class TopKHead(PoolingHead):
 
     def finalize(self, state):
         values = state[0]
+        total = values.sum(dim=-1)
+        if bool(torch.isfinite(total).all()):  # no padding among the kept values: their plain mean
+            return total / values.shape[-1]
         valid = torch.isfinite(values)
         total = torch.where(valid, values, torch.zeros_like(values)).sum(dim=-1)
         return total / valid.sum(dim=-1).clamp_min(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,7 @@ from lir_robust.injection import (
     InjectionSweep,
     hard_negative_patches,
     inject,
+    parse_pool_blocks,
     shared_partials,
     top_k_values,
     spike_patches,
@@ -195,8 +197,8 @@ def test_pooled_document_patches(toy):
             if kind == "gaussian" and pool_blocks is not None:
                 assert shared.all() and (source.assignment < pool_blocks).all()
                 # documents taking the same block of an interval get the same patches there
-                first, second = source.assignment[:, 1], source.assignment[:, 1]
-                same = [(a, b) for a in range(len(documents)) for b in range(a) if first[a] == second[b]]
+                taken = source.assignment[:, 1]
+                same = [(a, b) for a in range(len(documents)) for b in range(a) if taken[a] == taken[b]]
                 assert same  # 9 documents, 2 or 5 blocks: some share
                 a, b = same[0]
                 assert torch.equal(patches[a][1:3], patches[b][1:3])
@@ -207,6 +209,9 @@ def test_pooled_document_patches(toy):
                     assert not any(torch.equal(row, own_row) for row in drawn for own_row in own), (pool_blocks, d)
     with pytest.raises(ValueError, match="pool_blocks"):
         InjectionSettings(pool_blocks=0)
+    assert parse_pool_blocks("none") is None and parse_pool_blocks("16") == 16
+    with pytest.raises(argparse.ArgumentTypeError, match="integer >= 1 or 'none'"):
+        parse_pool_blocks("0")
 
 
 def test_pooled_block_states_are_reused_across_document_subsets(toy):
@@ -216,7 +221,8 @@ def test_pooled_block_states_are_reused_across_document_subsets(toy):
     whole = sweep.score()
     cached = dict(sweep._block_cache)
     parts = [sweep.score([0, 3, 5]), sweep.score([1, 2, 4, 6, 7, 8])]
-    assert sweep._block_cache.keys() == cached.keys()  # computed once
+    assert sweep._block_cache.keys() == cached.keys()  # computed once: the same objects are reused
+    assert all(sweep._block_cache[key] is cached[key] for key in cached)
     with pytest.raises(ValueError, match="document_subset"):
         sweep.score([0, 0])
     with pytest.raises(ValueError, match="document_subset"):
