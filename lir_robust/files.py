@@ -1,0 +1,102 @@
+"""Atomic file writes: every file the project writes goes through here (a reader never sees half a file).
+
+Each writer puts the content into a temporary file in the target folder (same file system), flushes it to disk and
+renames it over the target with ``os.replace``, which is atomic on POSIX and Windows. A run killed part-way leaves
+either the old file or the new one, never a truncated one; stray ``*.tmp-*`` files are harmless and ignored.
+
+    write_text_atomic(path, "...")           write_json_atomic(path, {...})
+    write_bytes_atomic(path, b"...")         save_figure_atomic(figure, path, dpi=120)
+    with atomic_path(path) as temporary:     # for libraries that want a path (safetensors, torch.save, numpy)
+        save_file(tensors, temporary)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = [
+    "atomic_path",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "save_figure_atomic",
+    "json_default",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike", suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    ``suffix`` (default: the target's own suffix) keeps libraries that look at the extension (matplotlib) happy.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix if suffix is not None else path.suffix)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def write_bytes_atomic(path: "str | os.PathLike", data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: "str | os.PathLike", text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def json_default(value: Any) -> Any:
+    """JSON for the values the project keeps in results: tensors, numpy scalars / arrays, paths, sets."""
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(path: "str | os.PathLike", payload: Any, indent: int | None = 1) -> Path:
+    """Write ``payload`` as JSON (NaN / inf allowed, as Python's json writes them) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=indent, default=json_default, allow_nan=True) + "\n")
+
+
+def save_figure_atomic(figure: Any, path: "str | os.PathLike", **savefig_options: Any) -> Path:
+    """``figure.savefig`` into ``path`` atomically (the format follows the target's suffix)."""
+    path = Path(path)
+    options = {"format": path.suffix.lstrip(".") or "png", **savefig_options}
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, **options)
+    return path
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or float that is not NaN / inf (bools excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
