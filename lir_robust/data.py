@@ -30,7 +30,10 @@ from typing import Any, Iterable, Literal
 __all__ = [
     "RetrievalSet",
     "DataError",
+    "DataNotFoundError",
     "HubUnreachableError",
+    "DataLocation",
+    "locate_data",
     "DATA_ROOT_ENV",
     "data_root",
     "load_beir",
@@ -61,6 +64,10 @@ GENERIC_PUBLIC_COPIES = (
 
 class DataError(ValueError):
     """A data set is missing or malformed; the message names the file, line or ids at fault."""
+
+
+class DataNotFoundError(DataError):
+    """Neither a local folder nor (read as a Hub name) a data set on the Hub; the message names both readings."""
 
 
 class HubUnreachableError(DataError):
@@ -228,7 +235,7 @@ def _missing_collection(name: str, root: Path | None) -> DataError:
         else f"no data root is set (set {DATA_ROOT_ENV}=/path/to/collections or pass --data-root / data_root=)"
     )
     public = PUBLIC_COPIES.get(name.lower(), GENERIC_PUBLIC_COPIES)
-    return DataError(
+    return DataNotFoundError(
         f"collection {name!r} not found: {where}. Expected BEIR layout: {BEIR_LAYOUT}. "
         f"Public copies: {public}. You can also pass the folder's path directly."
     )
@@ -345,11 +352,43 @@ def _hub_offline() -> bool:
     return any(flag.strip().upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
+def _no_folder(name: str) -> str:
+    return f"there is no folder {str(Path(name).expanduser().absolute())!r}"
+
+
 def _unreachable(name: str, reason: str, how: str) -> HubUnreachableError:
     return HubUnreachableError(
-        f"cannot load the data set {name!r}: the Hugging Face Hub is unreachable ({reason}). Point at a local copy "
-        f"instead: on a machine with Hub access run {how}, copy that folder here and pass its path (--data /path/to/copy)."
+        f"data set {name!r} not found here: {_no_folder(name)}, and read as a Hub name it cannot be fetched: the "
+        f"Hugging Face Hub is unreachable ({reason}). Point at a local copy instead: on a machine with Hub access run "
+        f"{how}, copy that folder here and pass its path (--data /path/to/copy)."
     )
+
+
+def _not_on_hub(name: str, reason: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"data set {name!r} not found: {_no_folder(name)}, and the Hugging Face Hub has no data set of that name "
+        f"({reason}). Check the spelling of the folder or of the Hub name (owner/name), or log in "
+        "(`hf auth login`) if it is private or gated."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _is_not_found(error: BaseException) -> bool:
+    """True when a Hub error (or one it was raised from) says the data set / revision / file does not exist."""
+    from datasets.exceptions import FileNotFoundDatasetsError
+
+    names = ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "RemoteEntryNotFoundError")
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, FileNotFoundDatasetsError) or type(error).__name__ in names:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _v1_how(name: str, split: str) -> str:
@@ -365,15 +404,18 @@ def _v2_how(name: str, split: str) -> str:
 
 def load_hub_dataset(name: str, config: str | None, split: str, how: str):
     """``datasets.load_dataset(name, config, split=split)``; offline or unreachable -> HubUnreachableError at once,
-    whose message ends with ``how`` (the command that makes a local copy)."""
+    whose message ends with ``how`` (the command that makes a local copy); a name the Hub does not know (or a
+    revision / file it does not have) -> DataNotFoundError naming both readings (local folder and Hub name)."""
     if _hub_offline():
         raise _unreachable(name, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set", how)
     import datasets
 
     try:
         return datasets.load_dataset(name, config, split=split)
-    except (ConnectionError, TimeoutError, OSError) as error:
-        raise _unreachable(name, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}", how) from None
+    except (ConnectionError, TimeoutError, OSError) as error:  # DatasetNotFoundError is an OSError too: tell them apart
+        if _is_not_found(error):
+            raise _not_on_hub(name, _first_line(error)) from None
+        raise _unreachable(name, _first_line(error), how) from None
 
 
 def load_local_dataset(path: Path, split: str):
@@ -505,6 +547,74 @@ def _local_format(path: Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class DataLocation:
+    """Where a data spec points: a local ``folder`` or a ``hub_name``, and the format it will be read in."""
+
+    spec: str
+    data_format: str  # beir | vidore-v1 | vidore-v2
+    folder: Path | None = None
+    hub_name: str | None = None
+
+
+def _looks_like_path(text: str) -> bool:
+    """A spec that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x/``), never a Hub name (owner/name)."""
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
+
+
+def locate_data(
+    spec: str | os.PathLike,
+    *,
+    data_format: Format = "auto",
+    split: str | None = "test",
+    root: str | os.PathLike | None = None,
+) -> DataLocation:
+    """Decide what ``spec`` names, reading nothing but file names (commands call it before loading anything).
+
+    - an existing path is a folder, whatever it looks like (``data/mycoll`` relative to the working folder too);
+      its format is detected (BEIR, ViDoRe v2 copy, ViDoRe v1 copy) unless ``data_format`` says; a BEIR folder must
+      hold corpus.jsonl, and when ``split`` is given queries.jsonl and qrels/<split>.tsv;
+    - a bare name without ``/`` (``cranfield``): the folder ``<data root>/<name>``, or DataError naming both;
+    - a missing path that cannot be a Hub name (``./x``, ``/x``, ``a/b/c``): DataNotFoundError;
+    - ``owner/name`` that is no folder here: a Hub name (ViDoRe v2 when ``data_format="vidore-v2"`` or the name ends
+      in ``_v2``, else v1); offline this raises HubUnreachableError at once, naming both readings.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not text.strip():
+        raise DataError("expected a folder, a collection name or a Hub name, got an empty string")
+    if not path.exists() and ("/" in text or "\\" in text):
+        if _looks_like_path(text):
+            raise DataNotFoundError(f"{text!r} not found: {_no_folder(text)} (expected BEIR layout: {BEIR_LAYOUT})")
+        chosen = data_format if data_format != "auto" else ("vidore-v2" if text.rstrip("/").endswith("_v2") else "vidore-v1")
+        if chosen == "beir":
+            raise DataNotFoundError(
+                f"{text!r} not found: {_no_folder(text)}; BEIR collections load from a local folder only (download it "
+                "and pass its path)"
+            )
+        if _hub_offline():
+            how = _v2_how(text, split or "test") if chosen == "vidore-v2" else _v1_how(text, split or "test")
+            raise _unreachable(text, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set", how)
+        return DataLocation(text, chosen, hub_name=text)
+    folder = resolve_collection(text, root)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder (expected BEIR layout: {BEIR_LAYOUT})")
+    chosen = _local_format(folder) if data_format == "auto" else data_format
+    if chosen not in ("beir", "vidore-v1", "vidore-v2"):
+        raise DataError(f"unknown data format {data_format!r}; choose auto, beir, vidore-v1 or vidore-v2")
+    if chosen == "beir":
+        needed = [folder / "corpus.jsonl"]
+        if split is not None:
+            needed += [folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
+        missing = [str(file) for file in needed if not file.is_file()]
+        if missing:
+            present = sorted(p.name for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+            raise DataError(
+                f"missing file(s) {missing} (expected BEIR layout: {BEIR_LAYOUT}); qrels files present: {present or 'none'}"
+            )
+    return DataLocation(text, chosen, folder=folder)
+
+
 def load_retrieval_set(
     spec: str | os.PathLike,
     *,
@@ -513,24 +623,16 @@ def load_retrieval_set(
     language: str | None = None,
     root: str | os.PathLike | None = None,
 ) -> RetrievalSet:
-    """Load by path, bare name (under the data root) or Hub name.
+    """Load by path, bare name (under the data root) or Hub name (what each names: :func:`locate_data`).
 
     - an existing folder: its format is detected (BEIR, ViDoRe v2 copy, ViDoRe v1 copy) unless ``data_format`` says;
     - a bare name without ``/`` (``cranfield``): the folder ``<data root>/<name>``; a clear error when absent;
-    - ``owner/name``: a ViDoRe data set on the Hub (v2 when ``data_format="vidore-v2"`` or the name ends in ``_v2``,
-      else v1); offline this fails at once, saying how to use a local copy.
+    - ``owner/name`` that is no folder here: a ViDoRe data set on the Hub (v2 when ``data_format="vidore-v2"`` or the
+      name ends in ``_v2``, else v1); offline this fails at once, saying how to use a local copy; a name the Hub does
+      not know gives DataNotFoundError, an unreachable Hub HubUnreachableError.
     """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.exists() or ("/" not in text and "\\" not in text) or text.startswith((".", "/", "~")):
-        path = resolve_collection(text, root)
-        chosen = _local_format(path) if data_format == "auto" else data_format
-    else:
-        chosen = data_format if data_format != "auto" else ("vidore-v2" if text.rstrip("/").endswith("_v2") else "vidore-v1")
-        if chosen == "beir":
-            raise DataError(f"{text!r}: BEIR collections load from a local folder; download it and pass its path")
-        path = None  # type: ignore[assignment]
-    target = path if path is not None else text
+    located = locate_data(spec, data_format=data_format, split=split, root=root)
+    chosen, target = located.data_format, located.folder if located.folder is not None else located.hub_name
     if chosen == "beir":
         if language is not None:
             raise DataError("a language filter applies to ViDoRe v2 only")
@@ -539,6 +641,4 @@ def load_retrieval_set(
         if language is not None:
             raise DataError("a language filter applies to ViDoRe v2 only (v1 is English)")
         return load_vidore_v1(target, split=split)
-    if chosen == "vidore-v2":
-        return load_vidore_v2(target, language=language, split=split)
-    raise DataError(f"unknown data format {data_format!r}; choose auto, beir, vidore-v1 or vidore-v2")
+    return load_vidore_v2(target, language=language, split=split)

@@ -124,3 +124,99 @@ def test_shared_cranfield_loads():
     data = load_retrieval_set(SHARED / "cranfield")
     assert len(data.corpus) == 1400 and len(data.queries) == 225
     assert sum(len(row) for row in data.qrels.values()) == 1612
+
+
+# ------------------------------------------------------------------ what a spec names: folder or Hub name
+
+
+def test_a_relative_existing_folder_is_a_folder(tmp_path, monkeypatch):
+    write_beir(tmp_path / "data" / "mycoll")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = load_retrieval_set("data/mycoll")
+    assert data.name == "mycoll" and len(data.corpus) == 18
+
+
+def test_a_missing_relative_folder_names_both_readings_offline(tmp_path, monkeypatch):
+    from lir_robust.data import locate_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnreachableError) as error:
+        locate_data("data/mycoll")
+    message = str(error.value)
+    assert "'data/mycoll' not found here" in message and str(tmp_path / "data" / "mycoll") in message
+    assert "read as a Hub name" in message and "HF_HUB_OFFLINE" in message
+
+
+@pytest.mark.parametrize("spec", ["./data/mycoll", "data/sub/mycoll", "/nonexistent/mycoll"])
+def test_a_missing_path_that_cannot_be_a_hub_name_is_not_found(spec, tmp_path, monkeypatch):
+    from lir_robust.data import DataNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError, match="not found: there is no folder"):
+        load_retrieval_set(spec)
+
+
+def _hub_error(monkeypatch, error: BaseException):
+    """Online (HF_HUB_OFFLINE=0) with datasets.load_dataset raising ``error``."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def load_dataset(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_a_misspelled_hub_name_is_not_found_not_unreachable(tmp_path, monkeypatch):
+    from datasets.exceptions import DatasetNotFoundError
+
+    from lir_robust.data import DataNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    _hub_error(monkeypatch, DatasetNotFoundError("Dataset 'vidore/docvqa_test_subsampld' doesn't exist on the Hub or cannot be accessed."))
+    with pytest.raises(DataNotFoundError) as error:
+        load_retrieval_set("vidore/docvqa_test_subsampld")
+    message = str(error.value)
+    assert not isinstance(error.value, HubUnreachableError)
+    assert "not found" in message and "no data set of that name" in message and "there is no folder" in message
+    assert "unreachable" not in message
+
+
+def test_a_missing_revision_is_not_found(tmp_path, monkeypatch):
+    import httpx2
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    from lir_robust.data import DataNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/datasets/vidore/x"))
+    wrapped = OSError("could not load")
+    wrapped.__cause__ = RevisionNotFoundError("Revision Not Found", response=response)
+    _hub_error(monkeypatch, wrapped)
+    with pytest.raises(DataNotFoundError):
+        load_retrieval_set("vidore/x_v2")
+
+
+@pytest.mark.parametrize("error", [ConnectionError("Couldn't reach 'vidore/x' on the Hub (ConnectError)"), TimeoutError("timed out")])
+def test_an_unreachable_hub_is_unreachable(error, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _hub_error(monkeypatch, error)
+    with pytest.raises(HubUnreachableError, match="Hub is unreachable.*" + type(error).__name__):
+        load_retrieval_set("vidore/x")
+
+
+def test_front_door_checks_of_a_beir_folder(tmp_path):
+    from lir_robust.data import locate_data
+
+    folder = write_beir(tmp_path / "tiny")
+    assert locate_data(folder).data_format == "beir" and locate_data(folder).folder == folder
+    with pytest.raises(DataError, match=r"missing file\(s\) .*dev.tsv.*qrels files present: \['test.tsv'\]"):
+        locate_data(folder, split="dev")
+    assert locate_data(folder, split=None).folder == folder  # training reads the corpus only
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot tell the format"):
+        locate_data(tmp_path / "empty")
