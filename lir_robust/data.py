@@ -381,7 +381,7 @@ def _is_not_found(error: BaseException) -> bool:
     """True when a Hub error (or one it was raised from) says the data set / revision / file does not exist."""
     from datasets.exceptions import FileNotFoundDatasetsError
 
-    names = ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "RemoteEntryNotFoundError")
+    names = ("RepositoryNotFoundError", "RevisionNotFoundError")
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -573,7 +573,8 @@ def locate_data(
 
     - an existing path is a folder, whatever it looks like (``data/mycoll`` relative to the working folder too);
       its format is detected (BEIR, ViDoRe v2 copy, ViDoRe v1 copy) unless ``data_format`` says; a BEIR folder must
-      hold corpus.jsonl, and when ``split`` is given queries.jsonl and qrels/<split>.tsv;
+      hold corpus.jsonl, and when ``split`` is given queries.jsonl and qrels/<split>.tsv (``split=None``: training
+      data, which needs the corpus only);
     - a bare name without ``/`` (``cranfield``): the folder ``<data root>/<name>``, or DataError naming both;
     - a missing path that cannot be a Hub name (``./x``, ``/x``, ``a/b/c``): DataNotFoundError;
     - ``owner/name`` that is no folder here: a Hub name (ViDoRe v2 when ``data_format="vidore-v2"`` or the name ends
@@ -593,7 +594,8 @@ def locate_data(
                 "and pass its path)"
             )
         if _hub_offline():
-            how = _v2_how(text, split or "test") if chosen == "vidore-v2" else _v1_how(text, split or "test")
+            hub_split = split or "train"  # no split: training data, whose Hub data sets have a train split
+            how = _v2_how(text, hub_split) if chosen == "vidore-v2" else _v1_how(text, hub_split)
             raise _unreachable(text, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set", how)
         return DataLocation(text, chosen, hub_name=text)
     folder = resolve_collection(text, root)

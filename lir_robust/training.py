@@ -18,6 +18,7 @@ Shapes: query / document embeddings are ``[B, T, D]`` with a bool mask ``[B, T]`
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -26,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -71,6 +72,16 @@ __all__ = [
     "gather_documents",
     "save_checkpoint",
     "latest_checkpoint",
+    "is_complete_checkpoint",
+    "atomic_folder",
+    "save_state_atomic",
+    "RESULT_NEUTRAL_KEYS",
+    "config_differences",
+    "RunFolder",
+    "inspect_run_folder",
+    "clear_run_folder",
+    "truncate_log",
+    "text_hidden_size",
     "JsonlLog",
 ]
 
@@ -468,6 +479,25 @@ def model_family(model: str) -> str:
     return "text"
 
 
+def text_hidden_size(model: str) -> int:
+    """The hidden size of a BERT-like encoder (``minilm``: 384), read from its config.json; nothing is loaded.
+
+    The default projection of a text model is this size with identity initialisation (step 0 = the raw model)."""
+    from transformers import AutoConfig
+
+    from lir_robust.encoders.text_colbert import ModelLoadError, resolve_base_model
+
+    location = resolve_base_model(model)
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read the configuration of the encoder {model!r} ({location}): {error}") from None
+    size = getattr(config, "hidden_size", None)
+    if not isinstance(size, int):
+        raise ModelLoadError(f"the encoder {model!r} has no integer hidden_size in its config; pass --projection-dim")
+    return size
+
+
 def build_text_model(
     model: str,
     head: PoolingHead,
@@ -586,15 +616,178 @@ class TrainState:
 
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+# accelerator.save_state writes this file last (the registered TrainState); a folder without it is unfinished.
+CHECKPOINT_LAST_FILE = "custom_checkpoint_0.pkl"
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """True for a ``step-N`` folder that :func:`save_state_atomic` finished (renamed into place, state file inside)."""
+    folder = Path(folder)
+    return bool(CHECKPOINT_PATTERN.match(folder.name)) and folder.is_dir() and (folder / CHECKPOINT_LAST_FILE).is_file()
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The ``checkpoints/step-N`` folder with the largest N under ``output_dir`` (None if there is none)."""
+    """The complete ``checkpoints/step-N`` folder with the largest N under ``output_dir`` (None if there is none).
+
+    Unfinished saves (``.step-N.partial`` folders of a run killed while saving, or a ``step-N`` folder without its
+    state file, left by versions that saved in place) are ignored."""
     folder = Path(output_dir) / "checkpoints"
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name)) and path.is_dir()]
+    found = [(int(CHECKPOINT_PATTERN.match(path.name).group(1)), path) for path in folder.iterdir() if is_complete_checkpoint(path)]
     return max(found)[1] if found else None
+
+
+def _replace_folder(temporary: Path, final: Path) -> None:
+    """Move the finished folder ``temporary`` onto ``final`` (an older ``final`` is moved aside first, then removed)."""
+    import shutil
+
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(temporary, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the rename durable
+        descriptor = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike):
+    """Yield a temporary folder beside ``final``; once the block succeeds it is renamed onto ``final``, so a reader
+    (or a rerun after a kill) sees the old folder or the complete new one, never half of one."""
+    import shutil
+
+    final = Path(final)
+    temporary = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+        _replace_folder(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def save_state_atomic(accelerator, output_dir: str | os.PathLike, step: int) -> Path:
+    """``accelerator.save_state`` into ``output_dir/checkpoints/.step-N.partial``, renamed to ``step-N`` once every
+    process has written its part: a run killed while saving leaves no ``step-N`` folder to resume from by mistake.
+
+    Call it on every process (each writes its own RNG state into the same folder)."""
+    import shutil
+
+    checkpoints = Path(output_dir) / "checkpoints"
+    final, temporary = checkpoints / f"step-{step}", checkpoints / f".step-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _replace_folder(temporary, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# Options that never change a run's numbers: a rerun that differs only in these continues (or reports) the same run.
+# pooling / pool_k / pool_tau are folded into "head", which is compared.
+RESULT_NEUTRAL_KEYS = frozenset(
+    {"output_dir", "log_every", "eval_every", "save_every", "resume", "overwrite", "stop_after_steps", "debug",
+     "pooling", "pool_k", "pool_tau"}
+)
+# What a fine-tuning run writes into its folder (removed by --overwrite).
+RUN_FILES = ("checkpoints", "model", "log.jsonl", "summary.json", "config.json", "tensorboard")
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], keys: Iterable[str] | None = None,
+                       ignore: Iterable[str] = RESULT_NEUTRAL_KEYS) -> list[str]:
+    """Sorted keys whose values differ between two run configurations (compared as JSON; a key missing on one side
+    differs). ``keys`` limits the comparison (default: every key of both); keys in ``ignore`` are skipped."""
+    saved, current = _as_json(saved), _as_json(current)
+    names = set(saved) | set(current) if keys is None else set(keys)
+    missing = object()
+    return sorted(
+        key for key in names - set(ignore) if saved.get(key, missing) != current.get(key, missing)
+    )
+
+
+@dataclass
+class RunFolder:
+    """What an output folder holds, compared with the run about to start (see :func:`inspect_run_folder`).
+
+    ``status``: ``"new"`` (nothing of ours), ``"started"`` (same configuration, no checkpoint yet: start over),
+    ``"resumable"`` (same configuration, ``checkpoint`` to continue from), ``"finished"`` (same configuration,
+    summary.json written), ``"other-config"`` (``differences`` lists the keys), ``"unknown-files"`` (run files
+    without config.json)."""
+
+    status: str
+    checkpoint: Path | None = None
+    differences: list[str] = field(default_factory=list)
+
+
+def inspect_run_folder(output_dir: str | os.PathLike, requested: dict[str, Any]) -> RunFolder:
+    """Compare ``output_dir`` with the options of the run about to start (reads file names and config.json only).
+
+    Only the keys of ``requested`` are compared (derived values such as the training-pair count are compared again
+    once the data is loaded, with :func:`config_differences`), ignoring :data:`RESULT_NEUTRAL_KEYS`."""
+    output = Path(output_dir)
+    present = [name for name in RUN_FILES if (output / name).exists()]
+    if not present:
+        return RunFolder("new")
+    if not (output / "config.json").is_file():
+        return RunFolder("unknown-files")
+    try:
+        saved = json.loads((output / "config.json").read_text())
+    except ValueError:
+        return RunFolder("unknown-files")
+    differences = config_differences(saved, requested, keys=requested)
+    if differences:
+        return RunFolder("other-config", differences=differences)
+    if (output / "summary.json").is_file():
+        return RunFolder("finished")
+    checkpoint = latest_checkpoint(output)
+    return RunFolder("resumable", checkpoint=checkpoint) if checkpoint is not None else RunFolder("started")
+
+
+def clear_run_folder(output_dir: str | os.PathLike) -> None:
+    """Remove what a fine-tuning run wrote into ``output_dir`` (:data:`RUN_FILES`); other files are left alone."""
+    import shutil
+
+    output = Path(output_dir)
+    for name in RUN_FILES:
+        path = output / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def truncate_log(path: str | os.PathLike, step: int) -> None:
+    """Keep the records of ``log.jsonl`` up to optimizer step ``step`` (not the final record), atomically: a run
+    resumed from the checkpoint of step N logs steps N+1... once, as an uninterrupted run does."""
+    from lir_robust.files import write_text_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step and not record.get("final"):
+            kept.append(json.dumps(record))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def save_checkpoint(model: nn.Module, processor, directory: str | os.PathLike, head: PoolingHead, config: dict[str, Any]) -> Path:

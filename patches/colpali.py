@@ -34,6 +34,7 @@ __all__ = [
     "FAMILIES",
     "ColpaliIntegrationError",
     "ColpaliVersionError",
+    "ModelNotFoundError",
     "HubUnreachableError",
     "check_colpali_version",
     "patch_processor",
@@ -58,6 +59,10 @@ class ColpaliIntegrationError(RuntimeError):
 
 class ColpaliVersionError(ColpaliIntegrationError):
     """colpali-engine is missing or outside the supported version range."""
+
+
+class ModelNotFoundError(ColpaliIntegrationError):
+    """Neither a local folder nor a model (or revision) on the Hub; the message names both readings."""
 
 
 class HubUnreachableError(ColpaliIntegrationError):
@@ -266,6 +271,11 @@ def _local_model_type(directory: Path) -> Optional[str]:
     adapter = directory / "adapter_config.json"
     if adapter.is_file():  # a LoRA adapter: the base model's name says the family
         base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if base and not Path(base).is_dir() and _in_cache(base):  # a Hub id: its config.json in the local Hub cache
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "config.json")
+            base = os.path.dirname(cached) if isinstance(cached, str) else None
         return _local_model_type(Path(base)) if base and Path(base).is_dir() else None
     return None
 
@@ -304,29 +314,77 @@ def _in_cache(repo_id: str) -> bool:
     return False
 
 
-def _probe_hub(repo_id: str, timeout: float) -> None:
-    """Raise a one-message error when the Hub cannot be reached or does not know ``repo_id``."""
+def _not_found(model_name_or_path: str, reason: str) -> ModelNotFoundError:
+    folder = Path(model_name_or_path).expanduser().absolute()
+    return ModelNotFoundError(
+        f"model {model_name_or_path!r} not found: there is no folder {str(folder)!r}, and the Hugging Face Hub has no "
+        f"such model or revision ({reason}). Check the spelling of the folder or of the Hub id (owner/name), or log "
+        "in (`hf auth login`) if it is private."
+    )
+
+
+_NOT_FOUND_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError"}
+_MISSING_FILE_ERRORS = {"EntryNotFoundError", "RemoteEntryNotFoundError"}
+
+
+def _hub_error_kind(error: Optional[BaseException]) -> str:
+    """``"gated"``, ``"not found"``, ``"missing file"`` or ``"unreachable"`` for an error raised while fetching from
+    the Hub (the error itself or one it was raised from: transformers wraps huggingface_hub's errors in an OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if "GatedRepoError" in names:
+            return "gated"
+        if names & _NOT_FOUND_ERRORS:
+            return "not found"
+        if names & _MISSING_FILE_ERRORS:
+            return "missing file"
+        error = error.__cause__ or error.__context__
+    return "unreachable"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _classified(repo_id: str, error: BaseException) -> ColpaliIntegrationError:
+    """The one-message error for a failed Hub fetch of ``repo_id``: gated, not found, a missing file, unreachable."""
+    kind = _hub_error_kind(error)
+    if kind == "gated":
+        return _gated(repo_id)
+    if kind == "not found":
+        return _not_found(repo_id, _first_line(error))
+    if kind == "missing file":
+        return ColpaliIntegrationError(
+            f"{repo_id!r} on the Hub lacks a file the loader needs ({_first_line(error)}): is it a colpali-engine "
+            "checkpoint (config.json or adapter_config.json, weights, processor files)?"
+        )
+    return _unreachable(repo_id, _first_line(error))
+
+
+def _gated(repo_id: str) -> ColpaliIntegrationError:
+    return ColpaliIntegrationError(
+        f"{repo_id!r} is gated on the Hub: accept its licence on huggingface.co and log in (`hf auth login`), "
+        "or point at a local copy"
+    )
+
+
+def _probe_hub(repo_id: str, timeout: float, revision: Optional[str] = None) -> None:
+    """Raise a one-message error when the Hub cannot be reached (HubUnreachableError) or does not know ``repo_id``
+    or its ``revision`` (ModelNotFoundError)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.errors import HFValidationError
 
     try:
-        HfApi().model_info(repo_id, timeout=timeout)
-    except GatedRepoError:
-        raise ColpaliIntegrationError(
-            f"{repo_id!r} is gated on the Hub: accept its licence on huggingface.co and log in (`hf auth login`), "
-            "or point at a local copy"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ColpaliIntegrationError(
-            f"{repo_id!r} is neither a local folder nor a model on the Hub (or it is private): check the name or "
-            "point at a local copy"
-        ) from None
+        HfApi().model_info(repo_id, revision=revision, timeout=timeout)
     except HFValidationError:
-        raise ColpaliIntegrationError(
+        raise ModelNotFoundError(
             f"{repo_id!r} is neither an existing local folder nor a valid Hub id (owner/name)"
         ) from None
-    except Exception as error:  # connection refused, DNS, proxy, timeout, ...: all mean the same to the user
-        raise _unreachable(repo_id, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+    except Exception as error:  # connection refused, DNS, proxy, timeout, ... all mean "unreachable" to the user
+        raise _classified(repo_id, error) from None
 
 
 def _restore_tied_output_embeddings(model: torch.nn.Module) -> None:
@@ -364,7 +422,8 @@ def load_colpali(
     colqwen2.5, colsmol) is inferred from the config's model_type or else from the name. ``head``: defaults to the
     folder's pooling.json, else maxsim. ``attn_implementation`` defaults to "eager" on the CPU (sdpa gave NaN on
     left-padded rows). When the Hub is unreachable (HF_HUB_OFFLINE=1 or any network error) and the checkpoint is not
-    cached, raises :class:`HubUnreachableError` at once, with a message saying how to use a local copy.
+    cached, raises :class:`HubUnreachableError` at once, with a message saying how to use a local copy; a Hub id (or
+    ``revision=``) the Hub does not know raises :class:`ModelNotFoundError`, naming both readings.
     """
     check_colpali_version()
     name = str(model_name_or_path)
@@ -384,7 +443,7 @@ def load_colpali(
         elif _hub_offline():
             raise _unreachable(name, "HF_HUB_OFFLINE is set")
         else:
-            _probe_hub(name, hub_timeout)
+            _probe_hub(name, hub_timeout, revision=model_kwargs.get("revision"))
         family = _family(family) if family else infer_family(name)
     models = _colpali_models()
     model_class_name, processor_class_name, _ = FAMILIES[family]
@@ -404,7 +463,7 @@ def load_colpali(
     except OSError as error:
         if local.is_dir():
             raise
-        raise _unreachable(name, str(error).splitlines()[0][:200]) from None
+        raise _classified(name, error) from None
     _restore_tied_output_embeddings(model)
     model = model.to(device).eval()
     processor = patch_processor(processor, "maxsim" if head is None else head)

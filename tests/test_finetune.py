@@ -63,7 +63,7 @@ def _args(model, data, output, *extra):
         "--model", str(model), "--data", str(data), "--output-dir", str(output), "--projection-dim", "16",
         "--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--validation-pairs", "0", "--log-every", "1",
         "--query-max-length", "12", "--train-document-max-length", "24", "--document-max-length", "24",
-        "--save-every", "0", "--lr", "5e-3", *extra,
+        "--save-every", "0", "--lr", "5e-3", "--projection-init", "svd", "--pseudo-queries", "title", *extra,
     ]
 
 
@@ -220,21 +220,74 @@ def test_tiny_colpali_trains(tmp_path, tiny_image_pairs):
 
 
 def test_hub_names_fail_fast_offline(tmp_path, monkeypatch, tiny_image_pairs):
-    from lir_robust.patches.colpali import HubUnreachableError
-    from lir_robust.training import DataLoadError
+    from lir_robust.cli import UserError
+    from lir_robust.data import HubUnreachableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataLoadError, match="vidore/colpali_train_set.*HF_HUB_OFFLINE"):
-        finetune.train(finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", "vidore/colpali_train_set", "--output-dir", str(tmp_path)]))
-    with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE"):
-        finetune.train(finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", str(tiny_image_pairs), "--validation-pairs", "0", "--output-dir", str(tmp_path)]))
+    with pytest.raises(HubUnreachableError, match="vidore/colpali_train_set.*HF_HUB_OFFLINE.*split='train'"):
+        finetune.parse_args(["--model", str(tiny_image_pairs), "--data", "vidore/colpali_train_set", "--output-dir", str(tmp_path)])
+    with pytest.raises(UserError, match="not in the local Hugging Face cache while HF_HUB_OFFLINE is set"):
+        finetune.parse_args(["--model", "vidore/colqwen2-v1.0", "--data", str(tiny_image_pairs), "--validation-pairs", "0", "--output-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_hard_negatives_join_the_loss(tiny_bert, tiny_beir, tmp_path):
-    finetune.train(finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path, "--pooling", "topk:k=2", "--max-steps", "2", "--hard-negatives", "2")))
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["hard_negatives"] == 2
-    assert all(math.isfinite(r["loss"]) for r in _log(tmp_path) if "loss" in r)
+def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, hard_negatives: int) -> float:
+    """The step-1 loss of _args' run, computed apart from the loss module: the untrained model (LoRA's B = 0, so the
+    base encoder + the SVD projection), the sampler's first batch, each logit by a loop over (query, candidate), then
+    the cross-entropy written out. Candidates of query i: the batch's documents, then its own hard negatives."""
+    from lir_robust import training
+    from lir_robust.pooling import parse_head
+
+    pairs = training.load_training_pairs(str(data), "title", 0).pairs
+    if hard_negatives:
+        pairs = training.mine_hard_negatives(pairs, hard_negatives)
+    colbert = TextColBERT.from_base(str(model_dir), projection_dim=16, query_max_length=12, document_max_length=24)
+    training.init_projection_svd(colbert, [pair.document for pair in pairs[:64]])
+    colbert.eval()
+    order = list(training.EpochShuffleSampler(len(pairs), seed=0))[:4]
+    batch = [pairs[index] for index in order]
+    collate = training.TextPairCollator(colbert, 12, 24)
+    inputs = collate(batch)
+    with torch.no_grad():
+        queries, query_mask = colbert(**inputs["query"], is_query=True)
+        documents, document_mask = colbert(**inputs["document"], is_query=False)
+        negatives, negative_mask = colbert(**inputs["negative"], is_query=False) if hard_negatives else (None, None)
+    pooling = parse_head(head)
+
+    def logit(q: int, embeddings, mask) -> float:
+        tokens = queries[q][query_mask[q]]
+        patches = embeddings[mask]
+        per_token = pooling(tokens @ patches.T, torch.ones(patches.shape[0], dtype=torch.bool))
+        return float(per_token.sum()) / tokens.shape[0]
+
+    total = 0.0
+    for q in range(len(batch)):
+        candidates = [logit(q, documents[d], document_mask[d]) for d in range(len(batch))]
+        candidates += [logit(q, negatives[q * hard_negatives + n], negative_mask[q * hard_negatives + n]) for n in range(hard_negatives)]
+        scaled = [value / temperature for value in candidates]
+        peak = max(scaled)
+        total += peak + math.log(sum(math.exp(value - peak) for value in scaled)) - scaled[q]
+    return total / len(batch)
+
+
+def test_hard_negatives_raise_the_loss_as_computed_by_hand(tiny_bert_no_dropout, tiny_beir, tmp_path):
+    first_losses = {}
+    for count in (0, 2):
+        output = tmp_path / f"negatives-{count}"
+        finetune.train(finetune.parse_args(_args(
+            tiny_bert_no_dropout, tiny_beir, output, "--pooling", "topk:k=2", "--max-steps", "1", "--lora-dropout", "0",
+            "--hard-negatives", str(count),
+        )))
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        assert json.loads((output / "config.json").read_text())["hard_negatives"] == count
+        first_losses[count] = next(r["loss"] for r in _log(output) if r["step"] == 1 and "loss" in r)
+        expected = _first_batch_losses_by_hand(tiny_bert_no_dropout, tiny_beir, "topk:k=2", 0.02, count)
+        assert first_losses[count] == pytest.approx(expected, rel=1e-4, abs=1e-5), count
+    # the same batch with two more candidates per query: the log-sum-exp can only grow, and here it does
+    assert first_losses[2] > first_losses[0] + 1e-3
 
 
 def test_identity_projection_and_sentence_pseudo_queries(tiny_bert, tiny_beir, tmp_path):
@@ -243,5 +296,94 @@ def test_identity_projection_and_sentence_pseudo_queries(tiny_bert, tiny_beir, t
     finetune.train(finetune.parse_args([*arguments, "--projection-init", "identity"]))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["projection_init"] == "identity" and config["data_kind"] == "sentence-text"
-    with pytest.raises(SystemExit, match="projection-init identity.*hidden size 32"):
-        finetune.train(finetune.parse_args([*_args(tiny_bert, tiny_beir, tmp_path / "b"), "--projection-init", "identity"]))
+    from lir_robust.cli import UserError
+
+    with pytest.raises(UserError, match="projection-init identity needs --projection-dim = the hidden size 32"):
+        finetune.parse_args([*_args(tiny_bert, tiny_beir, tmp_path / "b"), "--projection-init", "identity"])
+
+
+# ------------------------------------------------------------------ rerunning a command: resume, finished, another configuration
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _kill_args(model, data, output):
+    return _args(model, data, output, "--pooling", "softmax:tau=0.1", "--max-steps", "30", "--save-every", "1",
+                 "--validation-pairs", "4", "--lora-dropout", "0.1")
+
+
+def test_a_killed_run_continues_on_rerun_and_ends_as_an_uninterrupted_run(tiny_bert, tmp_path):
+    import signal
+    import time
+
+    data = write_tiny_beir(tmp_path / "data", documents=16)  # 12 training pairs, batch 4: 3 steps an epoch
+    finetune.main(_kill_args(tiny_bert, data, tmp_path / "uninterrupted"))
+    _reset_accelerate()
+
+    killed = tmp_path / "killed"
+    threads = str(torch.get_num_threads())  # as many as this process: the same float summation order
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *_kill_args(tiny_bert, data, killed)], cwd=ROOT,
+                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoints" / "step-4").is_dir() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "summary.json").exists() and not (killed / "model").exists()
+    done = sorted(path.name for path in (killed / "checkpoints").iterdir())
+    assert "step-4" in done and "step-30" not in done
+
+    summary = finetune.main(_kill_args(tiny_bert, data, killed))  # the same command again
+    expected = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())
+    for key in ("step", "val_loss", "val_top1"):
+        assert summary[key] == pytest.approx(expected[key], abs=1e-6), key
+    got, want = (_trained_weights(TextColBERT.from_pretrained(tmp_path / name / "model")) for name in ("killed", "uninterrupted"))
+    assert got.keys() == want.keys() and any("lora_B" in name for name in got)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6, rtol=0), name
+    steps = [r["step"] for r in _log(killed) if "loss" in r]
+    assert steps == list(range(1, 31))  # every step logged once, as in the uninterrupted run
+    losses = [[r["loss"] for r in _log(tmp_path / name) if "loss" in r] for name in ("killed", "uninterrupted")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_rerun_of_a_finished_run_reports_it_and_another_configuration_stops(tiny_bert, tiny_beir, tmp_path, caplog):
+    from lir_robust.cli import UserError, run_command
+
+    arguments = _args(tiny_bert, tiny_beir, tmp_path, "--pooling", "maxsim", "--max-steps", "2")
+    first = finetune.main(arguments)
+    _reset_accelerate()
+    log_before, weights_before = (tmp_path / "log.jsonl").read_text(), (tmp_path / "model").stat().st_mtime_ns
+    caplog.set_level("INFO")
+    model, summary = finetune.train(finetune.parse_args(arguments + ["--log-every", "5"]))  # a neutral option differs
+    assert model is None and summary == first and "already holds a finished run" in caplog.text
+    assert (tmp_path / "log.jsonl").read_text() == log_before and (tmp_path / "model").stat().st_mtime_ns == weights_before
+
+    with pytest.raises(UserError, match=r"holds a run of another configuration \(differs in lr\).*--output-dir.*--overwrite"):
+        finetune.main(arguments + ["--lr", "1e-3"])
+    assert (tmp_path / "log.jsonl").read_text() == log_before  # nothing written
+    assert run_command(finetune.main, arguments + ["--lr", "1e-3"]) == 2
+
+    again = finetune.main(arguments + ["--lr", "1e-3", "--overwrite"])
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e-3 and again["step"] == 2
+    assert [r["step"] for r in _log(tmp_path) if "loss" in r] == [1, 2]
+
+
+def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
+    from lir_robust import training
+
+    for name, complete in (("step-3", True), ("step-7", False), (".step-9.partial", True), ("step-x", True)):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        if complete:
+            (tmp_path / "checkpoints" / name / training.CHECKPOINT_LAST_FILE).write_bytes(b"")
+    assert training.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-3"
+    assert training.latest_checkpoint(tmp_path / "nowhere") is None

@@ -133,6 +133,9 @@ def test_latest_checkpoint(tmp_path):
     assert training.latest_checkpoint(tmp_path) is None
     for step in (5, 10, 50):
         (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step-{step}" / training.CHECKPOINT_LAST_FILE).write_bytes(b"")
+    assert training.latest_checkpoint(tmp_path).name == "step-50"
+    (tmp_path / "checkpoints" / "step-60").mkdir()  # unfinished: no state file
     assert training.latest_checkpoint(tmp_path).name == "step-50"
 
 
