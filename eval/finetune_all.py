@@ -17,12 +17,14 @@ on which it was not. The test queries never enter training (the pairs come from 
 Step-time ratios between heads are measured again in ONE process with interleaved steps on the same batch (the CPU
 is shared, so separate runs' timings are noisy). Every stage writes its JSON and is skipped when re-run; delete a
 file to redo it. recipe.json records the training options: re-running into the same --out with other options stops
-with a message instead of mixing runs.
+with a message instead of mixing runs. A user error (a bad option, a missing collection, another recipe in --out)
+is one line and exit status 2, before anything loads (--debug shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lir_robust import training  # noqa: E402
+from lir_robust import cli, training  # noqa: E402
 from lir_robust.encoders.text_colbert import TextColBERT  # noqa: E402
+from lir_robust.files import write_json_atomic, write_text_atomic  # noqa: E402
 from lir_robust.pooling import parse_head  # noqa: E402
 from lir_robust.scoring import score  # noqa: E402
 
@@ -53,12 +56,10 @@ def load_collection(name: str):
     Documents are ``title + text`` with the copy of the title that starts Cranfield's abstracts removed (the title
     once, as the fine-tuned models saw documents in training); empty documents are dropped.
     """
-    from lir_robust.data import load_beir
+    from lir_robust.data import load_beir, locate_data
 
-    folder = training.resolve_beir_folder(name)
-    if folder is None:
-        raise SystemExit(f"no BEIR collection {name!r} under {training.data_root()}")
-    collection = load_beir(folder)
+    located = locate_data(name)  # main() checked it is a BEIR folder with queries and qrels/test.tsv
+    collection = load_beir(located.folder)
     document_ids = [doc_id for doc_id, doc in collection.corpus.items() if training._document_text(doc)]
     documents = [training._document_text(collection.corpus[doc_id]) for doc_id in document_ids]
     query_ids = collection.judged_query_ids
@@ -118,10 +119,8 @@ def evaluate(model: TextColBERT, heads, collection, batch_size: int = 32) -> dic
 
 
 def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
+    """JSON through lir_robust.files (atomic: a killed run leaves the old file or the new one)."""
+    write_json_atomic(path, value, indent=2)
 
 
 def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_document_max_length: int,
@@ -189,43 +188,81 @@ RECIPE = {
 }
 
 
-def check_recipe(out: Path, recipe: dict) -> None:
-    """Write ``out/recipe.json``, or stop when the folder already holds runs of another recipe."""
+def check_recipe(out: Path, recipe: dict, write: bool = True) -> None:
+    """Write ``out/recipe.json`` (unless ``write`` is False), or raise cli.UserError when the folder already holds
+    runs of another recipe."""
     file = out / "recipe.json"
     if file.exists():
         previous = json.loads(file.read_text())
         if previous != recipe:
             changed = sorted(key for key in {*previous, *recipe} if previous.get(key) != recipe.get(key))
-            raise SystemExit(
+            raise cli.UserError(
                 f"{out} holds runs of another recipe (differs in {changed}); delete the folder or pass another --out"
             )
     elif any(out.glob("*/summary.json")):
-        raise SystemExit(f"{out} holds runs without a recipe.json (an older version); delete them or pass another --out")
-    else:
+        raise cli.UserError(f"{out} holds runs without a recipe.json (an older version); delete them or pass another --out")
+    elif write:
         write_json(file, recipe)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--heads", nargs="+", default=["maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"])
-    parser.add_argument("--data", default="cranfield")
-    parser.add_argument("--out", default="results/finetune")
-    parser.add_argument("--max-steps", type=int, default=RECIPE["max_steps"])
-    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    parser.add_argument("--lr", type=float, default=RECIPE["lr"])
-    parser.add_argument("--temperature", type=float, default=RECIPE["temperature"])
-    parser.add_argument("--train-document-max-length", type=int, default=RECIPE["train_document_max_length"])
-    parser.add_argument("--projection-dim", type=int, default=RECIPE["projection_dim"])
+def _finetune_script():
+    """train/finetune.py as a module (its parser checks each run's options before anything loads)."""
+    spec = importlib.util.spec_from_file_location("finetune_entry", ROOT / "train" / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_arguments(args: argparse.Namespace, head: str, run: Path) -> list[str]:
+    """train/finetune.py's options for one head's run: the recipe, then the extra arguments (after --)."""
+    return [
+        "--pooling", head, "--data", args.data, "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
+        "--lr", str(args.lr), "--temperature", str(args.temperature),
+        "--train-document-max-length", str(args.train_document_max_length), "--projection-dim", str(args.projection_dim),
+        "--projection-init", args.projection_init, "--pseudo-queries", args.pseudo_queries, "--save-every", "50",
+        "--output-dir", str(run), *args.finetune_args,
+    ]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--heads", nargs="+", type=cli.head_spec, default=["maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"])
+    parser.add_argument("--data", default="cranfield", help="a BEIR collection (folder or name under $LIR_ROBUST_DATA_ROOT) with qrels/test.tsv")
+    parser.add_argument("--out", type=cli.output_folder, default="results/finetune")
+    parser.add_argument("--max-steps", type=cli.positive_int, default=RECIPE["max_steps"])
+    parser.add_argument("--batch-size", type=cli.positive_int, default=RECIPE["batch_size"])
+    parser.add_argument("--lr", type=cli.positive_float, default=RECIPE["lr"])
+    parser.add_argument("--temperature", type=cli.positive_float, default=RECIPE["temperature"])
+    parser.add_argument("--train-document-max-length", type=cli.int_at_least(2), default=RECIPE["train_document_max_length"])
+    parser.add_argument("--projection-dim", type=cli.positive_int, default=RECIPE["projection_dim"])
     parser.add_argument("--projection-init", choices=["svd", "identity", "random"], default=RECIPE["projection_init"])
     parser.add_argument("--pseudo-queries", choices=sorted(training.PSEUDO_QUERIES), default=RECIPE["pseudo_queries"])
-    parser.add_argument("--bench-rounds", type=int, default=5)
+    parser.add_argument("--bench-rounds", type=cli.positive_int, default=5)
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--skip-start", action="store_true", help="skip evaluating the untrained start")
     parser.add_argument("finetune_args", nargs="*", help="extra arguments for train/finetune.py (after --)")
     args = parser.parse_args(argv)
+    args.heads = list(dict.fromkeys(args.heads))
+    cli.check_data(args.data, data_format="beir", split="test")
+    finetune = _finetune_script()
+    for head in args.heads:  # every run's options, checked by finetune.py's own parser before anything trains
+        try:
+            finetune.parse_args(train_arguments(args, head, Path(args.out) / slug(head)))
+        except cli.UserError as error:
+            raise cli.UserError(f"the training options of {head} are refused by train/finetune.py: {error}") from None
+    check_recipe(Path(args.out), recipe_of(args), write=False)
+    return args
+
+
+def recipe_of(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in RECIPE} | {"extra": args.finetune_args}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     out = Path(args.out)
-    heads = [parse_head(head).spec() for head in args.heads]
-    recipe = {key: getattr(args, key) for key in RECIPE} | {"extra": args.finetune_args}
+    heads = args.heads
+    recipe = recipe_of(args)
     check_recipe(out, recipe)
     baseline_heads = list(dict.fromkeys(["maxsim", *heads]))
     collection = load_collection(args.data)
@@ -252,19 +289,18 @@ def main(argv=None) -> None:
     accelerate = Path(sys.executable).parent / "accelerate"
     for head in heads:
         run = out / slug(head)
-        if not (run / "summary.json").exists():
+        if not (run / "summary.json").exists():  # a killed run continues from its last checkpoint (finetune.py)
             command = [
                 str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", str(ROOT / "train" / "finetune.py"), "--pooling", head, "--data", args.data,
-                "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                "--temperature", str(args.temperature), "--train-document-max-length", str(args.train_document_max_length),
-                "--projection-dim", str(args.projection_dim), "--projection-init", args.projection_init,
-                "--pseudo-queries", args.pseudo_queries, "--save-every", "50",
-                "--output-dir", str(run), *(["--resume"] if (run / "checkpoints").is_dir() else []), *args.finetune_args,
+                "--dynamo_backend", "no", str(ROOT / "train" / "finetune.py"), *train_arguments(args, head, run),
             ]
             print("train:", " ".join(command), flush=True)
             started = time.perf_counter()
-            subprocess.run(command, check=True)
+            finished = subprocess.run(command)
+            if finished.returncode == 2:  # finetune.py refused (its one-line message is above)
+                raise cli.UserError(f"the training run of {head} stopped with a user error (above); nothing more was run")
+            if finished.returncode:
+                raise RuntimeError(f"the training run of {head} failed with exit status {finished.returncode}: {' '.join(command)}")
             write_json(run / "wall.json", {"train_wall_s": time.perf_counter() - started, "command": command})
         if not (run / "eval.json").exists():
             model = TextColBERT.from_pretrained(run / "model")
@@ -319,9 +355,9 @@ def main(argv=None) -> None:
     report["head_loss_cost"] = cost
     rows.append("loss forward + backward alone (s): " + ", ".join(f"{h} {c:.3f}" for h, c in cost.items()))
     write_json(out / "report.json", report)
-    (out / "report.md").write_text("\n".join(rows) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(rows) + "\n")
     print("\n".join(rows))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run_command(main))

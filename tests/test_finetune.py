@@ -387,3 +387,15 @@ def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
             (tmp_path / "checkpoints" / name / training.CHECKPOINT_LAST_FILE).write_bytes(b"")
     assert training.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-3"
     assert training.latest_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_the_command_defaults_are_the_recorded_recipe(tiny_bert, tiny_beir, tmp_path):
+    spec = importlib.util.spec_from_file_location("finetune_all_entry", ROOT / "eval" / "finetune_all.py")
+    finetune_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune_all)
+    args = finetune.parse_args(["--data", str(tiny_beir), "--output-dir", str(tmp_path / "run")])  # MiniLM: 384-d
+    assert {key: getattr(args, key) for key in finetune_all.RECIPE} == finetune_all.RECIPE
+    assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.warmup_steps) == (32, 32, 0.1, 4)
+    other = finetune.parse_args(["--model", str(tiny_bert), "--data", str(tiny_beir), "--output-dir", str(tmp_path / "b")])
+    assert (other.projection_dim, other.projection_init) == (32, "identity")  # any BERT-like model: its hidden size
+    assert not any(tmp_path.iterdir())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lir_robust.cli import UserError, run_command
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,17 +35,16 @@ def test_recipe_guard(tmp_path):
     finetune_all.check_recipe(tmp_path / "a", recipe)
     finetune_all.check_recipe(tmp_path / "a", recipe)  # same recipe: runs are reused
     assert json.loads((tmp_path / "a" / "recipe.json").read_text()) == recipe
-    with pytest.raises(SystemExit, match=r"another recipe \(differs in \['lr'\]\)"):
+    with pytest.raises(UserError, match=r"another recipe \(differs in \['lr'\]\)"):
         finetune_all.check_recipe(tmp_path / "a", dict(recipe, lr=1.0))
     (tmp_path / "old" / "maxsim").mkdir(parents=True)
     (tmp_path / "old" / "maxsim" / "summary.json").write_text("{}")
-    with pytest.raises(SystemExit, match="without a recipe.json"):
+    with pytest.raises(UserError, match="without a recipe.json"):
         finetune_all.check_recipe(tmp_path / "old", recipe)
 
 
 def test_bad_options_fail_clearly(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        finetune_all.main(["--out", str(tmp_path), "--pseudo-queries", "queries"])
+    assert run_command(finetune_all.main, ["--out", str(tmp_path), "--pseudo-queries", "queries"]) == 2
     assert "invalid choice: 'queries'" in capsys.readouterr().err
 
 
