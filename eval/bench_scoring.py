@@ -14,32 +14,56 @@ Not a test: it prints a table (and --json writes one).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from lir_robust import cli
 
 METHODS = ["colpali-engine", "floor", "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"]
 
 
+def device_option(text: str) -> str:
+    """``--device`` (argparse type): cpu, or cuda / cuda:N when torch sees that GPU."""
+    device = str(text).strip().lower()
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        index = int(device[5:]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: torch sees no such GPU ({torch.cuda.device_count()} visible); use --device cpu")
+        return device
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def method_option(text: str) -> str:
+    """``--methods`` item (argparse type): colpali-engine, floor, or a pooling head spec (canonical spelling)."""
+    return text if text in ("colpali-engine", "floor") else cli.head_spec(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=64)
-    parser.add_argument("--query-tokens", type=int, default=20)
-    parser.add_argument("--documents", type=int, default=2000)
-    parser.add_argument("--patches", type=int, default=1030)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=128, help="colpali-engine's batch_size and ours")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (the best is reported)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"any of {METHODS} or other head specs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    return parser.parse_args(argv)
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=cli.positive_int, default=64)
+    parser.add_argument("--query-tokens", type=cli.positive_int, default=20)
+    parser.add_argument("--documents", type=cli.positive_int, default=2000)
+    parser.add_argument("--patches", type=cli.positive_int, default=1030)
+    parser.add_argument("--dim", type=cli.positive_int, default=128)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=128, help="colpali-engine's batch_size and ours")
+    parser.add_argument("--repeats", type=cli.positive_int, default=1, help="timed runs per method (the best is reported)")
+    parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", nargs="+", type=method_option, default=METHODS, help=f"any of {METHODS} or other head specs")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=cli.output_file, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.methods = list(dict.fromkeys(args.methods))
+    if "colpali-engine" in args.methods:  # a missing or unsupported colpali-engine: one line, before any work
+        from lir_robust.patches.colpali import check_colpali_version
+
+        check_colpali_version()
+    return args
 
 
 def make_embeddings(args: argparse.Namespace) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -156,10 +180,11 @@ def main(argv=None) -> int:
         difference = abs(results["colpali-engine"]["checksum"] - results["maxsim"]["checksum"])
         sys.stdout.write(f"checksum |colpali-engine - maxsim| = {difference:.3g}\n")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"shape": shape, "results": results}, indent=2) + "\n")
+        from lir_robust.files import write_json_atomic
+
+        write_json_atomic(args.json, {"shape": shape, "results": results}, indent=2)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run_command(main))

@@ -24,28 +24,38 @@ from pathlib import Path
 
 import torch
 
+from lir_robust import cli
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, parse_pool_blocks, sweep_scores
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, KINDS, InjectionSettings, parse_pool_blocks, sweep_scores
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.scoring import score
 from lir_robust.sweep import DEFAULT_HEADS, _versions, judged_queries, write_json_atomic
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every one checked before anything loads."""
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="cranfield")
-    parser.add_argument("--poolings", nargs="+", default=list(DEFAULT_HEADS))
-    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS))
-    parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
-    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--poolings", nargs="+", type=cli.head_spec, default=list(DEFAULT_HEADS))
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
+    parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(DEFAULT_KS))
+    parser.add_argument("--max-queries", type=cli.positive_int, default=None)
     parser.add_argument("--pool-blocks", type=parse_pool_blocks, default=DEFAULT_POOL_BLOCKS,
                         help="gaussian / corpus blocks per budget interval ('none': private draws per document)")
-    parser.add_argument("--threads", type=int, default=None, help="torch and faiss threads (default: their choice)")
-    parser.add_argument("--out", default="results/bench-sweep")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch and faiss threads (default: their choice)")
+    parser.add_argument("--out", type=cli.output_folder, default="results/bench-sweep")
     args = parser.parse_args(argv)
+    args.poolings = list(dict.fromkeys(args.poolings))
+    cli.check_data(args.data)
+    cli.check_model(args.model)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("bench_sweep")
     if args.threads:
@@ -105,4 +115,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run_command(main))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lir_robust import cli
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
@@ -30,18 +31,27 @@ from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.sweep import DEFAULT_HEADS, _segments, judged_queries, write_json_atomic
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every one checked before anything loads."""
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="cranfield")
-    parser.add_argument("--poolings", nargs="+", default=list(DEFAULT_HEADS))
+    parser.add_argument("--poolings", nargs="+", type=cli.head_spec, default=list(DEFAULT_HEADS))
     parser.add_argument("--kinds", nargs="+", default=["gaussian", "corpus"], choices=["gaussian", "corpus"])
-    parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS))
+    parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(DEFAULT_KS))
     parser.add_argument("--pool-blocks", nargs="+", type=parse_pool_blocks, default=[None, DEFAULT_POOL_BLOCKS])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--segments", type=int, default=8, help="documents scored in this many parts (bounds memory)")
-    parser.add_argument("--out", default="results/pool-blocks-check")
+    parser.add_argument("--seeds", nargs="+", type=cli.non_negative_int, default=[0, 1])
+    parser.add_argument("--segments", type=cli.positive_int, default=8, help="documents scored in this many parts (bounds memory)")
+    parser.add_argument("--out", type=cli.output_folder, default="results/pool-blocks-check")
     args = parser.parse_args(argv)
+    args.poolings = list(dict.fromkeys(args.poolings))
+    cli.check_data(args.data)
+    cli.check_model(args.model)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("pool_blocks_check")
 
@@ -99,4 +109,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run_command(main))
