@@ -249,7 +249,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         try:
             finetune.parse_args(train_arguments(args, head, Path(args.out) / slug(head)))
         except cli.UserError as error:
-            raise cli.UserError(f"the training options of {head} are refused by train/finetune.py: {error}") from None
+            reason = str(error).split(" (see ")[0]  # finetune.py's own --help, not this script's
+            raise cli.UserError(
+                f"the training options of {head} are refused by train/finetune.py: {reason} (see train/finetune.py --help)"
+            ) from None
     check_recipe(Path(args.out), recipe_of(args), write=False)
     return args
 

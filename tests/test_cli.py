@@ -1,0 +1,287 @@
+"""lir_robust.cli and every command's front door: a bad input is refused before anything loads or is written, with
+one line on stderr (the problem and the fix), exit status 2 and no traceback (unless --debug / LIR_ROBUST_DEBUG=1)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune_fixtures import save_dropout_bert, write_tiny_beir
+from lir_robust import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(relative: str):
+    spec = importlib.util.spec_from_file_location("cli_" + Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPTS = {
+    "length_sweep": "eval/length_sweep.py",
+    "finetune": "train/finetune.py",
+    "synthetic_study": "eval/synthetic_study.py",
+    "finetune_all": "eval/finetune_all.py",
+    "bench_scoring": "eval/bench_scoring.py",
+    "bench_sweep": "eval/bench_sweep.py",
+    "pool_blocks_check": "eval/pool_blocks_check.py",
+}
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return {name: _load(path) for name, path in SCRIPTS.items()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny BEIR collection, a tiny BERT, a plain file, all outside the working folder of each test."""
+    base = tmp_path_factory.mktemp("cli-fixtures")
+    (base / "a-file.txt").write_text("not a folder\n")
+    return {"beir": write_tiny_beir(base / "beir"), "bert": save_dropout_bert(base / "bert"), "file": base / "a-file.txt"}
+
+
+def _forbid_loading(monkeypatch, scripts):
+    """Anything that loads data or a model, or starts work, fails the test if a refused command reaches it."""
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the command loaded data or a model before refusing its arguments")
+
+    from lir_robust import training
+    from lir_robust.encoders.text_colbert import TextColBERT
+
+    monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
+    monkeypatch.setattr(scripts["synthetic_study"], "run_study", loaded)
+    monkeypatch.setattr(scripts["bench_scoring"], "measure", loaded)
+    for name in ("bench_sweep", "pool_blocks_check"):
+        monkeypatch.setattr(scripts[name], "load_retrieval_set", loaded)
+        monkeypatch.setattr(scripts[name], "load_encoder", loaded)
+    monkeypatch.setattr(scripts["finetune_all"], "load_collection", loaded)
+    for name in ("load_training_pairs", "build_text_model", "build_colpali_model"):
+        monkeypatch.setattr(training, name, loaded)
+    monkeypatch.setattr(TextColBERT, "from_base", loaded)
+
+
+def _fill(argv, files):
+    return [str(files[item[1:-1]]) if item.startswith("{") and item.endswith("}") else item for item in argv]
+
+
+# (command, arguments, what the one line must say). {beir}, {bert}, {file} are fixture paths.
+BAD_INPUTS = [
+    # eval/length_sweep.py
+    ("length_sweep", ["--poolings", "maxsim", "topk:k=0"], "argument --poolings: pooling head 'topk': k must be an integer >= 1, got 0"),
+    ("length_sweep", ["--poolings", "median"], "argument --poolings: unknown pooling head 'median'; valid heads: maxsim"),
+    ("length_sweep", ["--poolings", "topk:k=4,k=8"], "parameter 'k' is given twice; give each parameter once"),
+    ("length_sweep", ["--kinds", "hrad"], "argument --kinds: invalid choice: 'hrad'"),
+    ("length_sweep", ["--ks", "0", "-4"], "argument --ks: expected an integer >= 0, got '-4'"),
+    ("length_sweep", ["--ks", "0", "four"], "argument --ks: expected an integer, got 'four'"),
+    ("length_sweep", ["--target", "hard=everywhere"], "argument --target: expected KIND=TARGET with KIND one of gaussian, corpus, hard, spike"),
+    ("length_sweep", ["--data", "{beir}", "--target", "spike=all"], "--target spike=all names the kind spike, which --kinds (gaussian corpus hard) does not sweep"),
+    ("length_sweep", ["--max-queries", "-1"], "argument --max-queries: expected an integer >= 1, got '-1'"),
+    ("length_sweep", ["--segments", "0"], "argument --segments: expected 'auto' or an integer >= 1, got '0'"),
+    ("length_sweep", ["--spike-tokens", "0"], "argument --spike-tokens: expected an integer >= 1, got '0'"),
+    ("length_sweep", ["--pool-blocks", "0"], "--pool-blocks takes an integer >= 1 or 'none', got '0'"),
+    ("length_sweep", ["--data", "data/mycoll"], "'data/mycoll' not found here: there is no folder"),
+    ("length_sweep", ["--data", "./nowhere/mycoll"], "'./nowhere/mycoll' not found: there is no folder"),
+    ("length_sweep", ["--data", "nosuchcollection"], "collection 'nosuchcollection' not found: looked for the folder"),
+    ("length_sweep", ["--data", "{beir}", "--split", "dev"], "qrels files present: ['test.tsv']"),
+    ("length_sweep", ["--data", "{beir}", "--language", "english"], "--language english filters ViDoRe v2 queries, but --data"),
+    ("length_sweep", ["--data", "{beir}", "--model", "someone/missing-model"], "--model someone/missing-model: not found: no folder"),
+    ("length_sweep", ["--data", "{beir}", "--model", "./missing-model"], "--model ./missing-model: not found (no folder"),
+    ("length_sweep", ["--data", "{beir}", "--out", "{file}"], "argument --out: '"),
+    ("length_sweep", ["--data-root", "/nonexistent/collections"], "argument --data-root: '/nonexistent/collections' is not an existing folder"),
+    # train/finetune.py
+    ("finetune", ["--data", "{beir}", "--pooling", "maxsim", "--pool-k", "4"], "--pool-k sets the k of the topk heads, but --pooling maxsim has no k; drop --pool-k or pass e.g. --pooling topk:k=4"),
+    ("finetune", ["--data", "{beir}", "--pooling", "topk:k=4,k=8"], "parameter 'k' is given twice"),
+    ("finetune", ["--data", "{beir}", "--pooling", "softmax", "--pool-tau", "0"], "argument --pool-tau: expected a number > 0, got '0'"),
+    ("finetune", ["--data", "{beir}", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
+    ("finetune", ["--data", "{beir}", "--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
+    ("finetune", ["--data", "{beir}", "--lora-dropout", "1.5"], "argument --lora-dropout: expected a probability in [0, 1), got '1.5'"),
+    ("finetune", ["--data", "{beir}", "--max-steps", "10", "--epochs", "2"], "--max-steps 10 and --epochs 2 both set the length of the run; give one"),
+    ("finetune", ["--data", "{beir}", "--warmup-steps", "50"], "--warmup-steps 50 exceeds the 40 steps of the run; lower it"),
+    ("finetune", ["--data", "{beir}", "--batch-size", "30", "--gradient-accumulation", "4"], "--batch-size 30 (the global batch) must be a multiple of --gradient-accumulation 4"),
+    ("finetune", ["--data", "{beir}", "--projection-dim", "128"], "--projection-init identity needs --projection-dim = the hidden size 384 of minilm, got 128; drop --projection-dim, or pass --projection-init svd"),
+    ("finetune", ["--data", "{beir}", "--model", "{bert}", "--hard-negatives", "-2"], "argument --hard-negatives: expected an integer >= 0, got '-2'"),
+    ("finetune", ["--data", "vidore/colpali_train_set"], "'vidore/colpali_train_set' not found here: there is no folder"),
+    ("finetune", ["--data", "{beir}", "--resume", "/nonexistent/checkpoints/step-3"], "--resume /nonexistent/checkpoints/step-3: not a complete checkpoint folder"),
+    ("finetune", ["--data", "{beir}", "--pseudo-queries", "queries"], "argument --pseudo-queries: invalid choice: 'queries'"),
+    # eval/synthetic_study.py
+    ("synthetic_study", ["--lengths", "4"], "the options describe no valid study: every document length must be >= 8"),
+    ("synthetic_study", ["--train-queries", "3"], "the options describe no valid study: --train-queries (3) must be >= batch_size (64)"),
+    ("synthetic_study", ["--heads", "softmax:tau=0"], "argument --heads: pooling head 'softmax': tau must be a finite number > 0, got 0.0"),
+    ("synthetic_study", ["--seeds", "-1"], "argument --seeds: expected an integer >= 0, got '-1'"),
+    # eval/finetune_all.py
+    ("finetune_all", ["--heads", "maxsim", "topk:k=x"], "argument --heads: pooling head 'topk': parameter k must be int, got 'x'"),
+    ("finetune_all", ["--data", "{beir}", "--", "--lr", "0"], "the training options of maxsim are refused by train/finetune.py: argument --lr: expected a number > 0, got '0'"),
+    ("finetune_all", ["--data", "{bert}"], "/bert: missing file(s)"),
+    # bench scripts and the pool-block check
+    ("bench_scoring", ["--documents", "0"], "argument --documents: expected an integer >= 1, got '0'"),
+    ("bench_scoring", ["--methods", "floor", "topk:k=0"], "argument --methods: pooling head 'topk': k must be an integer >= 1, got 0"),
+    ("bench_scoring", ["--json", "{beir}"], "is a folder: pass a file path such as"),
+    ("bench_sweep", ["--kinds", "spikes"], "argument --kinds: invalid choice: 'spikes'"),
+    ("bench_sweep", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+    ("pool_blocks_check", ["--kinds", "hard"], "argument --kinds: invalid choice: 'hard' (choose from 'gaussian', 'corpus')"),
+    ("pool_blocks_check", ["--seeds", "0", "1.5"], "argument --seeds: expected an integer, got '1.5'"),
+]
+
+
+@pytest.mark.parametrize("command, argv, expected", BAD_INPUTS, ids=[f"{c}:{' '.join(a)}" for c, a, _ in BAD_INPUTS])
+def test_a_bad_input_is_refused_in_one_line_before_anything_loads(command, argv, expected, scripts, files, tmp_path,
+                                                                   monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # default output folders would appear here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    _forbid_loading(monkeypatch, scripts)
+    status = cli.run_command(scripts[command].main, _fill(argv, files), prog=Path(SCRIPTS[command]).name)
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{Path(SCRIPTS[command]).name}: error: "), captured.err
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_there_are_at_least_twenty_bad_inputs_across_every_command():
+    assert len(BAD_INPUTS) >= 20 and {command for command, _, _ in BAD_INPUTS} == set(SCRIPTS)
+
+
+def test_debug_shows_the_traceback(scripts, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    with pytest.raises(cli.UserError, match="given twice"):
+        cli.run_command(scripts["length_sweep"].main, ["--poolings", "topk:k=4,k=8", "--debug"])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(cli.UserError, match="must be >= batch_size"):
+        cli.run_command(scripts["synthetic_study"].main, ["--train-queries", "3"])
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    def broken(argv):
+        raise ZeroDivisionError("a bug, not a user error")
+
+    with pytest.raises(ZeroDivisionError):
+        cli.run_command(broken, [])
+    assert cli.run_command(lambda argv: {"summary": 1}, []) == 0 and cli.run_command(lambda argv: 3, []) == 3
+
+
+def test_the_script_itself_exits_2_with_one_line_and_no_traceback(tmp_path):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    environment.pop(cli.DEBUG_ENV, None)
+    command = [sys.executable, str(ROOT / "eval" / "synthetic_study.py"), "--lengths", "4", "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "synthetic_study.py: error: the options describe no valid study: every document length must be >= 8 "
+        "(support / hard negative patches)"
+    )
+    result = subprocess.run([*command, "--debug"], capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "UserError" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ inputs accepted on purpose
+
+
+def test_inputs_accepted_on_purpose(scripts, files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = scripts["length_sweep"].parse_args(["--data", str(files["beir"]), "--poolings", "TOPK:K=4", "Softmax:TAU=0.1",
+                                                "--segments", "auto", "--target", "Gaussian=NON-GOLD"])
+    assert sweep.poolings == ["topk:k=4", "softmax:tau=0.1"] and sweep.segments == "auto"
+    assert sweep.targets["gaussian"] == "non-gold" and sweep.targets["hard"] == "non-gold"
+    assert scripts["length_sweep"].parse_args(["--data", str(files["beir"]), "--segments", "3"]).segments == 3
+    run = scripts["finetune"].parse_args(["--data", str(files["beir"]), "--pooling", "topk", "--pool-k", "8"])
+    assert run.head == "topk:k=8" and run.output_dir == "runs/finetune-topk-k8"
+    assert not any(tmp_path.iterdir())
+
+
+def test_argparse_types():
+    assert cli.non_negative_int("0") == 0 and cli.positive_float("1e-3") == 1e-3
+    for parse, text in ((cli.positive_int, "0"), (cli.positive_float, "nan"), (cli.positive_float, "inf"),
+                        (cli.dropout_probability, "1"), (cli.segments_count, "-1"), (cli.head_spec, "topk:k")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert cli.head_spec("LSE:TAU=0.1,Length_Corrected=TRUE") == "lse:tau=0.1,length_corrected=true"
+
+
+# ------------------------------------------------------------------ colpali-engine models: not found vs unreachable
+
+
+def _response(status: int):
+    import httpx2
+
+    return httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/vidore/x"))
+
+
+@pytest.fixture
+def online(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return huggingface_hub
+
+
+def _model_info_raising(monkeypatch, hub, error):
+    def model_info(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(hub.HfApi, "model_info", model_info)
+
+
+def test_a_misspelled_model_is_not_found_not_unreachable(online, monkeypatch):
+    pytest.importorskip("colpali_engine")
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    import lir_robust.patches.colpali as patches
+
+    for error in (RepositoryNotFoundError("Repository Not Found", response=_response(404)),
+                  RevisionNotFoundError("Revision Not Found", response=_response(404))):
+        _model_info_raising(monkeypatch, online, error)
+        with pytest.raises(patches.ModelNotFoundError) as raised:
+            patches.load_colpali("vidore/colqwen2-v9.9-misspelled")
+        message = str(raised.value)
+        assert "not found: there is no folder" in message and "has no such model or revision" in message
+        assert "unreachable" not in message and cli.is_user_error(raised.value)
+
+
+def test_an_unreachable_hub_is_unreachable_for_models(online, monkeypatch):
+    pytest.importorskip("colpali_engine")
+    import httpx2
+
+    import lir_robust.patches.colpali as patches
+
+    _model_info_raising(monkeypatch, online, httpx2.ConnectError("[Errno -2] Name or service not known"))
+    with pytest.raises(patches.HubUnreachableError, match="Hub is unreachable.*ConnectError"):
+        patches.load_colpali("vidore/colqwen2-v1.0-not-cached")
+
+
+def test_from_pretrained_errors_are_classified_through_their_cause(online, monkeypatch):
+    """transformers wraps huggingface_hub's errors in an OSError; the cause decides the message."""
+    pytest.importorskip("colpali_engine")
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    import lir_robust.patches.colpali as patches
+
+    monkeypatch.setattr(online.HfApi, "model_info", lambda *args, **kwargs: None)  # the probe passes
+
+    def from_pretrained_raising(cause):
+        def from_pretrained(*args, **kwargs):
+            raise OSError("vidore/x is not a local folder and is not a valid model identifier") from cause
+        return from_pretrained
+
+    for cause, expected in ((RepositoryNotFoundError("Repository Not Found", response=_response(404)), patches.ModelNotFoundError),
+                            (ConnectionError("connection reset"), patches.HubUnreachableError)):
+        fake = SimpleNamespace(from_pretrained=from_pretrained_raising(cause))
+        monkeypatch.setattr(patches, "_colpali_models", lambda: SimpleNamespace(ColQwen2=fake, ColQwen2Processor=fake))
+        with pytest.raises(expected):
+            patches.load_colpali("vidore/colqwen2-x")
