@@ -45,16 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import (
-    LogSumExpHead,
-    MaxSimHead,
-    MeanHead,
-    PoolingHead,
-    SoftmaxHead,
-    TopKHead,
-    _all_valid,
-    parse_head,
-)
+from lir_robust.pooling import PoolingHead, SharedWork, parse_head
 from lir_robust.scoring import pad_with_mask
 
 __all__ = [
@@ -74,11 +65,17 @@ __all__ = [
     "inject",
     "DEFAULT_POOL_BLOCKS",
     "parse_pool_blocks",
+    "parse_injection",
+    "hard_patches_needed",
+    "nearest_patches",
+    "PatchSource",
     "SweepScores",
+    "RankedScores",
+    "RANKED_DEPTH",
     "InjectionSweep",
     "shared_partials",
-    "top_k_values",
     "sweep_scores",
+    "brute_force_scores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,12 +121,19 @@ class InjectionSettings:
         if self.pool_blocks is not None and (isinstance(self.pool_blocks, bool) or not isinstance(self.pool_blocks, int)
                                              or self.pool_blocks < 1):
             raise ValueError(f"pool_blocks must be an integer >= 1 or None (private draws per document), got {self.pool_blocks!r}")
+        if isinstance(self.spike_tokens, bool) or not isinstance(self.spike_tokens, int) or self.spike_tokens < 1:
+            raise ValueError(f"spike_tokens (query tokens averaged into one spike patch) must be an integer >= 1, got {self.spike_tokens!r}")
+        for kind, target in self.targets.items():
+            _check_kind(kind)
+            if target not in TARGETS:
+                raise ValueError(f"injection target for {kind!r} must be one of {TARGETS}, got {target!r}")
 
-    def target(self, kind: str) -> str:
-        value = self.targets.get(kind, DEFAULT_TARGETS[kind])
-        if value not in TARGETS:
-            raise ValueError(f"injection target for {kind!r} must be one of {TARGETS}, got {value!r}")
-        return value
+    def target(self, injection: str) -> str:
+        """``non-gold``, ``all`` or ``attacked:N`` (the few-document attack ``KIND@N``)."""
+        kind, attacked = parse_injection(injection)
+        if attacked is not None:
+            return f"attacked:{attacked}"
+        return self.targets.get(kind, DEFAULT_TARGETS[kind])
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "spike_tokens": self.spike_tokens, "targets": dict(sorted(self.targets.items())),
@@ -138,8 +142,29 @@ class InjectionSettings:
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"unknown injection kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise ValueError(f"unknown injection kind {kind!r}; kinds: {', '.join(KINDS)} (attacks on a few documents: "
+                         f"{'@N, '.join(QUERY_LEVEL_KINDS)}@N)")
     return kind
+
+
+def parse_injection(name: str) -> tuple[str, int | None]:
+    """``"spike"`` -> ``("spike", None)``; ``"spike@10"`` -> ``("spike", 10)``: the few-document attack, where N
+    non-gold documents of each query (drawn with the seed) each receive their own patches and the others none.
+
+    Raises ValueError naming the problem (unknown kind, N not an integer >= 1, @N on a document-level kind).
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"an injection is named by text such as 'hard' or 'spike@10', got {name!r}")
+    kind, at, count = name.strip().partition("@")
+    _check_kind(kind)
+    if not at:
+        return kind, None
+    if kind not in QUERY_LEVEL_KINDS:
+        raise ValueError(f"{name!r}: the few-document attack KIND@N exists for {', '.join(QUERY_LEVEL_KINDS)}, not {kind} "
+                         "(gaussian / corpus patches already differ per document)")
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{name!r}: N in KIND@N is the number of attacked documents per query, an integer >= 1")
+    return kind, int(count)
 
 
 def _generator(*parts: object) -> torch.Generator:
@@ -155,22 +180,54 @@ def _generator(*parts: object) -> torch.Generator:
 
 @dataclass
 class FlatCorpus:
-    """All document patches in one matrix: ``vectors [N_patches, D]``; document i owns rows ``starts[i]:starts[i+1]``."""
+    """All document patches in one matrix: ``vectors [N_patches, D]``; document i owns rows ``starts[i]:starts[i+1]``.
+
+    ``vectors`` may be memory-mapped (the embedding cache stores a corpus this way): nothing here copies the whole
+    matrix; documents are views, read in float32.
+    """
 
     vectors: torch.Tensor
     starts: torch.Tensor  # [Nd + 1] long
 
     @classmethod
-    def from_documents(cls, documents: Sequence[torch.Tensor]) -> "FlatCorpus":
+    def from_documents(cls, documents: "Sequence[torch.Tensor] | FlatCorpus") -> "FlatCorpus":
+        """One matrix from a list of ``[L_i, D]`` tensors (a copy); a FlatCorpus is returned as it is."""
+        if isinstance(documents, FlatCorpus):
+            return documents
         lengths = torch.tensor([document.shape[0] for document in documents], dtype=torch.long)
         starts = torch.zeros(len(documents) + 1, dtype=torch.long)
         starts[1:] = lengths.cumsum(0)
-        return cls(torch.cat([document.float() for document in documents]), starts)
+        dim = documents[0].shape[-1] if len(documents) else 0
+        vectors = torch.cat([document.float() for document in documents]) if len(documents) else torch.zeros(0, dim)
+        return cls(vectors, starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Patches per document ``[Nd]``."""
+        return self.starts[1:] - self.starts[:-1]
+
+    def document(self, index: int) -> torch.Tensor:
+        """Document ``index`` as ``[L, D]`` float32."""
+        return self.vectors[int(self.starts[index]) : int(self.starts[index + 1])].float()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"document {index} of {len(self)}")
+        return self.document(index % len(self))
+
+    def __iter__(self):
+        return (self.document(index) for index in range(len(self)))
 
     def owner(self) -> torch.Tensor:
         """Document index of every patch ``[N_patches]``."""
-        lengths = self.starts[1:] - self.starts[:-1]
-        return torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        return torch.repeat_interleave(torch.arange(len(self)), self.lengths)
 
 
 def gaussian_patches(count: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -186,7 +243,7 @@ def corpus_patches(corpus: FlatCorpus, document: int, count: int, generator: tor
         raise ValueError("corpus injection needs at least two documents with patches")
     index = torch.randint(0, others, (count,), generator=generator)
     index = torch.where(index >= start, index + (stop - start), index)
-    return corpus.vectors[index]
+    return corpus.vectors[index].float()
 
 
 def spike_patches(query: torch.Tensor, count: int, tokens_per_spike: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -196,6 +253,11 @@ def spike_patches(query: torch.Tensor, count: int, tokens_per_spike: int = 3, ge
         torch.zeros(0, size, dtype=torch.long)
     )
     return F.normalize(query.float()[choice].mean(dim=1), dim=-1)
+
+
+# Corpus rows indexed by faiss at once (float32, 2^21 x 128-d = 1 GiB): hard-negative search memory does not grow
+# with the corpus.
+SEARCH_CHUNK_BYTES = 1 << 30
 
 
 def _faiss_index(vectors: torch.Tensor):
@@ -208,9 +270,30 @@ def _faiss_index(vectors: torch.Tensor):
     return index
 
 
+def nearest_patches(corpus: FlatCorpus, tokens: torch.Tensor, depth: int, chunk_bytes: int = SEARCH_CHUNK_BYTES) -> torch.Tensor:
+    """Exact inner-product search: row indices ``[T, depth]`` (nearest first) of the corpus patches nearest to each of
+    ``tokens [T, D]``. The corpus is indexed one chunk at a time (memory bounded by ``chunk_bytes``), the per-chunk
+    top lists merged."""
+    total = corpus.vectors.shape[0]
+    depth = min(depth, total)
+    chunk = max(depth, chunk_bytes // max(1, 4 * corpus.dim))
+    queries = tokens.float().contiguous().numpy()
+    best_scores, best_rows = None, None
+    for start in range(0, total, chunk):
+        index = _faiss_index(corpus.vectors[start : start + chunk])
+        scores, rows = index.search(queries, min(depth, index.ntotal))
+        scores, rows = torch.from_numpy(scores), torch.from_numpy(rows) + start
+        if best_scores is not None:
+            scores, rows = torch.cat([best_scores, scores], dim=1), torch.cat([best_rows, rows], dim=1)
+            order = scores.argsort(dim=1, descending=True, stable=True)[:, :depth]  # ties keep the lower row first
+            scores, rows = scores.gather(1, order), rows.gather(1, order)
+        best_scores, best_rows = scores, rows
+    return best_rows
+
+
 def hard_negative_patches(
     queries: Sequence[torch.Tensor],
-    corpus: FlatCorpus,
+    corpus: "FlatCorpus | Sequence[torch.Tensor]",
     gold: Sequence[Sequence[int]],
     count: int,
     show_progress: bool = False,
@@ -221,25 +304,23 @@ def hard_negative_patches(
     round-robin: token 1's nearest, token 2's nearest, ..., then every token's second nearest, ...; a patch already
     taken is skipped. Fewer candidates than ``count`` (a tiny corpus) raises ValueError.
     """
+    corpus = FlatCorpus.from_documents(corpus)
     if count == 0:
         return torch.zeros(len(queries), 0, dtype=torch.long)
     owner = corpus.owner()
     total = corpus.vectors.shape[0]
-    index = _faiss_index(corpus.vectors)
     result = torch.empty(len(queries), count, dtype=torch.long)
     depth_of = {query: min(total, math.ceil(count / max(1, queries[query].shape[0])) + 16) for query in range(len(queries))}
     pending = list(range(len(queries)))
     progress = tqdm(total=len(queries), desc="hard negatives", disable=not show_progress)
     while pending:
         depth = max(depth_of[query] for query in pending)
-        flat = torch.cat([queries[query].float() for query in pending]).contiguous().numpy()
-        _, found = index.search(flat, depth)
-        found = torch.from_numpy(found)
+        found = nearest_patches(corpus, torch.cat([queries[query].float() for query in pending]), depth)
         offset, still = 0, []
         for query in pending:
             rows = found[offset : offset + queries[query].shape[0]]  # [Tq, depth], nearest first
             offset += queries[query].shape[0]
-            banned = torch.zeros(len(corpus.starts) - 1, dtype=torch.bool)
+            banned = torch.zeros(len(corpus), dtype=torch.bool)
             banned[list(gold[query])] = True
             allowed = (rows >= 0) & ~banned[owner[rows.clamp_min(0)]]  # [Tq, depth]
             rank = allowed.long().cumsum(dim=1) - 1  # rank of each token's allowed neighbours
@@ -283,7 +364,7 @@ def inject(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Patch sources used by the sweep (deterministic per (seed, kind, budget interval, block / query))
+# Patch sources used by the sweep (deterministic per (seed, kind, budget interval, block / query / document))
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -294,8 +375,16 @@ def _budget_intervals(ks: int | Sequence[int]) -> list[tuple[int, int]]:
     return list(zip([0] + positive[:-1], positive))
 
 
+def hard_patches_needed(injections: Sequence[str], ks: Sequence[int]) -> int:
+    """Hard patches per query the injections need: ``max(ks)``, times N for a few-document attack ``hard@N``."""
+    k_max = max([int(k) for k in ks] + [0])
+    counts = [attacked or 1 for kind, attacked in map(parse_injection, injections) if kind == "hard"]
+    return k_max * max(counts) if counts else 0
+
+
 class PatchSource:
-    """Gives the injected patches of one kind: per document (``document_patches``) or per query (``query_patches``).
+    """Gives the injected patches of one injection (a kind, or ``KIND@N``): per document (``document_patches``),
+    per query (``query_patches``) or per attacked document of a query (``attacked_patches``).
 
     ``ks``: the budget grid (or one budget). Every budget uses the first K patches of one list of ``max(ks)``.
 
@@ -307,11 +396,16 @@ class PatchSource:
     draws from the other documents), and two documents share a block of an interval with probability 1/B. The
     pooling state of every block is computed once for all the documents that take it, which is what makes the
     sweep cheap. ``pool_blocks = None`` gives every document private blocks (fully independent draws; slower).
+
+    Few-document attacks (``hard@N``, ``spike@N``): N non-gold documents of each query, drawn with the seed (the
+    same documents for every kind, and the first 10 of ``@50`` are those of ``@10``), each receive their own
+    patches; no patch is shared between them. The j-th attacked document of a query takes spikes drawn for it alone,
+    or the hard patches j, j + N, j + 2N, ... of the query's round-robin list of N x max(ks) hard patches.
     """
 
     def __init__(
         self,
-        kind: str,
+        injection: str,
         ks: int | Sequence[int],
         settings: InjectionSettings,
         queries: Sequence[torch.Tensor],
@@ -320,29 +414,51 @@ class PatchSource:
         hard_indices: torch.Tensor | None = None,
         show_progress: bool = False,
     ):
-        self.kind, self.settings, self.corpus = _check_kind(kind), settings, corpus
+        self.injection = injection
+        self.kind, self.attacked = parse_injection(injection)
+        self.settings, self.corpus, self.gold = settings, corpus, gold
         self.intervals = _budget_intervals(ks)
         self.k_max = self.intervals[-1][1] if self.intervals else 0
-        self.query_level = kind in QUERY_LEVEL_KINDS
+        self.query_level = self.kind in QUERY_LEVEL_KINDS and self.attacked is None
         self.dim = corpus.vectors.shape[1]
         self.queries = queries
-        self.n_documents = len(corpus.starts) - 1
-        if kind == "hard":
-            if hard_indices is not None and hard_indices.shape[1] < self.k_max:
-                raise ValueError(f"hard_indices hold {hard_indices.shape[1]} patches per query, fewer than K = {self.k_max}")
+        self.n_documents = len(corpus)
+        if self.kind == "hard":
+            needed = self.k_max * (self.attacked or 1)
+            if hard_indices is not None and hard_indices.shape[1] < needed:
+                raise ValueError(f"hard_indices hold {hard_indices.shape[1]} patches per query, fewer than the {needed} "
+                                 f"{injection} needs")
             self.hard_indices = (
                 hard_indices if hard_indices is not None
-                else hard_negative_patches(queries, corpus, gold, self.k_max, show_progress=show_progress)
+                else hard_negative_patches(queries, corpus, gold, needed, show_progress=show_progress)
             )
-        if not self.query_level:
+        if self.kind in DOCUMENT_LEVEL_KINDS:
             self._make_pool()
+        if self.attacked is not None:
+            self._choose_attacked()
 
     # -- query-level kinds --
     def query_patches(self, query: int) -> torch.Tensor:
-        """``[k_max, D]`` patches of query ``query`` (hard, spike)."""
+        """``[k_max, D]`` patches of query ``query`` (hard, spike), the same for every injected document."""
         if self.kind == "hard":
-            return self.corpus.vectors[self.hard_indices[query, : self.k_max]]
+            return self.corpus.vectors[self.hard_indices[query, : self.k_max]].float()
         generator = _generator(self.settings.seed, "spike", query)
+        return spike_patches(self.queries[query], self.k_max, self.settings.spike_tokens, generator)
+
+    # -- few-document attacks --
+    def _choose_attacked(self) -> None:
+        self.attacked_documents: list[torch.Tensor] = []  # per query: the attacked document indices, in slot order
+        for query in range(len(self.queries)):
+            order = torch.randperm(self.n_documents, generator=_generator(self.settings.seed, "attacked", query))
+            non_gold = order[~torch.isin(order, torch.tensor(list(self.gold[query]), dtype=torch.long))]
+            self.attacked_documents.append(non_gold[: self.attacked])
+
+    def attacked_patches(self, query: int, slot: int) -> torch.Tensor:
+        """``[k_max, D]`` patches of the ``slot``-th attacked document of ``query`` (its own, shared with no other)."""
+        if self.kind == "hard":
+            return self.corpus.vectors[self.hard_indices[query, slot :: self.attacked][: self.k_max]].float()
+        document = int(self.attacked_documents[query][slot])
+        generator = _generator(self.settings.seed, "spike", query, "document", document)
         return spike_patches(self.queries[query], self.k_max, self.settings.spike_tokens, generator)
 
     # -- document-level kinds: pools of blocks --
@@ -385,7 +501,7 @@ class PatchSource:
             chosen = blocks[is_shared]
             out[is_shared] = (
                 self._shared_vectors[interval][chosen] if self.kind == "gaussian"
-                else self.corpus.vectors[self._shared_indices[interval][chosen]]
+                else self.corpus.vectors[self._shared_indices[interval][chosen]].float()
             )
         for position in torch.nonzero(~is_shared).flatten().tolist():
             block = int(blocks[position])
@@ -405,21 +521,29 @@ class PatchSource:
             for interval in range(len(self.intervals))
         ])
 
-    def patches_for(self, query: int, document: int) -> torch.Tensor:
+    def patches_for(self, query: int, document: int) -> torch.Tensor | None:
+        """``[k_max, D]`` patches document ``document`` receives for ``query``, None when the injection leaves it alone
+        (gold documents under ``non-gold``, documents outside the attacked ones)."""
+        target = self.settings.target(self.injection)
+        if target == "non-gold" and document in set(self.gold[query]):
+            return None
+        if self.attacked is not None:
+            slots = (self.attacked_documents[query] == document).nonzero().flatten().tolist()
+            return self.attacked_patches(query, slots[0]) if slots else None
         return self.query_patches(query) if self.query_level else self.document_patches(document)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The merged-state sweep
+# What the sweep produces: dense scores (small runs, tests) or each query's top documents (any corpus size)
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class SweepScores:
-    """Scores of every (head, kind, K) and hijack shares of every (kind, K).
+    """Scores of every (head, injection, K) and hijack shares of every (injection, K), dense.
 
-    ``scores[head_spec][kind][K]``: float32 ``[Nq, Nd]``; K = 0 is the same tensor under every kind.
-    ``hijack[kind][K]``: float16 ``[Nq, Nd]``, the share of the query's tokens whose best-matching patch in the
+    ``scores[head_spec][injection][K]``: float32 ``[Nq, Nd]``; K = 0 is the same tensor under every injection.
+    ``hijack[injection][K]``: float16 ``[Nq, Nd]``, the share of the query's tokens whose best-matching patch in the
     injected document is an injected one (0 for documents left untouched).
     """
 
@@ -427,169 +551,194 @@ class SweepScores:
     hijack: dict[str, dict[int, torch.Tensor]]
 
 
-def _compare_exchange(columns: list[torch.Tensor], i: int, j: int, descending: bool = True) -> None:
-    high, low = torch.maximum(columns[i], columns[j]), torch.minimum(columns[i], columns[j])
-    columns[i], columns[j] = (high, low) if descending else (low, high)
+# Candidates kept per query: the run depth any metric needs (100) and a margin for ties at the cut (as
+# metrics.run_from_scores keeps).
+RANKED_DEPTH = 132
 
 
-def _bitonic_sort(columns: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sort k (a power of two) same-shape tensors element-wise into descending order (a bitonic sorting network)."""
-    k, size = len(columns), 2
-    while size <= k:
-        stride = size // 2
-        while stride >= 1:
-            for i in range(k):
-                j = i ^ stride
-                if j > i:
-                    _compare_exchange(columns, i, j, descending=(i & size) == 0)
-            stride //= 2
-        size *= 2
-    return columns
+def _key(head: str, injection: str, k: int) -> str:
+    return f"{head}|{injection}|{k}"
 
 
-def _bitonic_merge(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The k largest of two element-wise descending k-lists, descending: max(a_i, b_(k-1-i)) is bitonic; clean it."""
-    k = len(a)
-    columns = [torch.maximum(a[i], b[k - 1 - i]) for i in range(k)]
-    stride = k // 2
-    while stride >= 1:
-        for i in range(k):
-            j = i ^ stride
-            if j > i:
-                _compare_exchange(columns, i, j)
-        stride //= 2
-    return columns
+def _top_candidates(values: torch.Tensor, indices: torch.Tensor, extra: torch.Tensor, depth: int):
+    """Each row's ``depth`` best ``(value, index, extra)`` in one total order (value descending, then document index
+    ascending), so merging per-segment lists in any grouping gives the same list. ``[q, n]`` -> ``[q, min(n, depth)]``."""
+    width = values.shape[1]
+    if width > 2 * depth + 32:  # cut to a few more than depth first: sorting every column would cost more
+        keep = values.topk(depth + 32, dim=1, sorted=False).indices
+        values, indices, extra = values.gather(1, keep), indices.gather(1, keep), extra.gather(1, keep)
+    by_index = indices.argsort(dim=1, stable=True)
+    values, indices, extra = values.gather(1, by_index), indices.gather(1, by_index), extra.gather(1, by_index)
+    order = values.argsort(dim=1, descending=True, stable=True)[:, :depth]
+    return values.gather(1, order), indices.gather(1, order), extra.gather(1, order)
 
 
-def top_k_values(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest values over the last dim, ``[..., k]`` in descending order (k <= width).
+class RankedScores:
+    """Each query's best ``depth`` documents for every (head, injection, K), the gold documents' scores, and hijack
+    totals: what the metrics need, in memory that does not grow with the corpus.
 
-    For k a power of two, a network of element-wise max / min over slices of columns (sort k slices, then halve the
-    slices by bitonic merges): about 2.5x faster than ``torch.topk``, whose cost on short rows is per row. Other k:
-    ``torch.topk``.
+    ``values[key]`` float32 ``[Nq, depth]`` (-inf padded), ``indices[key]`` long (-1 padded), ``hijack[key]`` float16
+    (the hijack share of each listed document), ``gold[key]`` float32 ``[Nq, G]`` (the score of each query's gold
+    documents, NaN until their segment is scored; G = most gold documents of a query); ``hijack_total[(injection,
+    K)]`` float64 ``[2]`` = (sum of hijack shares, number of injected (query, document) pairs). Keys: ``head|injection|K``
+    with injection "" at K = 0. Merging is exact and order-free, so segments can be scored by any process in any order.
     """
-    width = values.shape[-1]
-    if k < 2 or k & (k - 1) or width < 2 * k:
-        return values.topk(min(k, width), dim=-1, sorted=True).values
-    groups = width // k
-    columns = _bitonic_sort([values[..., i * groups : (i + 1) * groups] for i in range(k)])
-    pending = []
-    if width > groups * k:  # fewer than k columns left over: a -inf padded k-list of their own
-        tail = [values[..., column : column + 1] for column in range(groups * k, width)]
-        pending.append(_bitonic_sort(tail + [torch.full_like(tail[0], -math.inf)] * (k - len(tail))))
-    while columns[0].shape[-1] > 1:
-        count = columns[0].shape[-1]
-        if count % 2:
-            pending.append([column[..., -1:] for column in columns])
-            count -= 1
-        half = count // 2
-        columns = _bitonic_merge([c[..., :half] for c in columns], [c[..., half:count] for c in columns])
-    for extra in pending:
-        columns = _bitonic_merge(columns, extra)
-    return torch.cat(columns, dim=-1)
+
+    def __init__(self, n_queries: int, gold_width: int, depth: int = RANKED_DEPTH):
+        self.n_queries, self.gold_width, self.depth = n_queries, gold_width, depth
+        self.values: dict[str, torch.Tensor] = {}
+        self.indices: dict[str, torch.Tensor] = {}
+        self.hijack: dict[str, torch.Tensor] = {}
+        self.gold: dict[str, torch.Tensor] = {}
+        self.hijack_total: dict[str, torch.Tensor] = {}
+
+    def _ensure(self, key: str) -> None:
+        if key not in self.values:
+            self.values[key] = torch.full((self.n_queries, 0), -math.inf)
+            self.indices[key] = torch.zeros(self.n_queries, 0, dtype=torch.long)
+            self.hijack[key] = torch.zeros(self.n_queries, 0, dtype=torch.float16)
+            self.gold[key] = torch.full((self.n_queries, self.gold_width), math.nan)
+
+    def add_block(self, key: str, rows: slice, columns: torch.Tensor, scores: torch.Tensor, hijack: torch.Tensor | None,
+                  gold_positions: torch.Tensor) -> None:
+        """Merge scores ``[q, n]`` of queries ``rows`` against documents ``columns [n]`` (and their hijack shares).
+        ``gold_positions [q, G]``: each gold document's position in ``columns`` (-1: not among them)."""
+        self._ensure(key)
+        shares = torch.zeros(scores.shape, dtype=torch.float16) if hijack is None else hijack.to(torch.float16)
+        values = torch.cat([self.values[key][rows], scores.float()], dim=1)
+        indices = torch.cat([self.indices[key][rows], columns.unsqueeze(0).expand(scores.shape[0], -1)], dim=1)
+        extra = torch.cat([self.hijack[key][rows], shares], dim=1)
+        top = _top_candidates(values, indices, extra, self.depth)
+        self._write_rows(key, rows, top)
+        present = gold_positions >= 0
+        if bool(present.any()):
+            found = scores.gather(1, gold_positions.clamp_min(0)).float()
+            self.gold[key][rows] = torch.where(present, found, self.gold[key][rows])
+
+    def _write_rows(self, key: str, rows: slice, top) -> None:
+        width = top[0].shape[1]
+        if width > self.values[key].shape[1]:  # grow every row to the new width (padding: -inf / -1 / 0)
+            grow = width - self.values[key].shape[1]
+            self.values[key] = torch.cat([self.values[key], torch.full((self.n_queries, grow), -math.inf)], dim=1)
+            self.indices[key] = torch.cat([self.indices[key], torch.full((self.n_queries, grow), -1, dtype=torch.long)], dim=1)
+            self.hijack[key] = torch.cat([self.hijack[key], torch.zeros(self.n_queries, grow, dtype=torch.float16)], dim=1)
+        pad = self.values[key].shape[1] - width
+        values, indices, extra = top
+        if pad:
+            values = torch.cat([values, values.new_full((values.shape[0], pad), -math.inf)], dim=1)
+            indices = torch.cat([indices, indices.new_full((indices.shape[0], pad), -1)], dim=1)
+            extra = torch.cat([extra, extra.new_zeros(extra.shape[0], pad)], dim=1)
+        self.values[key][rows], self.indices[key][rows], self.hijack[key][rows] = values, indices, extra
+
+    def add_hijack_total(self, injection: str, k: int, total: float, pairs: int) -> None:
+        key = f"{injection}|{k}"
+        self.hijack_total[key] = self.hijack_total.get(key, torch.zeros(2, dtype=torch.float64)) + torch.tensor(
+            [float(total), float(pairs)], dtype=torch.float64)
+
+    def merge(self, other: "RankedScores") -> "RankedScores":
+        """Fold another part (other documents, same queries) into this one; returns self."""
+        everything = slice(0, self.n_queries)
+        for key in other.values:
+            self._ensure(key)
+            keep = other.indices[key] >= 0
+            values = torch.cat([self.values[key], torch.where(keep, other.values[key], -math.inf)], dim=1)
+            indices = torch.cat([self.indices[key], other.indices[key]], dim=1)
+            extra = torch.cat([self.hijack[key], other.hijack[key]], dim=1)
+            indices = torch.where(torch.isinf(values) & (indices < 0), torch.full_like(indices, 1 << 62), indices)
+            top = _top_candidates(values, indices, extra, self.depth)
+            top = (top[0], torch.where(top[1] == (1 << 62), torch.full_like(top[1], -1), top[1]), top[2])
+            self._write_rows(key, everything, top)
+            seen = ~torch.isnan(other.gold[key])
+            self.gold[key] = torch.where(seen, other.gold[key], self.gold[key])
+        for key, value in other.hijack_total.items():
+            self.hijack_total[key] = self.hijack_total.get(key, torch.zeros(2, dtype=torch.float64)) + value
+        return self
+
+    # -- safe storage: plain tensors in a safetensors file (loading cannot run code) --
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in self.values:
+            out[f"values|{key}"] = self.values[key].contiguous()
+            out[f"indices|{key}"] = self.indices[key].contiguous()
+            out[f"hijack|{key}"] = self.hijack[key].contiguous()
+            out[f"gold|{key}"] = self.gold[key].contiguous()
+        for key, value in self.hijack_total.items():
+            out[f"hijack_total|{key}"] = value
+        out["shape"] = torch.tensor([self.n_queries, self.gold_width, self.depth])
+        return out
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "RankedScores":
+        n_queries, gold_width, depth = (int(v) for v in state["shape"].tolist())
+        ranked = cls(n_queries, gold_width, depth)
+        for name, tensor in state.items():
+            field_name, _, key = name.partition("|")
+            if field_name in ("values", "indices", "hijack", "gold"):
+                getattr(ranked, field_name)[key] = tensor
+            elif field_name == "hijack_total":
+                ranked.hijack_total[key] = tensor
+        return ranked
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+
+        from lir_robust.files import atomic_path
+
+        with atomic_path(path) as temporary:
+            save_file(self.state_dict(), str(temporary))
+
+    @classmethod
+    def load(cls, path) -> "RankedScores":
+        from safetensors.torch import load_file
+
+        return cls.from_state_dict(load_file(str(path)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The merged-state sweep
+# --------------------------------------------------------------------------------------------------------------
 
 
 def shared_partials(
-    heads: Sequence[PoolingHead], similarities: torch.Tensor, mask: torch.Tensor | None, masked_are_zero: bool = False
+    heads: Sequence[PoolingHead], similarities: torch.Tensor, mask: torch.Tensor | None, masked_are_zero: bool = False,
+    query_tokens: int | None = None,
 ) -> tuple[list[tuple], torch.Tensor]:
-    """``head.partial`` of every head over the last dim of ``similarities [..., L]``, sharing the work between heads.
-
-    ``mask`` (bool, broadcastable to the similarities; None = every patch is real); ``masked_are_zero``: the
-    similarities are exactly 0 at masked patches (zero-padded documents), which saves a copy. One masked copy, one max
-    (maxsim, and the shift of softmax / lse), one exponential per distinct tau (softmax and lse of the same tau share it), one
-    top-k per distinct k. Built-in heads give exactly the states of their own ``partial``, except that top-k states are
-    sorted in descending order (which :func:`merge_states` relies on) and padded with -inf to k columns when there are
-    fewer than k patches; other mergeable heads fall back to ``head.partial``.
-    Returns (states in head order, the max ``[...]``, -inf where no patch is real).
-    """
-    similarities = similarities.float()
-    all_valid = mask is None or _all_valid(mask)
-    filled = similarities if all_valid else similarities.masked_fill(~mask, -math.inf)
-    peak = filled.amax(dim=-1)
-    shift = peak if all_valid else torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    zeroed = None
-    count = None
-    weights: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    tops: dict[int, torch.Tensor] = {}
-
-    def zero_filled():
-        nonlocal zeroed
-        if zeroed is None:
-            zeroed = filled if all_valid else similarities if masked_are_zero else similarities.masked_fill(~mask, 0.0)
-        return zeroed
-
-    def counts():
-        nonlocal count
-        if count is None:
-            shape = similarities.shape[:-1]
-            count = (torch.full(shape, float(similarities.shape[-1])) if mask is None
-                     else mask.to(torch.float32).sum(dim=-1).expand(shape))
-        return count
-
-    def exponentials(tau: float):
-        if tau not in weights:
-            exp = (filled - shift.unsqueeze(-1)).mul_(1.0 / tau).exp_()
-            weights[tau] = (exp, exp.sum(dim=-1))
-        return weights[tau]
-
-    states = []
-    for head in heads:
-        kind = type(head)
-        if kind is MaxSimHead:
-            states.append((peak,))
-        elif kind is TopKHead:
-            if head.k not in tops:
-                width = filled.shape[-1]
-                if head.k == 1:
-                    tops[1] = peak.unsqueeze(-1)
-                elif head.k <= width:
-                    tops[head.k] = top_k_values(filled, head.k)
-                else:
-                    pad = filled.new_full((*filled.shape[:-1], head.k - width), -math.inf)
-                    tops[head.k] = torch.cat([filled, pad], dim=-1).sort(dim=-1, descending=True).values
-            states.append((tops[head.k],))
-        elif kind is SoftmaxHead:
-            exp, total = exponentials(head.tau)
-            states.append((shift, total, torch.linalg.vecdot(exp, zero_filled())))
-        elif kind is LogSumExpHead:
-            states.append((shift, exponentials(head.tau)[1], counts()))
-        elif kind is MeanHead:
-            states.append((zero_filled().sum(dim=-1), counts()))
-        else:  # head.partial wants [..., Tq, L] and a mask [..., L]: one query token per row
-            full_mask = torch.ones(similarities.shape, dtype=torch.bool) if mask is None else mask.expand(similarities.shape)
-            position = similarities.dim() - 1
-            states.append(tuple(part.float().squeeze(position) for part in head.partial(similarities.unsqueeze(-2), full_mask)))
-    return states, peak
+    """Every head's summary of the last axis of ``similarities [..., L]`` (through ``head.partial_shared``, which
+    shares the max, the exponentials of one tau and the top-k between heads), and the max ``[...]`` (-inf where no
+    patch is real), which the hijack share needs."""
+    work = SharedWork(similarities, mask, masked_are_zero=masked_are_zero, query_tokens=query_tokens)
+    return [head.partial_shared(work) for head in heads], work.peak
 
 
-def merge_states(head: PoolingHead, a: tuple, b: tuple) -> tuple:
-    """``head.merge(a, b)``; top-k states from :func:`shared_partials` (sorted, k a power of two) merge by a bitonic
-    network instead of ``torch.topk`` over the 2k values.
-
-    This lives here, not in TopKHead, because only the sweep's states are sorted: TopKHead.partial keeps
-    ``torch.topk`` since training differentiates through it, and the max / min network's forward + backward is ~6.7x
-    slower than topk's on training shapes ([32, 32, 32, 96], k = 4).
-    """
-    if type(head) is TopKHead and head.k >= 2 and not head.k & (head.k - 1) and a[0].shape[-1] == b[0].shape[-1] == head.k:
-        merged = _bitonic_merge(list(a[0].unbind(-1)), list(b[0].unbind(-1)))
-        return (torch.stack(merged, dim=-1),)
-    return head.merge(a, b)
+def _query_tiles(token_counts: torch.Tensor, columns: int, budget: int) -> list[tuple[int, int]]:
+    """Ranges of whole queries ``(first, stop)`` whose tokens x columns stay within ``budget`` elements (at least one
+    query per range)."""
+    tiles, start, tokens = [], 0, 0
+    for query, count in enumerate(token_counts.tolist()):
+        if query > start and (tokens + count) * columns > budget:
+            tiles.append((start, query))
+            start, tokens = query, 0
+        tokens += count
+    tiles.append((start, len(token_counts)))
+    return tiles
 
 
 class InjectionSweep:
     """The merged-state sweep, prepared once (patch sources, per-query and per-block states) and run per document set.
 
     Phase 1 (per chunk of documents, per tile of query tokens): one matrix product gives the similarities of the
-    query tokens to the documents' own patches, and :func:`shared_partials` summarises them for every head: the
-    state at K = 0 of every (query token, document). Phase 2 (per tile of query tokens, all the documents at once):
-    for every kind, the injected patches' states (per query for hard / spike, per block for gaussian / corpus,
-    computed once) are merged in budget after budget, finalised and summed over each query's tokens.
+    query tokens to the documents' own patches, and every head summarises them (``partial_shared``): the state at
+    K = 0 of every (query token, document). Phase 2 (per range of whole queries, all the documents at once): for every
+    injection, the injected patches' states (per query for hard / spike, per block for gaussian / corpus, per attacked
+    document for ``KIND@N``, computed once) are merged in budget after budget and finalised, a query's tokens together
+    (so joint heads work too). A head that cannot be computed in parts is scored on the concatenated documents
+    instead (slow; logged). ``score`` returns dense scores, ``rank`` each query's top documents.
     """
 
     def __init__(
         self,
         queries: Sequence[torch.Tensor],
-        documents: Sequence[torch.Tensor],
+        documents: "Sequence[torch.Tensor] | FlatCorpus",
         gold: Sequence[Sequence[int]],
         heads: Sequence[str | PoolingHead],
         kinds: Sequence[str],
@@ -607,56 +756,70 @@ class InjectionSweep:
         for head in heads:
             head = parse_head(head)
             unique.setdefault(head.spec(), head)  # a head given twice is scored once
-        self.heads = list(unique.values())
-        for head in self.heads:
-            if not head.mergeable:
-                raise ValueError(
-                    f"the injection sweep needs pooling heads that can be computed in parts (partial / merge / "
-                    f"finalize, see lir_robust/pooling.py); {head.spec()} cannot"
-                )
         self.specs = list(unique)
-        self.kinds = [_check_kind(kind) for kind in kinds]
+        self.heads = list(unique.values())
+        self.mergeable = [head for head in self.heads if head.mergeable]
+        self.brute_force = [head for head in self.heads if not head.mergeable]
+        self.injections = list(dict.fromkeys(kinds))
+        for injection in self.injections:
+            parse_injection(injection)
         ks = sorted(set(int(k) for k in ks) | {0})
         if ks[0] < 0:
             raise ValueError(f"budgets K must be >= 0, got {ks}")
         if document_batch_size < 1 or token_tile_elements < 1 or merge_tile_elements < 1:
             raise ValueError("document_batch_size, token_tile_elements and merge_tile_elements must be >= 1")
+        self.corpus = FlatCorpus.from_documents(documents)
+        self.n_queries, self.n_documents = len(queries), len(self.corpus)
+        _check_inputs(queries, self.corpus, gold)
         self.ks, self.intervals = ks, _budget_intervals(ks)
-        self.queries, self.documents, self.gold = queries, documents, gold
+        self.queries, self.gold = queries, gold
         self.document_batch_size, self.token_tile_elements = document_batch_size, token_tile_elements
         self.merge_tile_elements, self.show_progress = merge_tile_elements, show_progress
-        self.n_queries, self.n_documents = len(queries), len(documents)
 
         self.query_tokens = torch.cat([query.float() for query in queries])  # [T, D]
-        token_counts = torch.tensor([query.shape[0] for query in queries])
-        self.token_owner = torch.repeat_interleave(torch.arange(self.n_queries), token_counts)  # [T]
-        self.token_share = 1.0 / token_counts.float()[self.token_owner]  # [T]: a token's share of its query
-        self.corpus = FlatCorpus.from_documents(documents)
-        self.gold_mask = torch.zeros(self.n_queries, self.n_documents, dtype=torch.bool)
+        self.token_counts = torch.tensor([query.shape[0] for query in queries])
+        self.token_starts = torch.zeros(self.n_queries + 1, dtype=torch.long)
+        self.token_starts[1:] = self.token_counts.cumsum(0)
+        self.most_tokens = int(self.token_counts.max())
+        self.token_owner = torch.repeat_interleave(torch.arange(self.n_queries), self.token_counts)  # [T]
+        self.token_position = torch.arange(len(self.token_owner)) - self.token_starts[self.token_owner]  # [T]
+        self.token_share = 1.0 / self.token_counts.float()[self.token_owner]  # [T]: a token's share of its query
+        self.gold_width = max([len(indices) for indices in gold] + [1])
+        self.gold_matrix = torch.full((self.n_queries, self.gold_width), -1, dtype=torch.long)
         for row, indices in enumerate(gold):
-            self.gold_mask[row, list(indices)] = True
+            self.gold_matrix[row, : len(indices)] = torch.tensor(sorted(indices), dtype=torch.long)
 
         self.sources = {
-            kind: PatchSource(kind, ks, self.settings, queries, self.corpus, gold,
-                              hard_indices=hard_indices if kind == "hard" else None, show_progress=show_progress)
-            for kind in self.kinds
+            injection: PatchSource(injection, ks, self.settings, queries, self.corpus, gold,
+                                   hard_indices=hard_indices if parse_injection(injection)[0] == "hard" else None,
+                                   show_progress=show_progress)
+            for injection in self.injections
         } if self.intervals else {}
         # Query-level kinds: per interval, the states [T, ...] of each token against its own query's patches.
         self.query_states: dict[str, list[tuple[list[tuple], torch.Tensor]]] = {}
-        for kind, source in self.sources.items():
+        for injection, source in self.sources.items():
             if source.query_level:
                 similarities = torch.cat([
                     queries[query].float() @ source.query_patches(query).T for query in range(self.n_queries)
                 ])  # [T, k_max]
-                self.query_states[kind] = [
-                    shared_partials(self.heads, similarities[:, start:stop], None) for start, stop in self.intervals
+                self.query_states[injection] = [
+                    self._shared_partials(similarities[:, start:stop], None) for start, stop in self.intervals
                 ]
         self._block_cache: dict[tuple[str, int], tuple[list[tuple], torch.Tensor]] = {}
+        if self.brute_force:
+            logger.warning(
+                "pooling head(s) %s cannot be computed in parts: scored on the concatenated documents, %d queries x %d "
+                "injections x %d budgets scoring passes (slow; a head with partial / merge / finalize runs much faster)",
+                ", ".join(head.spec() for head in self.brute_force), self.n_queries, len(self.injections), len(ks) - 1,
+            )
+
+    def _shared_partials(self, similarities, mask, masked_are_zero=False):
+        return shared_partials(self.mergeable, similarities, mask, masked_are_zero, query_tokens=self.most_tokens)
 
     # -- states of the injected blocks (document-level kinds) --
-    def _block_states(self, kind: str, interval: int, blocks: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
+    def _block_states(self, injection: str, interval: int, blocks: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
         """States ``[T, len(blocks), ...]`` of every head and the max ``[T, len(blocks)]`` over the given blocks."""
-        source = self.sources[kind]
+        source = self.sources[injection]
         vectors = source.block_patches(interval, blocks)  # [U, width, D]
         count, width = vectors.shape[0], vectors.shape[1]
         flat = vectors.reshape(count * width, -1).T.contiguous()
@@ -665,23 +828,23 @@ class InjectionSweep:
         parts = []
         for token_start in range(0, n_tokens, tile):
             similarities = (self.query_tokens[token_start : token_start + tile] @ flat).view(-1, count, width)
-            parts.append(shared_partials(self.heads, similarities, None))
+            parts.append(self._shared_partials(similarities, None))
         states = [tuple(torch.cat([part[0][h][c] for part in parts]) for c in range(len(parts[0][0][h])))
-                  for h in range(len(self.heads))]
+                  for h in range(len(self.mergeable))]
         return states, torch.cat([part[1] for part in parts])
 
-    def _block_table(self, kind: str, interval: int, documents: torch.Tensor):
+    def _block_table(self, injection: str, interval: int, documents: torch.Tensor):
         """(states, max) of the blocks the given documents take, and each document's position in them."""
-        source = self.sources[kind]
+        source = self.sources[injection]
         taken = source.assignment[documents, interval]
         shared = source.shared_blocks
-        key = (kind, interval)
+        key = (injection, interval)
         if shared and key not in self._block_cache:
-            self._block_cache[key] = self._block_states(kind, interval, torch.arange(shared))
+            self._block_cache[key] = self._block_states(injection, interval, torch.arange(shared))
         private = torch.unique(taken[taken >= shared])
         if len(private) == 0:
             return self._block_cache[key], taken
-        states, peak = self._block_states(kind, interval, private)
+        states, peak = self._block_states(injection, interval, private)
         if shared:
             cached_states, cached_peak = self._block_cache[key]
             states = [tuple(torch.cat([a, b], dim=1) for a, b in zip(old, new)) for old, new in zip(cached_states, states)]
@@ -693,16 +856,16 @@ class InjectionSweep:
 
     # -- phase 1: the documents' own patches --
     def _base_states(self, documents: list[int]) -> tuple[list[tuple], torch.Tensor]:
-        """K = 0 states ``[T, n, ...]`` of every head and the max ``[T, n]`` for the given documents (in that order)."""
+        """K = 0 states ``[T, n, ...]`` of every mergeable head and the max ``[T, n]`` for the given documents."""
         n_tokens, n = self.query_tokens.shape[0], len(documents)
-        lengths = torch.tensor([self.documents[index].shape[0] for index in documents])
+        lengths = self.corpus.lengths[torch.tensor(documents, dtype=torch.long)]
         order = torch.argsort(lengths, stable=True)  # chunks of similar length: less padding
         states: list[list[torch.Tensor]] | None = None  # columns in `order` until the end, so chunks write slices
         peak = torch.empty(n_tokens, n)
         starts = range(0, n, self.document_batch_size)
         for start in tqdm(starts, desc="sweep: documents", disable=not self.show_progress, leave=False):
             chunk = order[start : start + self.document_batch_size].tolist()
-            block, mask = pad_with_mask([self.documents[documents[position]].float() for position in chunk])  # [c, L, D]
+            block, mask = pad_with_mask([self.corpus.document(documents[position]) for position in chunk])  # [c, L, D]
             count, length = block.shape[0], block.shape[1]
             columns = slice(start, start + count)
             flat = block.reshape(count * length, -1).T.contiguous()  # [D, c * L]
@@ -712,79 +875,263 @@ class InjectionSweep:
                 rows = slice(token_start, min(n_tokens, token_start + tile))
                 similarities = (self.query_tokens[rows] @ flat).view(-1, count, length)  # [t, c, L]
                 # zero-padded rows give similarities of exactly 0 at masked patches
-                tile_states, tile_peak = shared_partials(self.heads, similarities, chunk_mask, masked_are_zero=True)
+                tile_states, tile_peak = self._shared_partials(similarities, chunk_mask, masked_are_zero=True)
                 if states is None:
-                    states = [[torch.empty(n_tokens, n, *part.shape[2:]) for part in state] for state in tile_states]
+                    states = [[torch.empty(n_tokens, n, *part.shape[2:], dtype=part.dtype) for part in state]
+                              for state in tile_states]
                 for stored, state in zip(states, tile_states):
                     for target, part in zip(stored, state):
                         target[rows, columns] = part
                 peak[rows, columns] = tile_peak
-        assert states is not None
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(n)
+        states = states or [[] for _ in self.mergeable]
         return [tuple(part.index_select(1, inverse) for part in state) for state in states], peak.index_select(1, inverse)
 
-    # -- phase 2: merge the injected states in, budget after budget --
-    def score(self, document_subset: Sequence[int] | None = None) -> SweepScores:
-        """Scores ``[Nq, Nd]`` of every head / kind / K for the given documents (all by default; other columns 0)."""
+    # -- finalising a range of whole queries --
+    def _finalize(self, head: PoolingHead, state: tuple, first: int, stop: int) -> torch.Tensor:
+        """Per-query scores ``[q, n]`` of queries ``first:stop`` from states ``[t, n, ...]`` of their tokens."""
+        rows = slice(int(self.token_starts[first]), int(self.token_starts[stop]))
+        owner = self.token_owner[rows] - first
+        if not head.joint:
+            values = head.finalize(state)  # [t, n]
+            return torch.zeros(stop - first, values.shape[1]).index_add_(0, owner, values.float())
+        # joint heads see each query's tokens together: [q, n, Tq_max, ...], with the query mask [q, 1, Tq_max]
+        position = self.token_position[rows]
+        width = int(self.token_counts[first:stop].max())
+        grouped = []
+        for part in state:
+            out = part.new_zeros(stop - first, width, *part.shape[1:])
+            out[owner, position] = part
+            grouped.append(out.movedim(1, 2))
+        query_mask = (torch.arange(width).unsqueeze(0) < self.token_counts[first:stop].unsqueeze(1)).unsqueeze(1)
+        values = head.finalize(tuple(grouped), query_mask)  # [q, n, Tq_max]
+        return torch.where(query_mask, values, 0).sum(dim=-1).float()
+
+    def _hijack_per_query(self, hijacked: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        rows = slice(int(self.token_starts[first]), int(self.token_starts[stop]))
+        shares = hijacked.float().mul_(self.token_share[rows].unsqueeze(1))
+        return torch.zeros(stop - first, shares.shape[1]).index_add_(0, self.token_owner[rows] - first, shares)
+
+    # -- phase 2 --
+    def blocks(self, document_subset: Sequence[int] | None = None):
+        """Finished scores, block by block: yields ``(head spec, injection, K, queries first:stop, scores [q, n],
+        hijack [q, n] or None)`` for the documents ``document_subset`` (all by default), in that order. At K = 0 the
+        injection is "" and hijack None."""
         documents = list(range(self.n_documents)) if document_subset is None else [int(d) for d in document_subset]
         if len(set(documents)) != len(documents) or any(not 0 <= d < self.n_documents for d in documents):
             raise ValueError(f"document_subset must list distinct document indices in [0, {self.n_documents})")
-        shape = (self.n_queries, self.n_documents)
-        zero_scores = {spec: torch.zeros(shape) for spec in self.specs}
-        scores = {spec: {kind: {0: zero_scores[spec], **{k: torch.zeros(shape) for k in self.ks[1:]}} for kind in self.kinds}
-                  for spec in self.specs}
-        hijack = {kind: {k: torch.zeros(shape) for k in self.ks[1:]} for kind in self.kinds}  # float16 at the end
         if not documents:
-            return SweepScores(scores=scores, hijack=_half(hijack))
+            return
         columns = torch.tensor(documents)
-        n, n_tokens = len(documents), self.query_tokens.shape[0]
+        n = len(documents)
         with torch.no_grad():
             base, base_peak = self._base_states(documents)
-            for spec, head, state in zip(self.specs, self.heads, base):
-                zero_scores[spec][:, columns] = self._per_query(head.finalize(state))
             tables = {
-                (kind, interval): self._block_table(kind, interval, columns)
-                for kind, source in self.sources.items() if not source.query_level
-                for interval in range(len(self.intervals))
+                (injection, interval): self._block_table(injection, interval, columns)
+                for injection, source in self.sources.items()
+                if source.kind in DOCUMENT_LEVEL_KINDS for interval in range(len(self.intervals))
             }
-            tile = max(1, min(n_tokens, self.merge_tile_elements // n))
-            steps = [(kind, start) for kind in self.sources for start in range(0, n_tokens, tile)]
-            for kind, token_start in tqdm(steps, desc="sweep: injected", disable=not self.show_progress, leave=False):
-                rows = slice(token_start, min(n_tokens, token_start + tile))
-                t = rows.stop - rows.start
-                running = [tuple(part[rows] for part in state) for state in base]
-                original_peak = base_peak[rows]
-                injected_peak = torch.full_like(original_peak, -math.inf)
-                for interval, (_, stop) in enumerate(self.intervals):
-                    if kind in self.query_states:
-                        part_states, part_peak = self.query_states[kind][interval]
-                        parts = [tuple(p[rows].unsqueeze(1).expand(t, n, *p.shape[1:]) for p in state) for state in part_states]
-                        part_peak = part_peak[rows].unsqueeze(1)
-                    else:
-                        (table_states, table_peak), position = tables[kind, interval]
-                        parts = [tuple(p[rows].index_select(1, position) for p in state) for state in table_states]
-                        part_peak = table_peak[rows].index_select(1, position)
-                    injected_peak = torch.maximum(injected_peak, part_peak)
-                    hijacked = (injected_peak > original_peak + TIE_TOLERANCE).float().mul_(self.token_share[rows].unsqueeze(1))
-                    hijack[kind][stop][:, columns] += self._per_query(hijacked, rows)
-                    for h, (spec, head) in enumerate(zip(self.specs, self.heads)):
-                        running[h] = merge_states(head, running[h], parts[h])
-                        scores[spec][kind][stop][:, columns] += self._per_query(head.finalize(running[h]), rows)
+            gold_here = torch.zeros(self.n_queries, n, dtype=torch.bool)
+            position_of = torch.full((self.n_documents,), -1, dtype=torch.long)
+            position_of[columns] = torch.arange(n)
+            gold_positions = torch.where(self.gold_matrix >= 0, position_of[self.gold_matrix.clamp_min(0)], -1)
+            for row in range(self.n_queries):
+                present = gold_positions[row][gold_positions[row] >= 0]
+                gold_here[row, present] = True
+            tiles = _query_tiles(self.token_counts, n, self.merge_tile_elements)
+            for first, stop in tqdm(tiles, desc="sweep: injected", disable=not self.show_progress, leave=False):
+                rows = slice(int(self.token_starts[first]), int(self.token_starts[stop]))
+                clean = {}
+                for spec, head, state in zip(self._mergeable_specs(), self.mergeable, base):
+                    clean[spec] = self._finalize(head, tuple(part[rows] for part in state), first, stop)
+                for head in self.brute_force:
+                    clean[head.spec()] = self._brute_force(head, None, 0, first, stop, documents)
+                for spec in self.specs:
+                    yield spec, "", 0, (first, stop), clean[spec], None
+                for injection, source in self.sources.items():
+                    target = self.settings.target(injection)
+                    if source.attacked is not None:
+                        yield from self._attacked_blocks(injection, source, base, base_peak, columns, first, stop, clean)
+                        continue
+                    untouched = gold_here[first:stop] if target == "non-gold" else None
+                    running = [tuple(part[rows] for part in state) for state in base]
+                    original_peak = base_peak[rows]
+                    injected_peak = torch.full_like(original_peak, -math.inf)
+                    t = rows.stop - rows.start
+                    for interval, (_, k) in enumerate(self.intervals):
+                        if source.query_level:
+                            part_states, part_peak = self.query_states[injection][interval]
+                            parts = [tuple(p[rows].unsqueeze(1).expand(t, n, *p.shape[1:]) for p in state) for state in part_states]
+                            part_peak = part_peak[rows].unsqueeze(1)
+                        else:
+                            (table_states, table_peak), position = tables[injection, interval]
+                            parts = [tuple(p[rows].index_select(1, position) for p in state) for state in table_states]
+                            part_peak = table_peak[rows].index_select(1, position)
+                        injected_peak = torch.maximum(injected_peak, part_peak)
+                        hijack = self._hijack_per_query(injected_peak > original_peak + TIE_TOLERANCE, first, stop)
+                        if untouched is not None:
+                            hijack = hijack.masked_fill(untouched, 0.0)
+                        scored = {}
+                        for h, (spec, head) in enumerate(zip(self._mergeable_specs(), self.mergeable)):
+                            running[h] = head.merge(running[h], parts[h])
+                            scored[spec] = self._finalize(head, running[h], first, stop)
+                        for head in self.brute_force:
+                            scored[head.spec()] = self._brute_force(head, injection, k, first, stop, documents)
+                        for spec in self.specs:
+                            values = scored[spec]
+                            if untouched is not None:
+                                values = torch.where(untouched, clean[spec], values)
+                            yield spec, injection, k, (first, stop), values, hijack
 
-        # Targets: documents left untouched keep their K = 0 scores and have no hijacked token.
-        for kind in self.kinds:
-            if self.settings.target(kind) == "non-gold":
-                for k in self.ks[1:]:
-                    hijack[kind][k][self.gold_mask] = 0
-                    for spec in self.specs:
-                        scores[spec][kind][k][self.gold_mask] = zero_scores[spec][self.gold_mask]
+    def _mergeable_specs(self) -> list[str]:
+        return [head.spec() for head in self.mergeable]
+
+    def _attacked_blocks(self, injection, source, base, base_peak, columns, first, stop, clean):
+        """Blocks of a few-document attack: documents outside the attacked ones keep their K = 0 scores; each attacked
+        document merges its own patches' states."""
+        n = len(columns)
+        position_of = {int(document): position for position, document in enumerate(columns.tolist())}
+        # per query of the range: (slot, position in columns) of its attacked documents among these columns
+        chosen = [[(slot, position_of[int(document)]) for slot, document in enumerate(source.attacked_documents[query].tolist())
+                   if int(document) in position_of] for query in range(first, stop)]
+        width = max([len(pairs) for pairs in chosen] + [0])
+        rows = slice(int(self.token_starts[first]), int(self.token_starts[stop]))
+        t = rows.stop - rows.start
+        owner = self.token_owner[rows] - first
+        hijack_zero = torch.zeros(stop - first, n)
+        if width == 0:
+            for k in self.ks[1:]:
+                for spec in self.specs:
+                    yield spec, injection, k, (first, stop), clean[spec], hijack_zero
+            return
+        # [t, width]: for each token row, the columns of its query's attacked documents (padding repeats column 0)
+        slot_columns = torch.zeros(stop - first, width, dtype=torch.long)
+        slot_valid = torch.zeros(stop - first, width, dtype=torch.bool)
+        similarities = torch.full((t, width, source.k_max), -math.inf)
+        for local, pairs in enumerate(chosen):
+            query = first + local
+            token_rows = slice(int(self.token_starts[query]) - rows.start, int(self.token_starts[query + 1]) - rows.start)
+            for j, (slot, position) in enumerate(pairs):
+                slot_columns[local, j], slot_valid[local, j] = position, True
+                similarities[token_rows, j] = self.queries[query].float() @ source.attacked_patches(query, slot).T
+        token_columns = slot_columns[owner]  # [t, width]
+        slot_rows = torch.arange(stop - first).unsqueeze(1).expand(-1, width)[slot_valid]  # the valid (query, slot) pairs
+        valid_columns = slot_columns[slot_valid]
+        running = [tuple(part[rows].gather(1, token_columns.view(t, width, *([1] * (part.dim() - 2))).expand(t, width, *part.shape[2:]))
+                         for part in state) for state in base]
+        original_peak = base_peak[rows].gather(1, token_columns)
+        injected_peak = torch.full_like(original_peak, -math.inf)
+        for interval, (start, k) in enumerate(self.intervals):
+            part_states, part_peak = self._shared_partials(similarities[:, :, start:k], None)
+            injected_peak = torch.maximum(injected_peak, part_peak)
+            hijacked = self._hijack_per_query(injected_peak > original_peak + TIE_TOLERANCE, first, stop)  # [q, width]
+            hijack = hijack_zero.clone()
+            hijack[slot_rows, valid_columns] = hijacked[slot_valid]
+            scored = {}
+            for h, (spec, head) in enumerate(zip(self._mergeable_specs(), self.mergeable)):
+                running[h] = head.merge(running[h], part_states[h])
+                scored[spec] = self._finalize(head, running[h], first, stop)  # [q, width]
+            for head in self.brute_force:
+                scored[head.spec()] = self._brute_force(head, injection, k, first, stop, columns.tolist())
+            for spec in self.specs:
+                values = clean[spec]
+                if spec in self._mergeable_specs():
+                    values = values.clone()
+                    values[slot_rows, valid_columns] = scored[spec][slot_valid]
+                else:
+                    values = scored[spec]
+                yield spec, injection, k, (first, stop), values, hijack
+
+    def _brute_force(self, head: PoolingHead, injection: str | None, k: int, first: int, stop: int, documents: list[int]) -> torch.Tensor:
+        """Scores ``[q, n]`` of a head that cannot be merged: every (query, document) scored on the concatenation."""
+        from lir_robust.scoring import score
+
+        out = torch.empty(stop - first, len(documents))
+        for local, query in enumerate(range(first, stop)):
+            source = self.sources.get(injection) if injection else None
+            items = []
+            for document in documents:
+                vectors = self.corpus.document(document)
+                extra = source.patches_for(query, document) if source is not None and k > 0 else None
+                items.append(vectors if extra is None else torch.cat([vectors, extra[:k]]))
+            out[local] = score([self.queries[query]], items, head)[0]
+        return out
+
+    # -- what callers use --
+    def score(self, document_subset: Sequence[int] | None = None) -> SweepScores:
+        """Dense scores ``[Nq, Nd]`` of every head / injection / K for the given documents (all by default; other
+        columns 0). Memory grows with heads x injections x K x Nq x Nd: for large corpora use :meth:`rank`."""
+        shape = (self.n_queries, self.n_documents)
+        documents = list(range(self.n_documents)) if document_subset is None else [int(d) for d in document_subset]
+        columns = torch.tensor(documents, dtype=torch.long)
+        zero = {spec: torch.zeros(shape) for spec in self.specs}
+        scores = {spec: {injection: {0: zero[spec], **{k: torch.zeros(shape) for k in self.ks[1:]}} for injection in self.injections}
+                  for spec in self.specs}
+        hijack = {injection: {k: torch.zeros(shape) for k in self.ks[1:]} for injection in self.injections}
+        for spec, injection, k, (first, stop), values, shares in self.blocks(document_subset):
+            if k == 0:
+                zero[spec][first:stop, columns] = values
+                continue
+            scores[spec][injection][k][first:stop, columns] = values
+            if shares is not None:
+                hijack[injection][k][first:stop, columns] = shares
         return SweepScores(scores=scores, hijack=_half(hijack))
 
-    def _per_query(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """Sum per-token values ``[t, n]`` into their queries: ``[Nq, n]``."""
-        owner = self.token_owner if rows is None else self.token_owner[rows]
-        return torch.zeros(self.n_queries, values.shape[1]).index_add_(0, owner, values.float())
+    def rank(self, document_subset: Sequence[int] | None = None, depth: int = RANKED_DEPTH) -> RankedScores:
+        """Each query's best ``depth`` documents among ``document_subset`` (all by default) for every head / injection
+        / K, their hijack shares, the gold documents' scores and hijack totals: memory independent of the corpus."""
+        documents = list(range(self.n_documents)) if document_subset is None else [int(d) for d in document_subset]
+        columns = torch.tensor(documents, dtype=torch.long)
+        ranked = RankedScores(self.n_queries, self.gold_width, depth)
+        position_of = torch.full((self.n_documents,), -1, dtype=torch.long)
+        position_of[columns] = torch.arange(len(documents))
+        gold_positions = torch.where(self.gold_matrix >= 0, position_of[self.gold_matrix.clamp_min(0)], -1)
+        totals: dict[tuple[str, int], list[float]] = {}
+        for spec, injection, k, (first, stop), values, shares in self.blocks(document_subset):
+            rows = slice(first, stop)
+            ranked.add_block(_key(spec, injection, k), rows, columns, values, shares, gold_positions[rows])
+            if shares is not None and spec == self.specs[0]:
+                pairs = self._injected_pairs(injection, first, stop, columns, gold_positions[rows])
+                total = totals.setdefault((injection, k), [0.0, 0.0])
+                total[0] += float(shares.to(torch.float16).double().sum())
+                total[1] += pairs
+        for (injection, k), (total, pairs) in totals.items():
+            ranked.add_hijack_total(injection, k, total, int(pairs))
+        return ranked
+
+    def _injected_pairs(self, injection: str, first: int, stop: int, columns: torch.Tensor, gold_positions: torch.Tensor) -> int:
+        """(query, document) pairs of queries first:stop and these columns that the injection touches."""
+        target = self.settings.target(injection)
+        n = len(columns)
+        if target == "all":
+            return (stop - first) * n
+        if target == "non-gold":
+            return (stop - first) * n - int((gold_positions >= 0).sum())
+        attacked = self.sources[injection].attacked_documents
+        return sum(int(torch.isin(attacked[query], columns).sum()) for query in range(first, stop))
+
+
+def _check_inputs(queries: Sequence[torch.Tensor], corpus: FlatCorpus, gold: Sequence[Sequence[int]]) -> None:
+    """Clear errors for what would otherwise become raw torch errors deep inside the sweep."""
+    if not len(queries):
+        raise ValueError("the sweep needs at least one query")
+    if not len(corpus):
+        raise ValueError("the sweep needs at least one document")
+    if len(gold) != len(queries):
+        raise ValueError(f"gold lists the relevant documents of {len(gold)} queries, but there are {len(queries)} queries")
+    for index, query in enumerate(queries):
+        if not isinstance(query, torch.Tensor) or query.dim() != 2 or query.shape[0] == 0:
+            shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
+            raise ValueError(f"query {index} has shape {shape}; every query must be a [tokens, dim] tensor with >= 1 token")
+        if query.shape[1] != corpus.dim:
+            raise ValueError(f"query {index} has {query.shape[1]}-d tokens but the documents have {corpus.dim}-d patches: "
+                             "queries and documents must come from the same model / projection")
+    for row, indices in enumerate(gold):
+        bad = [index for index in indices if not hasattr(index, "__index__") or not 0 <= int(index) < len(corpus)]
+        if bad:
+            raise ValueError(f"gold[{row}] lists documents {bad[:5]} outside [0, {len(corpus)}): gold holds document "
+                             "positions in the corpus list")
 
 
 def _half(hijack: dict[str, dict[int, torch.Tensor]]) -> dict[str, dict[int, torch.Tensor]]:
@@ -793,7 +1140,7 @@ def _half(hijack: dict[str, dict[int, torch.Tensor]]) -> dict[str, dict[int, tor
 
 def sweep_scores(
     queries: Sequence[torch.Tensor],
-    documents: Sequence[torch.Tensor],
+    documents: "Sequence[torch.Tensor] | FlatCorpus",
     gold: Sequence[Sequence[int]],
     heads: Sequence[str | PoolingHead],
     kinds: Sequence[str],
@@ -807,15 +1154,13 @@ def sweep_scores(
     token_tile_elements: int = 1 << 20,
     merge_tile_elements: int = 1 << 20,
 ) -> SweepScores:
-    """Scores of every query against every document, for every head, kind and budget K, in one pass.
+    """Dense scores of every query against every document, for every head, injection and budget K, in one pass.
 
-    queries: ``Nq`` tensors ``[Tq_i, D]``; documents: ``Nd`` tensors ``[L_j, D]`` (valid rows only, unit norm);
-    gold: ``gold[i]`` = indices of query i's gold (relevant) documents. ``document_subset`` restricts the pass to
-    some documents (their columns are filled, others left 0): the unit of resumption (to score several subsets, build
-    one :class:`InjectionSweep` and call its ``score`` per subset, so the injected states are computed once).
-    ``token_tile_elements`` / ``merge_tile_elements`` bound the temporaries (speed only, same result). Returns
-    :class:`SweepScores` (scores ``[Nq, Nd]`` per head / kind / K). Equals scoring the concatenated documents head by
-    head (tested against :func:`brute_force_scores`).
+    queries: ``Nq`` tensors ``[Tq_i, D]``; documents: ``Nd`` tensors ``[L_j, D]`` (valid rows only, unit norm) or a
+    :class:`FlatCorpus`; gold: ``gold[i]`` = indices of query i's gold (relevant) documents; kinds: injections
+    (``hard``, ``spike@10``, ...). ``document_subset`` restricts the pass to some documents (their columns are filled,
+    others left 0). ``token_tile_elements`` / ``merge_tile_elements`` bound the temporaries (speed only, same
+    result). Equals scoring the concatenated documents head by head (tested against :func:`brute_force_scores`).
     """
     sweep = InjectionSweep(
         queries, documents, gold, heads, kinds, ks, settings, hard_indices=hard_indices,
@@ -845,13 +1190,10 @@ def brute_force_scores(
     settings = settings or InjectionSettings()
     corpus = FlatCorpus.from_documents(documents)
     source = PatchSource(kind, ks, settings, queries, corpus, gold, hard_indices=hard_indices)
-    out = torch.empty(len(queries), len(documents))
+    out = torch.empty(len(queries), len(corpus))
     for query in range(len(queries)):
-        targets = [
-            k > 0 and (settings.target(kind) == "all" or document not in set(gold[query]))
-            for document in range(len(documents))
-        ]
-        patches = [source.patches_for(query, document)[:k] if chosen else None for document, chosen in enumerate(targets)]
-        injected, _ = inject(documents, patches)
+        patches = [source.patches_for(query, document) if k > 0 else None for document in range(len(corpus))]
+        patches = [None if extra is None else extra[:k] for extra in patches]
+        injected, _ = inject([corpus.document(d) for d in range(len(corpus))], patches)
         out[query] = score([queries[query]], injected, head)[0]
     return out

@@ -20,6 +20,8 @@ __all__ = [
     "MEASURES",
     "METRIC_NAMES",
     "run_from_scores",
+    "run_from_candidates",
+    "gold_in_top_from_candidates",
     "evaluate",
     "retained_share",
     "gold_in_top",
@@ -60,6 +62,32 @@ def run_from_scores(
         pairs.sort(key=lambda pair: (pair[0], pair[1]), reverse=True)
         run[qid] = {docid: value for value, docid in pairs[:depth]}
     return run
+
+
+def run_from_candidates(
+    values: torch.Tensor, indices: torch.Tensor, query_ids: Sequence[str], document_ids: Sequence[str], depth: int = RUN_DEPTH
+) -> dict[str, dict[str, float]]:
+    """Each query's candidate documents (``values [Nq, C]`` best first, ``indices [Nq, C]`` into ``document_ids``, -1 =
+    none) -> a trec run of its top ``depth`` in trec_eval's order (score descending, ties by document id descending).
+
+    Equals :func:`run_from_scores` on the full score matrix when the candidates are each query's best C > depth."""
+    if values.shape != indices.shape or values.shape[0] != len(query_ids):
+        raise ValueError(f"candidates {tuple(values.shape)} / {tuple(indices.shape)} do not match {len(query_ids)} queries")
+    run: dict[str, dict[str, float]] = {}
+    for row, qid in enumerate(query_ids):
+        pairs = [(float(value), document_ids[index]) for value, index in zip(values[row].tolist(), indices[row].tolist())
+                 if index >= 0]
+        pairs.sort(key=lambda pair: (pair[0], pair[1]), reverse=True)
+        run[qid] = {docid: value for value, docid in pairs[:depth]}
+    return run
+
+
+def gold_in_top_from_candidates(values: torch.Tensor, gold_scores: torch.Tensor, depth: int = 10) -> torch.Tensor:
+    """:func:`gold_in_top` from each query's best scores ``values [Nq, C]`` (descending, C >= depth or every document)
+    and its gold documents' scores ``gold_scores [Nq, G]`` (NaN = no gold document there): bool ``[Nq]``."""
+    depth = min(depth, values.shape[1])
+    cut = values[:, depth - 1].unsqueeze(1)  # the depth-th best score (-inf when there are fewer documents)
+    return (torch.nan_to_num(gold_scores, nan=-math.inf) >= cut).any(dim=1) & ~torch.isnan(gold_scores).all(dim=1)
 
 
 def _top(run_row: Mapping[str, float], depth: int) -> dict[str, float]:

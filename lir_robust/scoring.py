@@ -2,8 +2,11 @@
 
 Inputs are what colpali-engine's processors accept: a list of ``[L, D]`` tensors of different lengths, or a padded
 ``[N, L, D]`` tensor (optionally with a ``[N, L]`` mask). Masks come from the list lengths or from the given mask;
-with a padded tensor and no mask, rows that are exactly zero (colpali-engine pads with zero vectors) or that contain
-NaN (colpali-engine models multiply padded positions by 0, and NaN * 0 stays NaN) are padding.
+with a padded tensor and no mask, rows that are exactly zero (colpali-engine pads with zero vectors) are padding.
+
+One rule for both forms: a row that contains NaN is dropped, with a warning (colpali-engine models multiply padded
+positions by 0, and NaN * 0 stays NaN). A document left without any valid patch scores -inf under every head (it
+ranks below every real document, never above); a query without any valid token is an error.
 """
 
 from __future__ import annotations
@@ -60,9 +63,12 @@ class MultiVectors:
 
 
 def pad_with_mask(items: Sequence[torch.Tensor], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``[L_i, D]`` tensors with zeros: ``([n, L_max, D], mask [n, L_max])``."""
+    """Right-pad ``[L_i, D]`` tensors with zeros: ``([n, L_max, D], mask [n, L_max])``; at least one (masked) column
+    even when every item is empty."""
     lengths = torch.tensor([item.shape[0] for item in items], device=device)
     padded = torch.nn.utils.rnn.pad_sequence([item.to(device) for item in items], batch_first=True)
+    if padded.shape[1] == 0:
+        padded = padded.new_zeros(padded.shape[0], 1, padded.shape[2])
     mask = torch.arange(padded.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
     return padded, mask
 
@@ -80,10 +86,23 @@ def padding_mask_from_values(padded: torch.Tensor) -> torch.Tensor:
     return ~(is_zero | has_nan)
 
 
-def as_multi_vectors(embeddings: Embeddings, mask: torch.Tensor | None = None, what: str = "embeddings") -> MultiVectors:
-    """Normalise any accepted input to unpadded ``MultiVectors``, checking shapes and that nothing is empty.
+def _drop_nan_rows(items: list[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """The NaN rule for unpadded items: rows containing NaN are dropped, with one warning."""
+    bad = [torch.isnan(item).any(dim=-1) if item.is_floating_point() else None for item in items]
+    count = sum(int(rows.sum()) for rows in bad if rows is not None)
+    if not count:
+        return items
+    logger.warning("%s: %d embedding rows contain NaN and are dropped (treated as padding)", what, count)
+    return [item if rows is None or not bool(rows.any()) else item[~rows] for item, rows in zip(items, bad)]
 
-    Raises ValueError naming the problem (a 1-D / 2-D tensor, a wrong mask shape, an item without valid rows).
+
+def as_multi_vectors(
+    embeddings: Embeddings, mask: torch.Tensor | None = None, what: str = "embeddings", allow_empty: bool = False
+) -> MultiVectors:
+    """Normalise any accepted input to unpadded ``MultiVectors``, checking shapes; rows holding NaN are dropped.
+
+    Raises ValueError naming the problem (a 1-D / 2-D tensor, a wrong mask shape, an item without valid rows unless
+    ``allow_empty``: documents may be empty, they then score -inf).
     """
     if isinstance(embeddings, MultiVectors):
         return embeddings
@@ -99,7 +118,7 @@ def as_multi_vectors(embeddings: Embeddings, mask: torch.Tensor | None = None, w
         elif tuple(mask.shape) != tuple(embeddings.shape[:2]):
             raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match embeddings {tuple(embeddings.shape[:2])}")
         mask = mask.to(torch.bool)
-        items = [embeddings[i][mask[i]] for i in range(embeddings.shape[0])]
+        items = _drop_nan_rows([embeddings[i][mask[i]] for i in range(embeddings.shape[0])], what)
     else:
         if mask is not None:
             raise ValueError(f"{what}: a mask is only accepted with a padded 3-D tensor; a list carries its lengths")
@@ -110,13 +129,16 @@ def as_multi_vectors(embeddings: Embeddings, mask: torch.Tensor | None = None, w
             if not isinstance(item, torch.Tensor) or item.dim() != 2:
                 shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
                 raise ValueError(f"{what}[{index}] has shape {shape}; expected a 2-D [tokens, dim] tensor")
+        items = _drop_nan_rows(items, what)
     if not items:
         raise ValueError(f"{what} is empty")
     dims = {item.shape[-1] for item in items}
     if len(dims) > 1:
         raise ValueError(f"{what} mix embedding dimensions {sorted(dims)}")
     empty = [index for index, item in enumerate(items) if item.shape[0] == 0]
-    if empty:
+    if empty and allow_empty:
+        logger.warning("%s %s%s have no valid rows: they score -inf under every head", what, empty[:10], " ..." if len(empty) > 10 else "")
+    elif empty:
         raise ValueError(
             f"{what} {empty[:10]}{' ...' if len(empty) > 10 else ''} have no valid tokens / patches "
             "(all rows padding); drop them or give them at least one token"
@@ -156,7 +178,10 @@ def late_interaction_scores(
     Padded rows may hold anything (NaN included): they are zeroed before the product and masked in the head.
     """
     similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask))
-    if torch.is_grad_enabled() and similarities.requires_grad:
+    if head.joint:  # the head needs each query's tokens side by side: [Nq, Nd, Tq, Td] (a view), query mask [Nq, 1, Tq]
+        per_token = head.pool(similarities.squeeze(3).permute(0, 2, 1, 3), document_mask, query_mask.unsqueeze(1))
+        per_token = per_token.transpose(1, 2)  # [Nq, Tq, Nd]
+    elif torch.is_grad_enabled() and similarities.requires_grad:
         per_token = head(similarities, document_mask).squeeze(-1)  # [Nq, Tq, Nd]
     else:
         # Inference: pool a few queries at a time, so the head's temporaries stay small enough to be recycled by the
@@ -181,7 +206,7 @@ def paired_scores(
     queries = _zero_padding(queries, query_mask)
     documents = _zero_padding(documents, document_mask)
     similarities = queries @ documents.transpose(-1, -2)  # [N, Tq, Td]
-    per_token = head(similarities, document_mask)
+    per_token = head.pool(similarities, document_mask, query_mask)
     return torch.where(query_mask, per_token, 0).sum(dim=-1)
 
 
@@ -213,7 +238,7 @@ def score(
     if query_batch_size < 1 or document_batch_size < 1:
         raise ValueError(f"batch sizes must be >= 1, got {query_batch_size} and {document_batch_size}")
     query_vectors = as_multi_vectors(queries, query_mask, "queries")
-    document_vectors = as_multi_vectors(documents, document_mask, "documents")
+    document_vectors = as_multi_vectors(documents, document_mask, "documents", allow_empty=True)
     if query_vectors.dim != document_vectors.dim:
         raise ValueError(
             f"query embedding dimension {query_vectors.dim} != document embedding dimension {document_vectors.dim}: "

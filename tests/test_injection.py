@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -20,13 +21,14 @@ from lir_robust.injection import (
     InjectionSweep,
     hard_negative_patches,
     inject,
+    RankedScores,
+    parse_injection,
     parse_pool_blocks,
     shared_partials,
-    top_k_values,
     spike_patches,
     sweep_scores,
 )
-from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.pooling import PoolingHead, parse_head, top_k_values
 from lir_robust.scoring import pad_with_mask
 
 
@@ -95,12 +97,14 @@ def test_inject_appends_and_marks(toy):
 HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.5", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true", "mean"]
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "corpus", "hard", "spike"])
+@pytest.mark.parametrize("kind", ["gaussian", "corpus", "hard", "spike", "hard@2", "spike@3"])
 @pytest.mark.parametrize("target", ["non-gold", "all"])
 @pytest.mark.parametrize("tile_elements,pool_blocks", [(1 << 19, 64), (50, 3), (50, None)])  # tiles of a few tokens too
 def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements, pool_blocks):
     queries, documents, gold = toy
-    settings = InjectionSettings(seed=3, targets={kind: target}, pool_blocks=pool_blocks)
+    if "@" in kind and (target == "all" or pool_blocks != 64):
+        pytest.skip("a few-document attack has its own target and no pools")
+    settings = InjectionSettings(seed=3, targets={parse_injection(kind)[0]: target}, pool_blocks=pool_blocks)
     ks = [0, 1, 3, 6]
     result = sweep_scores(queries, documents, gold, HEADS, [kind], ks, settings, document_batch_size=4, show_progress=False,
                           token_tile_elements=tile_elements, merge_tile_elements=tile_elements)
@@ -112,6 +116,34 @@ def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements, pool_
         if target == "non-gold":
             for query, indices in enumerate(gold):
                 assert torch.equal(result.scores[spec][kind][6][query, indices], result.scores[spec][kind][0][query, indices])
+        if "@" in kind:  # only the attacked documents change
+            changed = (result.scores[spec][kind][6] != result.scores[spec][kind][0]).sum(dim=1)
+            assert (changed <= parse_injection(kind)[1]).all() and changed.sum() > 0
+
+
+def test_few_document_attacks_give_each_document_its_own_patches(toy):
+    queries, documents, gold = toy
+    corpus = FlatCorpus.from_documents(documents)
+    settings = InjectionSettings(seed=1)
+    for kind in ("hard@3", "spike@3"):
+        source = PatchSource(kind, [0, 2], settings, queries, corpus, gold)
+        for query in range(len(queries)):
+            attacked = source.attacked_documents[query].tolist()
+            assert len(attacked) == 3 and not set(attacked) & set(gold[query])
+            patches = [source.patches_for(query, document) for document in attacked]
+            rows = torch.cat(patches)
+            if kind.startswith("hard"):  # no hard patch shared between attacked documents
+                assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
+            elif queries[query].shape[0] >= 5:  # spikes drawn for each document (a 3-token query has one possible spike)
+                assert not all(torch.equal(patches[0], other) for other in patches[1:])
+            others = [d for d in range(len(documents)) if d not in attacked]
+            assert all(source.patches_for(query, d) is None for d in others)
+    wider = PatchSource("spike@5", [0, 2], settings, queries, corpus, gold)
+    assert wider.attacked_documents[0][:3].tolist() == PatchSource("spike@3", [0, 2], settings, queries, corpus, gold).attacked_documents[0].tolist()
+    for bad, words in (("gaussian@3", "few-document attack"), ("spike@0", "integer >= 1"), ("spike@x", "integer >= 1"),
+                       ("spikes", "unknown injection kind")):
+        with pytest.raises(ValueError, match=words):
+            parse_injection(bad)
 
 
 def test_hijack_share_matches_diagnostics(toy):
@@ -160,6 +192,7 @@ class _Median(PoolingHead):
 
 
 def test_shared_partials_equal_each_heads_own_partial():
+    """Every head's summary through the shared work (partial_shared) equals its own partial: same finalised value."""
     generator = torch.Generator().manual_seed(5)
     similarities = torch.randn(3, 4, 7, generator=generator)
     mask = torch.rand(4, 7, generator=generator) > 0.3
@@ -234,16 +267,86 @@ def test_pooled_block_states_are_reused_across_document_subsets(toy):
                 assert torch.allclose(joined, whole.scores[spec][kind][k], atol=1e-6)
 
 
-def test_sweep_rejects_heads_that_cannot_be_merged(toy):
-    from lir_robust.pooling import PoolingHead
+def test_heads_that_cannot_be_merged_run_by_brute_force(toy, caplog):
+    from lir_robust.pooling import PoolingHead, masked_fill_float32
 
+    @dataclass(frozen=True)
     class Median(PoolingHead):
+        name = "test_sweep_median"
+
         def __call__(self, similarities, document_mask):
-            return similarities.median(dim=-1).values
+            return masked_fill_float32(similarities, document_mask, float("nan")).nanmedian(dim=-1).values
 
     queries, documents, gold = toy
-    with pytest.raises(ValueError, match="computed in parts"):
-        sweep_scores(queries, documents, gold, [Median()], ["gaussian"], [0, 1], show_progress=False)
+    ks = [0, 1, 3]
+    caplog.set_level("WARNING")
+    result = sweep_scores(queries, documents, gold, [Median(), "maxsim"], ["gaussian", "spike", "hard@2"], ks, show_progress=False)
+    assert "cannot be computed in parts" in caplog.text and "concatenated documents" in caplog.text
+    for kind in ("gaussian", "spike", "hard@2"):
+        for k in ks:
+            expected = brute_force_scores(queries, documents, gold, Median(), kind, k, ks)
+            assert torch.allclose(result.scores["test_sweep_median"][kind][k], expected, atol=1e-6), (kind, k)
+            assert torch.allclose(result.scores["maxsim"][kind][k], brute_force_scores(queries, documents, gold, "maxsim", kind, k, ks), atol=1e-6)
+
+
+def test_ranked_lists_equal_the_dense_scores_and_merge_in_any_order(toy, tmp_path):
+    queries, documents, gold = toy
+    heads, kinds, ks = ["maxsim", "softmax:tau=0.5"], ["gaussian", "hard", "spike@2"], [0, 1, 3]
+    sweep = InjectionSweep(queries, documents, gold, heads, kinds, ks, show_progress=False, merge_tile_elements=20)
+    dense = sweep.score()
+    whole = sweep.rank(depth=4)
+    parts = [sweep.rank([0, 4, 8], depth=4), sweep.rank([1, 2, 3], depth=4), sweep.rank([5, 6, 7], depth=4)]
+    forward = RankedScores(3, 3, 4)
+    for part in parts:
+        forward.merge(part)
+    backward = RankedScores(3, 3, 4)
+    for part in reversed(parts):
+        backward.merge(part)
+    path = tmp_path / "segment.safetensors"
+    forward.save(path)
+    reloaded = RankedScores.load(path)
+    for key in whole.values:
+        head, injection, k = key.split("|")
+        scores = dense.scores[head][injection or kinds[0]][int(k)]
+        best = scores.topk(4, dim=1)
+        assert torch.allclose(whole.values[key], best.values, atol=1e-6), key
+        for other in (forward, backward, reloaded):
+            assert torch.allclose(other.values[key], whole.values[key], atol=1e-6) and torch.equal(other.indices[key], whole.indices[key])
+            assert torch.equal(other.hijack[key], whole.hijack[key])
+        gold_scores = torch.stack([torch.cat([scores[row, g], torch.full((3 - len(g),), float("nan"))]) for row, g in enumerate(gold)])
+        assert torch.allclose(forward.gold[key], gold_scores, atol=1e-6, equal_nan=True)
+        if injection:
+            assert torch.equal(whole.hijack[key], dense.hijack[injection][int(k)].gather(1, whole.indices[key]))
+    for key, total in whole.hijack_total.items():
+        assert torch.equal(forward.hijack_total[key], total) and torch.equal(backward.hijack_total[key], total)
+    for injection, k in (("gaussian", 3), ("hard", 1)):  # mean share over the injected (query, document) pairs
+        shares = dense.hijack[injection][k].double()
+        touched = torch.ones_like(shares, dtype=torch.bool)
+        if injection == "hard":
+            for row, g in enumerate(gold):
+                touched[row, g] = False
+        total, pairs = whole.hijack_total[f"{injection}|{k}"].tolist()
+        assert pairs == int(touched.sum()) and total == pytest.approx(float(shares[touched].sum()))
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("dimension", "16-d tokens but the documents have 8-d"),
+    ("gold index", "outside [0, 9)"),
+    ("gold length", "gold lists the relevant documents of 2 queries"),
+    ("empty query", ">= 1 token"),
+])
+def test_sweep_inputs_get_clear_errors(toy, bad, words):
+    queries, documents, gold = toy
+    if bad == "dimension":
+        documents = [document[:, :8] for document in documents]
+    elif bad == "gold index":
+        gold = [[0], [9], [1]]
+    elif bad == "gold length":
+        gold = gold[:2]
+    else:
+        queries = [queries[0], queries[1][:0], queries[2]]
+    with pytest.raises(ValueError, match=re.escape(words)):
+        sweep_scores(queries, documents, gold, ["maxsim"], ["gaussian"], [0, 1], show_progress=False)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 174), (4, 9), (2, 16), (6, 3, 100), (5, 8)])

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lir_robust.pooling import parse_head
 from lir_robust.scoring import (
@@ -124,8 +125,9 @@ def test_as_multi_vectors_drops_padding():
     "queries, documents, words",
     [
         ([torch.ones(2, 8)], [torch.ones(3, 16)], ["query embedding dimension 8", "document embedding dimension 16"]),
-        ([torch.ones(2, 4)], [torch.ones(3, 4), torch.zeros(0, 4)], ["documents [1]", "no valid tokens / patches"]),
-        ([torch.ones(2, 4)], torch.cat([torch.ones(1, 3, 4), torch.zeros(1, 3, 4)]), ["documents [1]", "no valid"]),
+        ([torch.ones(2, 4), torch.zeros(0, 4)], [torch.ones(3, 4)], ["queries [1]", "no valid tokens / patches"]),
+        (torch.cat([torch.ones(1, 3, 4), torch.zeros(1, 3, 4)]), [torch.ones(3, 4)], ["queries [1]", "no valid"]),
+        ([torch.full((2, 4), float("nan"))], [torch.ones(3, 4)], ["queries [0]", "no valid"]),
         (torch.ones(4), [torch.ones(3, 4)], ["queries is a 1-D tensor", "expected 3-D"]),
         ([torch.ones(4)], [torch.ones(3, 4)], ["queries[0] has shape (4,)", "expected a 2-D [tokens, dim] tensor"]),
         ([torch.ones(2, 4)], [torch.ones(3, 4), torch.ones(4)], ["documents[1] has shape (4,)", "2-D"]),
@@ -145,3 +147,24 @@ def test_bad_head_and_batch_size_errors(corpus):
         score(queries, documents, "maxx")
     with pytest.raises(ValueError, match="batch sizes must be >= 1"):
         score(queries, documents, document_batch_size=0)
+
+
+@pytest.mark.parametrize("head", ["maxsim", "topk:k=4", "topk:k=3", "softmax:tau=0.1", "lse:tau=0.1",
+                                  "lse:tau=0.1,length_corrected=true", "mean"])
+def test_one_rule_for_nan_rows_and_documents_without_patches(head):
+    """NaN rows are dropped in both input forms; a document without any valid patch scores -inf (never NaN), so it
+    ranks below every real document, whatever the head."""
+    torch.manual_seed(0)
+    queries = [F.normalize(torch.randn(5, 8), dim=-1)]
+    real = F.normalize(torch.randn(6, 8), dim=-1)
+    with_nan_row = torch.cat([real, torch.full((1, 8), float("nan"))])
+    documents = [real, torch.zeros(0, 8), torch.full((2, 8), float("nan")), with_nan_row]
+    as_list = score(queries, documents, head)
+    as_padded = score(queries, torch.nn.utils.rnn.pad_sequence(documents, batch_first=True), head)
+    expected_real = score(queries, [real], head)[0, 0]
+    for scores in (as_list, as_padded):
+        assert not torch.isnan(scores).any()
+        assert scores[0, 1] == -math.inf and scores[0, 2] == -math.inf
+        torch.testing.assert_close(scores[0, 0], expected_real)
+        torch.testing.assert_close(scores[0, 3], expected_real)  # the NaN row is dropped, the rest scores as usual
+        assert scores[0].argsort(descending=True)[:2].tolist() in ([0, 3], [3, 0])

@@ -35,7 +35,7 @@ def test_cli_end_to_end_text_and_resume(tmp_path, caplog):
 
     # resume: drop one segment and the report; the other segment is reused and the numbers are unchanged
     partial = next((out / "partial").iterdir())
-    segments = sorted(partial.glob("segment_*.pt"))
+    segments = sorted(partial.glob("segment_*.safetensors"))
     assert len(segments) == 2
     segments[1].unlink()
     (out / "results.json").unlink()

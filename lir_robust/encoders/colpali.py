@@ -7,30 +7,31 @@ are kept where the processor's attention mask is set (the models zero the others
 
 from __future__ import annotations
 
-import hashlib
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from lir_robust.encoders.base import MultiVectorEncoder
+from lir_robust.fingerprint import model_fingerprint
 
 __all__ = ["ColpaliEncoder", "checkpoint_fingerprint"]
 
 
 def checkpoint_fingerprint(name_or_path: str) -> str:
-    """A short hash of a local checkpoint folder (file names, sizes, and the bytes of files under 1 MB); the name
-    itself for a Hub id."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return str(name_or_path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}\x00{size}\x00".encode())
-        if size < (1 << 20):
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    """Content fingerprint of a colpali-engine checkpoint (:func:`lir_robust.fingerprint.model_fingerprint`): every
+    file of a local folder by content, a Hub id by revision; for a LoRA adapter, its base model's too."""
+    fingerprint = model_fingerprint(name_or_path)
+    adapter_config = Path(name_or_path) / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        except ValueError:
+            base = None
+        if base:
+            fingerprint += "+base:" + model_fingerprint(base)
+    return fingerprint
 
 
 class ColpaliEncoder(MultiVectorEncoder):
