@@ -22,7 +22,13 @@ POOLING ?= maxsim
 FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all clean
+# Publishing (make publish CHECKPOINT=runs/x REPO=user/name PUBLISH_ARGS="--license apache-2.0 --private";
+# PUBLISH_ARGS: any train/publish.py options, e.g. --dry-run out/x, --base-model ID, --results PATH, --revision B)
+CHECKPOINT ?=
+REPO ?=
+PUBLISH_ARGS ?=
+
+.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +72,13 @@ finetune:
 # before / after on the dev / held-out halves of the test queries (results/finetune/report.md).
 finetune-all:
 	$(PY) eval/finetune_all.py --out $(OUT)/finetune $(FINETUNE_ALL_ARGS)
+
+# Publishing goes online although every other target defaults to HF_HUB_OFFLINE=1: unless you set HF_HUB_OFFLINE
+# yourself (environment or command line), this target runs with HF_HUB_OFFLINE=0; set to 1, a push stops at once
+# with a message. --dry-run OUT never touches the network. The token comes from `hf auth login` or HF_TOKEN.
+publish:
+	@test -n "$(CHECKPOINT)" -a -n "$(REPO)" || { echo "make publish: set CHECKPOINT=<fine-tuned run or model folder> REPO=<owner/name> (and PUBLISH_ARGS=\"--license ...\")" >&2; exit 2; }
+	HF_HUB_OFFLINE=$(if $(filter file,$(origin HF_HUB_OFFLINE)),0,$(HF_HUB_OFFLINE)) $(PY) train/publish.py --checkpoint $(CHECKPOINT) --repo $(REPO) $(PUBLISH_ARGS)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

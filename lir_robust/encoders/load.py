@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lir_robust.encoders.base import MultiVectorEncoder
+from lir_robust.hub import resolve_model_spec
 
 __all__ = ["load_encoder"]
 
@@ -28,6 +29,7 @@ def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: boo
     """``minilm`` (MiniLM-L6 text ColBERT, raw 384-d), a fine-tuned TextColBERT folder (colbert_config.json; a
     train/finetune.py output folder also works, through its ``model/``), a
     colpali-engine folder or Hub id (``vidore/colqwen2.5-v0.2``), or another Hugging Face text encoder."""
+    spec = resolve_model_spec(spec)  # a published lir-robust Hub id -> its local snapshot folder (lir_robust.hub)
     path = Path(spec).expanduser()
     inner = path / "model"
     if not (path / "colbert_config.json").is_file() and ((inner / "colbert_config.json").is_file() or _is_colpali_folder(inner)):
