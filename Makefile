@@ -39,7 +39,10 @@ setup:
 	$(PIP) install -e ".[dev]"
 	# 3. colpali-engine without its dependencies: its metadata caps torch < 2.14, it runs on 2.14.1.
 	$(PIP) install --no-deps colpali-engine==0.3.18
-	$(PY) -c "import lir_robust.patches.colpali as c; c.check_colpali_version(); print('setup ok')"
+	# 4. pylate without its dependencies: its metadata pins transformers <= 5.3.0 and fast-plaid builds that pin older
+	#    torches; it runs on the set above (sentence-transformers 5.3.0, its own pin). Only the PLAID index is missing.
+	$(PIP) install --no-deps pylate==1.6.0
+	$(PY) -c "import lir_robust.patches.colpali as c, lir_robust.patches.pylate as p; c.check_colpali_version(); p.check_pylate_version(); print('setup ok')"
 
 test:
 	$(PY) -m pytest -q

@@ -66,6 +66,7 @@ _LIBRARY_USER_ERRORS = {
     "lir_robust.data": ("DataError",),
     "lir_robust.encoders.text_colbert": ("ModelLoadError",),
     "lir_robust.patches.colpali": ("ColpaliIntegrationError",),
+    "lir_robust.patches.pylate": ("PylateIntegrationError",),
 }
 
 

@@ -64,6 +64,8 @@ __all__ = [
     "ImagePairCollator",
     "TrainState",
     "model_family",
+    "is_pylate_model",
+    "PYLATE_DIR",
     "build_text_model",
     "build_colpali_model",
     "init_projection_svd",
@@ -460,11 +462,22 @@ def gather_documents(accelerator, embeddings: torch.Tensor, mask: torch.Tensor) 
 # ----------------------------------------------------------------------------------------------------------------
 
 COLPALI_MODEL_TYPES = ("paligemma", "qwen2_vl", "qwen2_5_vl", "idefics3")
+PYLATE_DIR = "pylate"  # a text run's PyLate model folder, beside its model/ checkpoint
+
+
+def is_pylate_model(model: str) -> bool:
+    """True for a PyLate model folder or Hub id (see lir_robust.patches.pylate.is_pylate_model; needs no pylate)."""
+    from lir_robust.patches.pylate import is_pylate_model as check
+
+    return check(model)
 COLPALI_NAME_HINTS = ("colpali", "colqwen", "colsmol", "colidefics", "paligemma")
 
 
 def model_family(model: str) -> str:
-    """``"text"`` for BERT-like encoders (TextColBERT), else the colpali-engine family (colpali, colqwen2, ...)."""
+    """``"text"`` for BERT-like encoders and PyLate models (TextColBERT), else the colpali-engine family (colpali,
+    colqwen2, ...)."""
+    if is_pylate_model(model):
+        return "text"
     local = Path(model).expanduser()
     model_type = None
     if (local / "config.json").is_file():
@@ -510,13 +523,24 @@ def build_text_model(
     query_max_length: int = 32,
     document_max_length: int = 256,
 ):
-    """A TextColBERT with a LoRA adapter on its backbone and a trainable projection (base weights frozen)."""
+    """A TextColBERT with a LoRA adapter on its backbone and a trainable projection (base weights frozen).
+
+    A PyLate model (folder or Hub id) brings its own projection (its Dense layers, trained on), prefixes, lengths,
+    query expansion and skiplist: ``projection_dim`` and the lengths apply to other encoders only."""
     from lir_robust.encoders.text_colbert import TextColBERT
 
-    colbert = TextColBERT.from_base(
-        model, projection_dim=projection_dim, pooling=head,
-        query_max_length=query_max_length, document_max_length=document_max_length,
-    )
+    if is_pylate_model(model):
+        from lir_robust.patches.pylate import load_pylate
+
+        colbert = load_pylate(model, pooling=head)
+        logger.info("PyLate model %s: its own Dense projection (%d-d), prefixes and lengths (query %d, document %d)",
+                    model, colbert.projection.out_features, colbert.colbert_config.query_max_length,
+                    colbert.colbert_config.document_max_length)
+    else:
+        colbert = TextColBERT.from_base(
+            model, projection_dim=projection_dim, pooling=head,
+            query_max_length=query_max_length, document_max_length=document_max_length,
+        )
     if gradient_checkpointing:
         colbert.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     colbert.add_lora(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
@@ -793,14 +817,21 @@ def truncate_log(path: str | os.PathLike, step: int) -> None:
 def save_checkpoint(model: nn.Module, processor, directory: str | os.PathLike, head: PoolingHead, config: dict[str, Any]) -> Path:
     """Write the fine-tuned model so that the eval side reloads all of it from ``directory``.
 
-    TextColBERT: its own ``save_pretrained`` (adapter/, projection, tokenizer/, colbert_config.json, pooling.json).
+    TextColBERT: its own ``save_pretrained`` (adapter/, projection, tokenizer/, colbert_config.json, pooling.json);
+    and, when the model came from a PyLate model or ``config["save_pylate"]`` is set, a PyLate model folder (LoRA
+    merged, pooling.json, card) in ``PYLATE_DIR`` beside ``directory`` (see lir_robust.patches.pylate.save_pylate).
     colpali-engine model: the PEFT adapter (adapter_config.json + weights, loadable by ``load_colpali(directory)``),
     the processor and pooling.json ``{"head", "spec", "training"}``.
     """
     directory = Path(directory)
     if hasattr(model, "colbert_config"):
         model.pooling = head
-        return model.save_pretrained(directory, training_config=config)
+        saved = model.save_pretrained(directory, training_config=config)
+        if config.get("save_pylate") or model.colbert_config.base_format == "pylate":
+            from lir_robust.patches.pylate import save_pylate
+
+            save_pylate(model, directory.parent / PYLATE_DIR, training_config=config)
+        return saved
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
     processor.save_pretrained(str(directory))

@@ -60,7 +60,7 @@ WARMUP_SHARE = 0.1
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="minilm", help="'minilm' (offline default), a BERT-like encoder, or a colpali-engine model (Hub id or local folder)")
+    p.add_argument("--model", default="minilm", help="'minilm' (offline default), a BERT-like encoder, a PyLate model (folder or Hub id: its own projection, prefixes, lengths and query expansion; a PyLate folder comes back in <output-dir>/pylate), or a colpali-engine model (Hub id or local folder)")
     p.add_argument("--data", default="cranfield", help=f"BEIR folder or collection name under $LIR_ROBUST_DATA_ROOT; {training.VIDORE_TRAIN_SET} or a save_to_disk folder (query, image) for colpali-engine models")
     p.add_argument("--pooling", default="maxsim", type=cli.head_spec, help=f"pooling head, e.g. topk or topk:k=4; heads: {available_heads()}")
     p.add_argument("--pool-k", type=cli.positive_int, default=None, help="k of the topk head (overrides the text form)")
@@ -76,6 +76,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--lora-dropout", type=cli.dropout_probability, default=0.1)
     p.add_argument("--lora-target-modules", nargs="+", default=None, help="default: query key value (BERT-like) or colpali-engine's regex of the model family")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--save-pylate", action="store_true", help="text models: also write a PyLate model folder (LoRA merged, pooling.json, card) to <output-dir>/pylate (always done for a PyLate --model)")
     # loss and data
     p.add_argument("--temperature", type=cli.positive_float, default=0.02, help="InfoNCE temperature (scores are divided by query length first)")
     p.add_argument("--pseudo-queries", default="sentence", choices=sorted(training.PSEUDO_QUERIES), help="text data without a train split: the query of each corpus pair: sentence (inverse cloze: one sentence of the abstract -> title + the rest) or title (title -> text)")
@@ -150,7 +151,12 @@ def check_args(args: argparse.Namespace) -> None:
             f"--data {args.data} is a BEIR text collection, but --model {args.model} is a colpali-engine model: pass "
             f"(query, image) pairs such as {training.VIDORE_TRAIN_SET} or a save_to_disk folder"
         )
-    if family == "text":
+    if family == "text" and training.is_pylate_model(args.model):
+        for option, value in (("--projection-dim", args.projection_dim), ("--projection-init", args.projection_init)):
+            if value is not None:
+                raise cli.UserError(f"{option}: --model {args.model} is a PyLate model, whose own Dense projection is trained on: drop {option}")
+        args.projection_init = "pylate"  # the model's own projection: nothing to initialise
+    elif family == "text":
         hidden = training.text_hidden_size(args.model)
         args.projection_dim = args.projection_dim or hidden
         args.projection_init = args.projection_init or "identity"

