@@ -248,6 +248,28 @@ def test_pylate_contrastive_training_step_with_each_head(head, tiny_pylate):
     assert not torch.equal(before, dense.detach())
 
 
+def test_pylate_cached_contrastive_with_a_head_behaves_as_with_pylates_own_scores(tiny_pylate):
+    """CachedContrastive (GradCache) with a head: the loss of Contrastive; its gradients are batch-size times
+    Contrastive's, exactly as with PyLate's own ColBERTScores (pylate 1.6.0 returns the mean loss but back-propagates
+    the per-chunk sums)."""
+    from pylate import losses
+
+    model = pylate_model(tiny_pylate).eval()
+    features = [model.tokenize(QUERIES, is_query=True), model.tokenize(DOCUMENTS[:3], is_query=False, pad=True)]
+
+    def loss_and_gradient(loss_class, metric, **options):
+        model.zero_grad()
+        loss = loss_class(model=model, score_metric=metric, **options)([dict(f) for f in features])
+        loss.backward()
+        return loss.detach(), model[1].linear.weight.grad.clone()
+
+    for metric in (None, patches.pooled_scores("topk:k=4")):  # None: PyLate's ColBERTScores
+        plain, plain_gradient = loss_and_gradient(losses.Contrastive, metric)
+        cached, cached_gradient = loss_and_gradient(losses.CachedContrastive, metric, mini_batch_size=2)
+        torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cached_gradient, len(QUERIES) * plain_gradient, atol=1e-4, rtol=1e-4)
+
+
 def test_pylate_distillation_with_the_kd_contract(tiny_pylate):
     from pylate import losses
 
@@ -349,7 +371,7 @@ def test_pylate_folders_are_told_from_other_folders(tiny_bert, tiny_pylate, tmp_
 
 
 def test_a_pylate_hub_id_in_the_local_cache_is_a_pylate_model(tiny_pylate, tmp_path, monkeypatch):
-    """Offline, a Hub id whose snapshot is in the Hugging Face cache is recognised (and loads, through pylate)."""
+    """Offline, a Hub id whose snapshot is in the Hugging Face cache is recognised and loads (through pylate)."""
     import shutil
 
     from huggingface_hub import constants
@@ -364,6 +386,9 @@ def test_a_pylate_hub_id_in_the_local_cache_is_a_pylate_model(tiny_pylate, tmp_p
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     assert patches.is_pylate_model("someone/tiny-colbert")
     assert not patches.is_pylate_model("someone/not-cached")
+    by_id = patches.load_pylate("someone/tiny-colbert")
+    assert_same_embeddings(patches.load_pylate(tiny_pylate).encode(QUERIES, is_query=True, show_progress=False),
+                           by_id.encode(QUERIES, is_query=True, show_progress=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -494,3 +519,22 @@ def test_finetune_refuses_a_projection_option_for_a_pylate_model(tiny_pylate, tm
     with pytest.raises(Exception, match="PyLate model, whose own Dense projection"):
         finetune.parse_args(["--model", str(tiny_pylate), "--data", str(write_beir(tmp_path / "tiny")),
                              "--projection-dim", "8", "--output-dir", str(tmp_path / "run")])
+
+
+def test_export_command_writes_a_base_encoder_that_pylate_reads_identically(tiny_bert, tmp_path, capsys):
+    """eval/export_pylate.py (the MiniLM command, here on the tiny BERT): identity Dense, checked against PyLate."""
+    spec = importlib.util.spec_from_file_location("export_pylate", ROOT / "eval" / "export_pylate.py")
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    report = command.main(["--model", str(tiny_bert), "--out", str(tmp_path / "pylate"),
+                           "--check-data", str(write_beir(tmp_path / "tiny")), "--check-count", "5"])
+    assert report["largest_difference_documents"] == 0.0 and report["largest_difference_queries"] == 0.0
+    dense = json.loads((tmp_path / "pylate" / "1_Dense" / "config.json").read_text())
+    assert dense["in_features"] == dense["out_features"] == 32
+    settings = json.loads((tmp_path / "pylate" / "config_sentence_transformers.json").read_text())
+    assert settings["query_prefix"] == "[unused0]" and settings["do_query_expansion"] is False
+    assert settings["document_length"] == 256
+    from lir_robust.cli import run_command
+
+    assert run_command(command.main, ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
