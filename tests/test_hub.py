@@ -344,6 +344,11 @@ def test_results_measured_on_other_weights_are_refused(checkpoints, tmp_path):
                                         base_model=BASE_IDS["colqwen2"], results=None)
     assert "Robustness to document length" not in (folder / "README.md").read_text()
     assert not (folder / "retained_ndcg10.png").exists()
+    shutil.copytree(run / "length-sweep", run / "another-sweep")
+    assert hub.find_results(hub.locate_checkpoint(run)) == run / "length-sweep" / "results.json"  # the default place wins
+    (run / "length-sweep").rename(run / "sweep-b")  # two sweeps elsewhere beside it: which one is meant?
+    with pytest.raises(hub.HubError, match="several sweep results"):
+        hub.find_results(hub.locate_checkpoint(run / "model"))
 
 
 def test_validation_names_every_missing_file(dry_runs, tmp_path):
@@ -484,3 +489,28 @@ def test_a_cached_snapshot_is_used_when_the_hub_is_unreachable(checkpoints, dry_
     caplog.set_level("WARNING")
     assert hub.resolve_model_spec("alice/robust-colqwen2") == str(snapshot)
     assert "unreachable" in caplog.text and "using the cached snapshot" in caplog.text
+
+
+def test_the_length_sweep_command_runs_on_a_published_id_from_the_cache(checkpoints, dry_runs, hub_cache, tmp_path):
+    """`make eval-length-sweep MODEL=alice/robust-colqwen2` offline: the id's cached snapshot (and its base) load, and the
+    sweep adds the checkpoint's own head, as it does for the checkpoint folder."""
+    import sys
+
+    from retrieval_fixtures import write_vidore_v2
+
+    sys.path.insert(0, str(ROOT / "eval"))
+    import length_sweep
+
+    built = checkpoints("colqwen2")
+    put_in_hub_cache(hub_cache, BASE_IDS["colqwen2"], built["base"])
+    put_in_hub_cache(hub_cache, "alice/robust-colqwen2", dry_runs("colqwen2"))
+    out = tmp_path / "sweep"
+    length_sweep.main(["--model", "alice/robust-colqwen2", "--data", str(write_vidore_v2(tmp_path / "pages", pages=4)),
+                       "--language", "english", "--ks", "0", "2", "--kinds", "gaussian", "--poolings", "maxsim",
+                       "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["heads"] == ["maxsim", HEADS["colqwen2"]] and results["evaluated_queries"] == 4
+    measured = json.loads((built["run"] / "length-sweep" / "results.json").read_text())
+    for head in results["heads"]:  # same weights, same data: the same clean nDCG@10 as the sweep on the checkpoint
+        assert results["metrics"][head]["gaussian"]["by_k"]["0"]["mean"]["ndcg@10"] == pytest.approx(
+            measured["metrics"][head]["gaussian"]["by_k"]["0"]["mean"]["ndcg@10"], abs=1e-6)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -161,10 +162,18 @@ def test_a_push_without_network_ends_fast_with_one_message_and_changes_nothing(
         server = _silent_server()
         monkeypatch.setattr(online, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     caplog.set_level(logging.DEBUG)
+
+    def hung(signum, frame):
+        raise AssertionError("the push was still waiting after 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang fails the test instead of blocking the suite
+    signal.alarm(30)
     started = time.perf_counter()
     try:
         status = cli.run_command(publish.main, _options(checkpoint, "--timeout", "2"), prog="publish.py")
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         if server is not None:
             server.close()
     elapsed = time.perf_counter() - started
@@ -250,3 +259,11 @@ def test_make_publish_goes_online_unless_hf_hub_offline_is_set_by_the_user(tmp_p
     assert "--checkpoint c --repo u/n --license mit" in dry("CHECKPOINT=c", "REPO=u/n", "PUBLISH_ARGS=--license mit")
     done = subprocess.run(["make", "publish", "REPO=u/n"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "set CHECKPOINT=" in done.stderr
+
+
+def test_validation_refuses_a_folder_that_holds_the_token(checkpoint, tmp_path, fake_token):
+    folder = hub.prepare_publish_folder(checkpoint, tmp_path / "dry", repo_id="alice/x", license="mit", base_model=BASE_ID)
+    (folder / "notes.txt").write_text(f"pushed with {fake_token}")
+    with pytest.raises(hub.HubError) as error:
+        hub.validate_publish_folder(folder)
+    assert "the Hub token appears in notes.txt" in str(error.value) and fake_token not in str(error.value)
