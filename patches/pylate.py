@@ -293,7 +293,10 @@ def is_pylate_model(name_or_path: Union[str, os.PathLike]) -> bool:
         return False
     from huggingface_hub import try_to_load_from_cache
 
-    cached = {filename: try_to_load_from_cache(name, filename) for filename in (MODULES_FILE, PYLATE_CONFIG_FILE)}
+    try:
+        cached = {filename: try_to_load_from_cache(name, filename) for filename in (MODULES_FILE, PYLATE_CONFIG_FILE)}
+    except Exception:  # not a valid Hub id after all (huggingface_hub's validation)
+        return False
     if isinstance(cached[MODULES_FILE], str):
         settings = _read_json(Path(cached[PYLATE_CONFIG_FILE])) if isinstance(cached[PYLATE_CONFIG_FILE], str) else None
         return _is_pylate_layout(_read_json(Path(cached[MODULES_FILE])), settings)
