@@ -8,8 +8,10 @@ Measured, on the same embeddings and machine:
 - encode: queries + corpus, no cache (done once; both costs below include it);
 - plain evaluation = encode + score K = 0 with one head (maxsim, lir_robust.scoring.score) + pytrec_eval metrics;
   also reported: plain evaluation of every head (encode + one score pass per head + metrics);
-- full sweep = encode + merged-state sweep of every head x kind x K (lir_robust.injection.sweep_scores, including the
-  faiss hard-negative search and the pooled gaussian / corpus blocks) + metrics of every (head, kind, K).
+- full sweep = encode + what `make eval-length-sweep` runs after encoding: the merged-state sweep of every head x kind
+  x K over the default segments, keeping each query's top documents (lir_robust.sweep.ranked_segments' path:
+  InjectionSweep.rank, including the faiss hard-negative search and the pooled gaussian / corpus blocks) + metrics of
+  every (head, kind, K) (lir_robust.sweep.sweep_metrics).
 Ratios: full sweep / plain evaluation (target <= 1.5) and full sweep / plain evaluation of every head.
 Writes results/bench-sweep/bench.json.
 """
@@ -28,10 +30,10 @@ from lir_robust import cli
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, KINDS, InjectionSettings, parse_pool_blocks, sweep_scores
+from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, RankedScores, parse_pool_blocks
 from lir_robust.metrics import evaluate, run_from_scores
 from lir_robust.scoring import score
-from lir_robust.sweep import DEFAULT_HEADS, _versions, judged_queries, write_json_atomic
+from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, _segments, _versions, judged_queries, segment_count, sweep_metrics, write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="cranfield")
     parser.add_argument("--poolings", nargs="+", type=cli.head_spec, default=list(DEFAULT_HEADS))
-    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", type=cli.injection_name, default=list(DEFAULT_KINDS), metavar="KIND",
+                        help="injections: gaussian corpus hard spike, or a few-document attack hard@N / spike@N (N non-gold "
+                        "documents per query, each with its own patches)")
     parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(DEFAULT_KS))
     parser.add_argument("--max-queries", type=cli.positive_int, default=None)
     parser.add_argument("--pool-blocks", type=parse_pool_blocks, default=DEFAULT_POOL_BLOCKS,
@@ -84,14 +88,15 @@ def main(argv=None) -> None:
     timings["plain_score_per_head"] = per_head
 
     tick = time.perf_counter()
-    swept = sweep_scores(queries, documents, gold, args.poolings, args.kinds, args.ks, InjectionSettings(pool_blocks=args.pool_blocks),
-                         show_progress=False)
+    settings = InjectionSettings(pool_blocks=args.pool_blocks)
+    ks = sorted(set(args.ks) | {0})
+    sweep = InjectionSweep(queries, documents, gold, args.poolings, args.kinds, ks, settings, show_progress=False)
+    ranked = RankedScores(len(queries), max(len(g) for g in gold))
+    for segment in _segments(documents, segment_count(SweepConfig(), len(documents))):
+        ranked.merge(sweep.rank(segment))
     timings["sweep_score"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    for by_kind in swept.scores.values():
-        for kind, by_k in by_kind.items():
-            for k, scores in by_k.items():
-                evaluate(qrels, run_from_scores(scores, query_ids, document_ids))
+    sweep_metrics(ranked, qrels, query_ids, document_ids, args.poolings, args.kinds, ks, settings)
     timings["sweep_metrics"] = time.perf_counter() - tick
 
     first = args.poolings[0]

@@ -27,7 +27,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--split", default="test")
     parser.add_argument("--language", default=None, help="ViDoRe v2 query language filter, e.g. english")
     parser.add_argument("--poolings", nargs="+", type=cli.head_spec, default=list(DEFAULT_HEADS), help="pooling heads, e.g. maxsim topk:k=4")
-    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", type=cli.injection_name, default=list(DEFAULT_KINDS), metavar="KIND",
+                        help="injections: gaussian corpus hard spike, or a few-document attack hard@N / spike@N (N non-gold "
+                        "documents per query, each with its own patches)")
     parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(DEFAULT_KS), help="injection budgets K (>= 0)")
     parser.add_argument("--target", action="append", type=cli.injection_target, default=[], metavar="KIND=TARGET",
                         help=f"override a kind's target ({'/'.join(TARGETS)}), e.g. --target gaussian=non-gold")
@@ -39,7 +41,8 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--max-queries", type=cli.positive_int, default=None, help="evaluate only the first N judged queries")
     parser.add_argument("--batch-size", type=cli.positive_int, default=None, help="encoding batch size")
     parser.add_argument("--document-batch-size", type=cli.positive_int, default=8, help="documents per scoring chunk")
-    parser.add_argument("--segments", type=cli.segments_count, default=8, help="resumable document segments: an integer >= 1 or auto")
+    parser.add_argument("--segments", type=cli.segments_count, default="auto",
+                        help="resumable document segments: an integer >= 1, or auto (at most 2048 documents each)")
     parser.add_argument("--cache-dir", type=cli.output_folder, default=None, help="embedding cache (default $LIR_ROBUST_CACHE or .cache/lir-robust)")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--out", type=cli.output_folder, default="results/length-sweep")

@@ -28,6 +28,7 @@ from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
 from lir_robust.injection import DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, parse_pool_blocks
 from lir_robust.metrics import evaluate, run_from_scores
+from lir_robust.files import write_text_atomic
 from lir_robust.sweep import DEFAULT_HEADS, _segments, judged_queries, write_json_atomic
 
 
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     table = "\n".join(lines) + "\n"
     out = Path(args.out)
     write_json_atomic(out / "check.json", {"runs": runs, "summary": summary, "queries": len(query_ids), "ks": ks})
-    (out / "table.md").write_text(table)
+    write_text_atomic(out / "table.md", table)
     print(table)
 
 

@@ -204,6 +204,18 @@ def head_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def injection_name(text: str) -> str:
+    """An argparse type: an injection kind (``gaussian``, ``corpus``, ``hard``, ``spike``) or a few-document attack
+    ``hard@N`` / ``spike@N``."""
+    from lir_robust.injection import parse_injection
+
+    try:
+        kind, attacked = parse_injection(text.strip().lower())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return kind if attacked is None else f"{kind}@{attacked}"
+
+
 def segments_count(text: str) -> int | str:
     """An argparse type for ``--segments``: ``auto`` or an integer >= 1."""
     if str(text).strip().lower() == "auto":

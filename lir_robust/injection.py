@@ -104,7 +104,7 @@ def parse_pool_blocks(text: str) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--pool-blocks takes an integer >= 1 or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'none', got {text!r}")
     return value
 
 
@@ -701,12 +701,11 @@ class RankedScores:
 
 def shared_partials(
     heads: Sequence[PoolingHead], similarities: torch.Tensor, mask: torch.Tensor | None, masked_are_zero: bool = False,
-    query_tokens: int | None = None,
 ) -> tuple[list[tuple], torch.Tensor]:
     """Every head's summary of the last axis of ``similarities [..., L]`` (through ``head.partial_shared``, which
     shares the max, the exponentials of one tau and the top-k between heads), and the max ``[...]`` (-inf where no
     patch is real), which the hijack share needs."""
-    work = SharedWork(similarities, mask, masked_are_zero=masked_are_zero, query_tokens=query_tokens)
+    work = SharedWork(similarities, mask, masked_are_zero=masked_are_zero)
     return [head.partial_shared(work) for head in heads], work.peak
 
 
@@ -780,7 +779,6 @@ class InjectionSweep:
         self.token_counts = torch.tensor([query.shape[0] for query in queries])
         self.token_starts = torch.zeros(self.n_queries + 1, dtype=torch.long)
         self.token_starts[1:] = self.token_counts.cumsum(0)
-        self.most_tokens = int(self.token_counts.max())
         self.token_owner = torch.repeat_interleave(torch.arange(self.n_queries), self.token_counts)  # [T]
         self.token_position = torch.arange(len(self.token_owner)) - self.token_starts[self.token_owner]  # [T]
         self.token_share = 1.0 / self.token_counts.float()[self.token_owner]  # [T]: a token's share of its query
@@ -814,7 +812,7 @@ class InjectionSweep:
             )
 
     def _shared_partials(self, similarities, mask, masked_are_zero=False):
-        return shared_partials(self.mergeable, similarities, mask, masked_are_zero, query_tokens=self.most_tokens)
+        return shared_partials(self.mergeable, similarities, mask, masked_are_zero)
 
     # -- states of the injected blocks (document-level kinds) --
     def _block_states(self, injection: str, interval: int, blocks: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:

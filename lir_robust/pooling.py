@@ -53,6 +53,7 @@ __all__ = [
     "SoftmaxHead",
     "LogSumExpHead",
     "MeanHead",
+    "ExclusiveMatchHead",
     "HEADS",
     "register_head",
     "parse_head",
@@ -157,8 +158,8 @@ class PoolingHead:
 
         The sweep calls this once for all its heads on the same similarities, so that heads can share the work
         ``work`` caches (the masked copy, the max, one exponential per tau, the top-k). The default runs
-        ``partial`` on ``[..., 1, L]`` views, so any mergeable head works; built-in heads override it to share.
-        Joint heads must override it (a single row does not tell them how many query tokens compete).
+        ``partial`` on ``[..., 1, L]`` views, so any mergeable head works (a joint head too: a state keeps one row
+        per query token); built-in heads override it to share.
         """
         similarities = work.similarities
         state = self.partial(similarities.unsqueeze(-2), work.full_mask())
@@ -301,16 +302,15 @@ class SharedWork:
 
     ``document_mask``: bool, broadcastable to the similarities (True = a real patch); None = every patch is real.
     ``masked_are_zero``: the similarities are exactly 0 at masked patches (zero-padded documents), which saves a
-    copy. ``query_tokens``: the most tokens any query of these rows has (joint heads keep that many candidates).
+    copy.
     """
 
     def __init__(self, similarities: torch.Tensor, document_mask: torch.Tensor | None = None, *,
-                 masked_are_zero: bool = False, query_tokens: int | None = None):
+                 masked_are_zero: bool = False):
         self.similarities = similarities.float()
         self.document_mask = None if document_mask is None else document_mask.to(torch.bool)
         self.all_valid = self.document_mask is None or _all_valid(self.document_mask)
         self.masked_are_zero = masked_are_zero
-        self.query_tokens = query_tokens
         self._cache: dict[Any, Any] = {}
 
     def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -384,13 +384,14 @@ class SharedWork:
         return self._cached(("top", int(k)), compute)
 
     def top_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``count`` largest similarities ``[..., count]`` (descending, -inf padded) and their patch positions
-        (long, -1 where padded or masked)."""
+        """The ``count`` largest similarities ``[..., count]`` (descending; equal ones by patch position) and their
+        patch positions (long; -inf / -1 where padded or masked)."""
         def compute():
             filled = self.filled
             width = filled.shape[-1]
             take = min(count, width)
-            values, positions = filled.topk(take, dim=-1, sorted=True) if take else (filled[..., :0], filled[..., :0].long())
+            values, positions = filled.sort(dim=-1, descending=True, stable=True)
+            values, positions = values[..., :take], positions[..., :take]
             positions = torch.where(torch.isfinite(values), positions, torch.full_like(positions, -1))
             if take < count:
                 values = torch.cat([values, values.new_full((*values.shape[:-1], count - take), -math.inf)], dim=-1)
@@ -621,6 +622,157 @@ class MeanHead(PoolingHead):
 
     def finalize(self, state):
         return _no_patch_is_minus_inf(state[0] / state[1].clamp_min(1), state[1] == 0)
+
+
+def _best_candidates(values: torch.Tensor, ids: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` best entries of concatenated candidate lists ``[..., W]`` whose ids rise along each list among equal
+    values: similarity descending, equal ones in list order (so by patch id), -inf / -1 padded."""
+    width = values.shape[-1]
+    if width < count:
+        values = torch.cat([values, values.new_full((*values.shape[:-1], count - width), -math.inf)], dim=-1)
+        ids = torch.cat([ids, ids.new_full((*ids.shape[:-1], count - width), -1)], dim=-1)
+    best, order = values.sort(dim=-1, descending=True, stable=True)
+    return best[..., :count], ids.gather(-1, order[..., :count])
+
+
+def _greedy_assignment(values: torch.Tensor, ids: torch.Tensor, query_mask: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Greedy capacity-limited matching on candidate lists: the list position each query token takes ``[N, Tq]``.
+
+    ``values [N, Tq, m]`` (each token's best similarities, descending, -inf padded), ``ids [N, Tq, m]`` (the patch of
+    each, -1 padded), ``query_mask [N, Tq]``. Pairs are taken in descending similarity (ties: lower token, then better
+    candidate); a pair is kept when its token is still free and its patch serves fewer than ``capacity`` tokens. A
+    token whose candidates are all taken takes its best one anyway (position 0); so does a masked token.
+
+    Each row is a small sequential problem, so it runs compiled (numba): every free token holds its best candidate
+    not yet refused, the best of those is taken or refused, and a refused token moves to its next candidate. That is
+    the global descending order restricted to the pairs that can still matter.
+    """
+    n, tokens, m = values.shape
+    if n == 0 or tokens == 0:
+        return torch.zeros(n, tokens, dtype=torch.long)
+    kernel = _greedy_kernel()
+    choice = kernel(
+        values.detach().float().contiguous().numpy(),
+        ids.to(torch.int64).contiguous().numpy(),
+        query_mask.to(torch.bool).contiguous().numpy(),
+        int(capacity),
+        int(max(0, int(ids.max()) + 1)),
+    )
+    return torch.from_numpy(choice)
+
+
+_GREEDY_KERNEL = None
+
+
+def _greedy_kernel():
+    """The compiled per-row greedy (built on first use, cached on disk by numba)."""
+    global _GREEDY_KERNEL
+    if _GREEDY_KERNEL is None:
+        import numba
+        import numpy as np
+
+        @numba.njit(cache=True, nogil=True)
+        def greedy(values, ids, live, capacity, patches):  # pragma: no cover - compiled
+            rows, tokens, m = values.shape
+            choice = np.zeros((rows, tokens), dtype=np.int64)
+            used = np.zeros(max(patches, 1), dtype=np.int64)
+            front = np.zeros(tokens, dtype=np.int64)
+            free = np.zeros(tokens, dtype=np.bool_)
+            for row in range(rows):
+                remaining = 0
+                for token in range(tokens):
+                    front[token] = 0
+                    free[token] = live[row, token] and ids[row, token, 0] >= 0 and values[row, token, 0] > -np.inf
+                    if free[token]:
+                        remaining += 1
+                while remaining > 0:
+                    best, best_value = -1, -np.inf
+                    for token in range(tokens):  # the best front pair (ties: the lower token)
+                        if free[token]:
+                            value = values[row, token, front[token]]
+                            if best < 0 or value > best_value:
+                                best, best_value = token, value
+                    patch = ids[row, best, front[best]]
+                    if used[patch] < capacity:
+                        used[patch] += 1
+                        choice[row, best] = front[best]
+                        free[best] = False
+                        remaining -= 1
+                    else:
+                        front[best] += 1
+                        if front[best] >= m or ids[row, best, front[best]] < 0 or not values[row, best, front[best]] > -np.inf:
+                            choice[row, best] = 0  # every candidate taken: the token takes its best patch
+                            free[best] = False
+                            remaining -= 1
+                for token in range(tokens):  # reset the room table for the next row (only what this row touched)
+                    for position in range(m):
+                        patch = ids[row, token, position]
+                        if patch >= 0:
+                            used[patch] = 0
+            return choice
+
+        _GREEDY_KERNEL = greedy
+    return _GREEDY_KERNEL
+
+
+@register_head("exclusive")
+@dataclass(frozen=True)
+class ExclusiveMatchHead(PoolingHead):
+    """Capacity-limited matching: phi_i = S_i,a(i), where a is the greedy matching of query tokens to document patches
+    in which one patch serves at most ``capacity`` query tokens: (token, patch) pairs are taken in descending
+    similarity among each token's ``candidates`` best patches (equal similarities: the lower token, then the earlier
+    patch), a pair kept when its token is still free and its patch serves fewer than ``capacity`` tokens. A token whose candidates are all taken (by tokens that match them better,
+    or because the document has too few patches) takes its best patch, as maxsim would.
+
+    With capacity 1 a planted patch can take at most one query token, so K injected patches can hijack at most about
+    K tokens (maxsim: every token). With capacity >= Tq, or candidates = 1, the head is maxsim. Joint: a token's value
+    depends on the query's other tokens.
+
+    Differentiable as maxsim is: the matching is piecewise constant in the similarities, so the gradient of
+    ``S_i,a(i)`` flows to the matched patch (exact almost everywhere, no relaxation needed); unlike maxsim's, it reaches
+    as many distinct patches as there are query tokens.
+
+    Computed in parts: the state keeps each token's ``candidates`` best similarities with their patch ids; merging
+    keeps the best of both lists (the second part's ids shifted past the first part's patches), so every path (the
+    scorer, training, the sweep) matches on the same candidates and gives the same value. When no token runs out of
+    candidates (almost always with the default 8) this is exactly greedy matching over all patches.
+    State: (values ``[..., Tq, candidates]`` descending, patch ids (-1: none), patches seen ``[..., Tq]``).
+    """
+
+    capacity: int = 1
+    candidates: int = 8
+    joint: ClassVar[bool] = True
+
+    def __post_init__(self):
+        for name in ("capacity", "candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"pooling head 'exclusive': {name} must be an integer >= 1, got {value!r}")
+
+    def partial(self, similarities, document_mask):
+        return self.partial_shared(SharedWork(similarities, document_mask.unsqueeze(-2)))
+
+    def partial_shared(self, work):
+        values, positions = work.top_candidates(self.candidates)
+        width = torch.full(values.shape[:-1], float(work.similarities.shape[-1]))
+        return values, positions, width
+
+    def merge(self, a, b):
+        shifted = torch.where(b[1] >= 0, b[1] + a[2].unsqueeze(-1).long(), b[1])
+        values, ids = _best_candidates(torch.cat([a[0], b[0]], dim=-1), torch.cat([a[1], shifted], dim=-1), self.candidates)
+        return values, ids, a[2] + b[2]
+
+    def finalize(self, state, query_mask=None):
+        values, ids, _ = state
+        *batch, tokens, m = values.shape
+        mask = torch.ones(*batch, tokens, dtype=torch.bool) if query_mask is None else query_mask.to(torch.bool).expand(*batch, tokens)
+        with torch.no_grad():
+            choice = _greedy_assignment(values.detach().reshape(-1, tokens, m), ids.reshape(-1, tokens, m),
+                                        mask.reshape(-1, tokens), self.capacity)
+        return values.gather(-1, choice.view(*batch, tokens, 1)).squeeze(-1)
+
+    def __call__(self, similarities, document_mask, query_mask=None):
+        return self.finalize(self.partial(similarities, document_mask), query_mask)
 
 
 # --------------------------------------------------------------------------------------------------------------

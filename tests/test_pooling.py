@@ -11,7 +11,7 @@ import torch
 from lir_robust.pooling import HEADS, PoolingHead, available_heads, parse_head, register_head
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
-             "lse:tau=0.1,length_corrected=true", "mean"]
+             "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3"]
 
 
 def random_similarities(*shape, seed=0):
@@ -156,3 +156,91 @@ def test_a_user_head_registers_in_a_few_lines():
         torch.testing.assert_close(head(similarities, torch.tensor([[True, True, True, False]])), torch.tensor([[2.0]]))
     finally:
         HEADS.pop("test_median", None)
+
+
+def test_topk_between_1_and_the_length_is_the_mean_of_the_k_largest_valid_similarities():
+    """An independent formula: sort every row's valid similarities by hand, average the first k."""
+    similarities = random_similarities(3, 4, 12, seed=7)
+    mask = torch.rand(3, 12, generator=torch.Generator().manual_seed(8)) > 0.25
+    for k in (2, 3, 5, 7):
+        value = parse_head(f"topk:k={k}")(similarities, mask)
+        for b in range(3):
+            valid = [float(s) for s, keep in zip(similarities[b, 0], mask[b]) if keep]
+            for t in range(4):
+                row = sorted((float(similarities[b, t, j]) for j in range(12) if mask[b, j]), reverse=True)
+                expected = sum(row[:k]) / min(k, len(row))
+                assert value[b, t].item() == pytest.approx(expected, abs=1e-6), (k, b, t)
+            assert len(valid) >= 1
+
+
+def _greedy_reference(similarities, document_mask, query_mask, capacity, candidates):
+    """Exclusive matching written out plainly: every (token, candidate) pair in descending similarity (ties: lower
+    token, then better candidate), kept while the token is free and the patch has room; a token with no room left
+    among its candidates takes its best patch."""
+    tokens, patches = similarities.shape
+    lists = {}
+    for t in range(tokens):
+        ranked = sorted(((float(similarities[t, j]), j) for j in range(patches) if document_mask[j]), key=lambda p: (-p[0], p[1]))
+        lists[t] = ranked[:candidates]
+    pairs = sorted(((value, t, rank, j) for t in range(tokens) if query_mask[t] for rank, (value, j) in enumerate(lists[t])),
+                   key=lambda p: (-p[0], p[1], p[2]))
+    value_of, used = {}, {}
+    for value, t, _, j in pairs:
+        if t not in value_of and used.get(j, 0) < capacity:
+            value_of[t], used[j] = value, used.get(j, 0) + 1
+    return torch.tensor([value_of.get(t, lists[t][0][0] if lists[t] else -math.inf) for t in range(tokens)])
+
+
+@pytest.mark.parametrize("capacity, candidates", [(1, 8), (1, 2), (2, 3), (3, 8), (1, 64)])
+def test_exclusive_matching_equals_a_plain_greedy_reference_whole_and_in_parts(capacity, candidates):
+    head = parse_head(f"exclusive:capacity={capacity},candidates={candidates}")
+    generator = torch.Generator().manual_seed(capacity * 100 + candidates)
+    for trial in range(30):
+        tokens, patches = int(torch.randint(1, 9, (), generator=generator)), int(torch.randint(1, 14, (), generator=generator))
+        similarities = torch.randn(2, tokens, patches, generator=generator)
+        similarities[..., :2] += 1.0  # two patches every token likes: competition
+        if trial % 4 == 0:
+            similarities = similarities.round()  # ties
+        document_mask = torch.rand(2, patches, generator=generator) > 0.2
+        query_mask = torch.rand(2, tokens, generator=generator) > 0.2
+        value = head(similarities, document_mask, query_mask)
+        cut = int(torch.randint(0, patches + 1, (), generator=generator))
+        merged = head.merge(head.partial(similarities[..., :cut], document_mask[..., :cut]),
+                            head.partial(similarities[..., cut:], document_mask[..., cut:]))
+        in_parts = head.finalize(merged, query_mask)
+        for b in range(2):
+            expected = _greedy_reference(similarities[b], document_mask[b], query_mask[b], capacity, candidates)
+            keep = query_mask[b]
+            torch.testing.assert_close(value[b][keep], expected[keep])
+            torch.testing.assert_close(in_parts[b][keep], expected[keep])
+
+
+def test_exclusive_matching_limits_what_one_planted_patch_can_take():
+    """One spike that every token prefers: maxsim gives it to every token, capacity 1 to one token, capacity 2 to two."""
+    similarities = torch.tensor([[[0.9, 0.5, 0.1, 0.0], [0.8, 0.1, 0.6, 0.0], [0.95, 0.2, 0.3, 0.4]]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    assert parse_head("maxsim")(similarities, mask)[0].tolist() == pytest.approx([0.9, 0.8, 0.95])
+    assert parse_head("exclusive")(similarities, mask)[0].tolist() == pytest.approx([0.5, 0.6, 0.95])
+    assert parse_head("exclusive:capacity=2")(similarities, mask)[0].tolist() == pytest.approx([0.9, 0.6, 0.95])
+    # capacity >= tokens, or a single candidate, is maxsim
+    for spec in ("exclusive:capacity=3", "exclusive:candidates=1"):
+        assert parse_head(spec)(similarities, mask)[0].tolist() == pytest.approx([0.9, 0.8, 0.95])
+
+
+def test_exclusive_gradient_lands_on_one_distinct_patch_per_query_token():
+    similarities = random_similarities(3, 5, 9, seed=4).requires_grad_()
+    similarities.data[..., 0] += 2.0  # every token's best patch is patch 0
+    parse_head("exclusive").pool(similarities, torch.ones(3, 9, dtype=torch.bool), torch.ones(3, 5, dtype=torch.bool)).sum().backward()
+    gradient = similarities.grad
+    assert ((gradient != 0).sum(dim=-1) == 1).all()  # one patch per token, as maxsim
+    assert ((gradient != 0).any(dim=1).sum(dim=-1) == 5).all()  # but five distinct patches (maxsim: one)
+
+
+def test_exclusive_is_joint_and_ignores_masked_query_tokens():
+    head = parse_head("exclusive")
+    assert head.joint and head.mergeable
+    similarities = torch.tensor([[[0.9, 0.1], [0.8, 0.7]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert head.pool(similarities, mask, torch.tensor([[True, True]]))[0].tolist() == pytest.approx([0.9, 0.7])
+    # the first token masked (padding): it takes nothing, so the second keeps patch 0
+    assert head.pool(similarities, mask, torch.tensor([[False, True]]))[0, 1].item() == pytest.approx(0.8)
