@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all study results-doc publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,16 @@ finetune:
 # before / after on the dev / held-out halves of the test queries (results/finetune/report.md).
 finetune-all:
 	$(PY) eval/finetune_all.py --out $(OUT)/finetune $(FINETUNE_ALL_ARGS)
+
+# The retraining study (issue 10): one model per head and seed (+ defended heads), swept in both protocols; resumable,
+# in named parts (python eval/study.py --list-parts). STUDY_ARGS: e.g. "--parts raw:cranfield cranfield:seed0".
+# Then results-doc rebuilds docs/RESULTS.md from results/study/summary.json and results/synthetic/results.json.
+STUDY_ARGS ?=
+study:
+	$(PY) eval/study.py --out $(OUT)/study $(STUDY_ARGS)
+
+results-doc:
+	$(PY) eval/results_doc.py --study $(OUT)/study/summary.json --synthetic $(OUT)/synthetic/results.json --out docs/RESULTS.md
 
 # Publishing goes online although every other target defaults to HF_HUB_OFFLINE=1: unless you set HF_HUB_OFFLINE
 # yourself (environment or command line), this target runs with HF_HUB_OFFLINE=0; set to 1, a push stops at once

@@ -241,13 +241,20 @@ def _fmt(stats: dict[str, Any], percent: bool = False) -> str:
 
 
 def write_table(results: dict[str, Any], out: Path) -> str:
-    """``table.md``: per head, our final Gini / Recall@1 / length sweep / retained share beside the paper's numbers."""
+    """``table.md`` (:func:`render_table`); returns its text."""
+    text = render_table(results)
+    _atomic_write_bytes(Path(out) / "table.md", text.encode())
+    return text
+
+
+def render_table(results: dict[str, Any], title: str = "# Synthetic study: ours vs the paper") -> str:
+    """Markdown: per head, our final Gini / Recall@1 / length sweep / retained share beside the paper's numbers."""
     config = results["config"]
     summary = results["aggregate"]
     heads = results["heads"]
     seeds = results["seeds"]
     lines = [
-        "# Synthetic study: ours vs the paper",
+        title,
         "",
         f"Mean ± sample std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); after {config['epochs']} epochs; "
         f"training and per-epoch evaluation at M = {config['train_length']}; pool = {config['num_eval_queries']} "
@@ -297,9 +304,7 @@ def write_table(results: dict[str, Any], out: Path) -> str:
             hijack_budget = budgets[min(3, len(budgets) - 1)]
             lines.append(f"| {head} | " + " | ".join(_fmt(per_budget[k]["retained_recall@1"], percent=True) for k in budgets)
                          + f" | {_fmt(per_budget[hijack_budget]['hijack_rate'])} |")
-    text = "\n".join(lines) + "\n"
-    _atomic_write_bytes(Path(out) / "table.md", text.encode())
-    return text
+    return "\n".join(lines) + "\n"
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
