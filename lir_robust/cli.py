@@ -49,6 +49,7 @@ __all__ = [
     "output_file",
     "existing_folder",
     "injection_target",
+    "injected_negative",
     "check_data",
     "check_model",
 ]
@@ -214,6 +215,18 @@ def injection_name(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return kind if attacked is None else f"{kind}@{attacked}"
+
+
+def injected_negative(text: str) -> str:
+    """An argparse type for ``--injected-negatives``: ``KIND:K`` with KIND spike or hard and K >= 1, returned as
+    ``kind:K`` (see lir_robust.defence)."""
+    from lir_robust.defence import parse_injected_negative
+
+    try:
+        kind, count = parse_injected_negative(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return f"{kind}:{count}"
 
 
 def segments_count(text: str) -> int | str:

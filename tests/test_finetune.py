@@ -106,9 +106,10 @@ def test_loss_decreases_on_a_repeated_tiny_batch(tiny_bert_no_dropout, tmp_path)
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.7 * (len(losses) - 1)
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_bert, tiny_beir, tmp_path):
+@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"]], ids=["plain", "injected-negatives"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(defence, tiny_bert, tiny_beir, tmp_path):
     # 8 pairs, batch 4: 2 steps per epoch, so the run crosses epochs; stopping after step 3 stops mid-epoch.
-    common = ["--pooling", "softmax:tau=0.1", "--max-steps", "6", "--save-every", "3", "--lora-dropout", "0.1"]
+    common = ["--pooling", "softmax:tau=0.1", "--max-steps", "6", "--save-every", "3", "--lora-dropout", "0.1", *defence]
     uninterrupted, _ = finetune.train(finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path / "a", *common)))
     expected = _trained_weights(uninterrupted)
     from accelerate.state import AcceleratorState, GradientState
@@ -128,12 +129,13 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_bert, ti
     assert losses_a == pytest.approx(losses_b, abs=1e-6)
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(tiny_bert_no_dropout, tiny_beir, tmp_path):
+@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"]], ids=["plain", "injected-negatives"])
+def test_two_processes_match_one_process_on_the_same_global_batch(defence, tiny_bert_no_dropout, tiny_beir, tmp_path):
     if not shutil.which("torchrun", path=str(Path(sys.executable).parent)):
         pytest.skip("torchrun is not installed beside this Python")
     common = _args(
         tiny_bert_no_dropout, tiny_beir, "OUT", "--pooling", "topk:k=2", "--max-steps", "3", "--lora-dropout", "0",
-        "--max-grad-norm", "1000",
+        "--max-grad-norm", "1000", *defence,
     )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     runs = {}
@@ -231,11 +233,14 @@ def test_hub_names_fail_fast_offline(tmp_path, monkeypatch, tiny_image_pairs):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, hard_negatives: int) -> float:
+def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, hard_negatives: int,
+                                injected: tuple[str, ...] = ()) -> float:
     """The step-1 loss of _args' run, computed apart from the loss module: the untrained model (LoRA's B = 0, so the
     base encoder + the SVD projection), the sampler's first batch, each logit by a loop over (query, candidate), then
-    the cross-entropy written out. Candidates of query i: the batch's documents, then its own hard negatives."""
-    from lir_robust import training
+    the cross-entropy written out. Candidates of query i: the batch's documents, then its own hard negatives, then
+    its injected negatives (``injected``: --injected-negatives, built by lir_robust.defence for the first
+    micro-batch, key (seed 0, epoch 0, batch 0); test_defence checks how they are built)."""
+    from lir_robust import defence, training
     from lir_robust.pooling import parse_head
 
     pairs = training.load_training_pairs(str(data), "title", 0).pairs
@@ -252,6 +257,8 @@ def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, 
         queries, query_mask = colbert(**inputs["query"], is_query=True)
         documents, document_mask = colbert(**inputs["document"], is_query=False)
         negatives, negative_mask = colbert(**inputs["negative"], is_query=False) if hard_negatives else (None, None)
+        plan = defence.InjectedNegatives.parse(injected) if injected else None
+        planted, planted_mask = defence.injected_negatives(queries, query_mask, documents, document_mask, 0, plan, (0, 0, 0)) if plan else (None, None)
     pooling = parse_head(head)
 
     def logit(q: int, embeddings, mask) -> float:
@@ -264,6 +271,7 @@ def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, 
     for q in range(len(batch)):
         candidates = [logit(q, documents[d], document_mask[d]) for d in range(len(batch))]
         candidates += [logit(q, negatives[q * hard_negatives + n], negative_mask[q * hard_negatives + n]) for n in range(hard_negatives)]
+        candidates += [logit(q, planted[q, n], planted_mask[q, n]) for n in range(plan.per_query)] if plan else []
         scaled = [value / temperature for value in candidates]
         peak = max(scaled)
         total += peak + math.log(sum(math.exp(value - peak) for value in scaled)) - scaled[q]
@@ -288,6 +296,63 @@ def test_hard_negatives_raise_the_loss_as_computed_by_hand(tiny_bert_no_dropout,
         assert first_losses[count] == pytest.approx(expected, rel=1e-4, abs=1e-5), count
     # the same batch with two more candidates per query: the log-sum-exp can only grow, and here it does
     assert first_losses[2] > first_losses[0] + 1e-3
+
+
+def test_injected_negatives_raise_the_loss_as_computed_by_hand(tiny_bert_no_dropout, tiny_beir, tmp_path):
+    first_losses = {}
+    for injected in ((), ("spike:2", "hard:3")):
+        output = tmp_path / ("-".join(injected) or "none")
+        finetune.train(finetune.parse_args(_args(
+            tiny_bert_no_dropout, tiny_beir, output, "--pooling", "topk:k=2", "--max-steps", "1", "--lora-dropout", "0",
+            "--hard-negatives", "1", *(["--injected-negatives", *injected] if injected else []),
+        )))
+        _reset_accelerate()
+        config = json.loads((output / "config.json").read_text())
+        assert (config["injected_negatives"], config["injected_negative_documents"]) == ((list(injected), 1) if injected else ([], None))
+        first_losses[injected] = next(r["loss"] for r in _log(output) if r["step"] == 1 and "loss" in r)
+        expected = _first_batch_losses_by_hand(tiny_bert_no_dropout, tiny_beir, "topk:k=2", 0.02, 1, injected)
+        assert first_losses[injected] == pytest.approx(expected, rel=1e-4, abs=1e-5), injected
+    assert first_losses[("spike:2", "hard:3")] > first_losses[()] + 1e-3
+
+
+@pytest.mark.parametrize("head", ["maxsim", "exclusive"])
+def test_injected_negatives_train_maxsim_and_the_joint_head_and_the_model_reloads(head, tiny_bert, tiny_beir, tmp_path):
+    arguments = _args(tiny_bert, tiny_beir, tmp_path, "--pooling", head, "--max-steps", "2",
+                      "--injected-negatives", "spike:2", "hard:2", "--injected-negative-documents", "2")
+    model, _ = finetune.train(finetune.parse_args(arguments))
+    records = [record for record in _log(tmp_path) if "loss" in record]
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["injected_negatives"] == ["spike:2", "hard:2"] and config["injected_negative_documents"] == 2
+    reloaded = TextColBERT.from_pretrained(tmp_path / "model")
+    assert reloaded.pooling.spec() == finetune.parse_head(head).spec()
+    assert json.loads((tmp_path / "model" / "pooling.json").read_text())["training"]["injected_negatives"] == ["spike:2", "hard:2"]
+    texts = ["shock wave drag on a cone .", "heat transfer to a flat plate ."]
+    model.eval()
+    scores = [score(m.encode(texts, is_query=True, show_progress=False), m.encode(texts, is_query=False, show_progress=False), reloaded.pooling)
+              for m in (model, reloaded)]
+    assert torch.allclose(scores[0], scores[1], atol=1e-6)
+    _reset_accelerate()
+    with pytest.raises(finetune.cli.UserError, match=r"another configuration \(differs in injected_negative_documents\)"):
+        finetune.main(arguments[:-1] + ["1"])  # the option changes the result: not a result-neutral key
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--injected-negatives", "gaussian:2"], "KIND one of spike, hard"),
+    (["--injected-negatives", "spike:0"], "K an integer >= 1"),
+    (["--injected-negatives", "spike:2", "spike:4"], "give each kind once"),
+    (["--injected-negatives"], "expected at least one argument"),
+    (["--injected-negative-documents", "2"], "give --injected-negatives too"),
+    (["--injected-negatives", "hard:2", "--injected-negative-documents", "4"], "micro-batch of 4 documents"),
+    (["--injected-negatives", "hard:2", "--injected-negative-documents", "2", "--gradient-accumulation", "2"], "micro-batch of 2 documents"),
+])
+def test_bad_injected_negative_options_are_refused_before_anything_loads(extra, message, tiny_bert, tiny_beir, tmp_path):
+    from lir_robust.cli import UserError, run_command
+
+    with pytest.raises(UserError, match=message):
+        finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path / "run", *extra))
+    assert run_command(finetune.main, _args(tiny_bert, tiny_beir, tmp_path / "run", *extra)) == 2
+    assert not any(tmp_path.iterdir())
 
 
 def test_identity_projection_and_sentence_pseudo_queries(tiny_bert, tiny_beir, tmp_path):
@@ -376,6 +441,16 @@ def test_rerun_of_a_finished_run_reports_it_and_another_configuration_stops(tiny
     again = finetune.main(arguments + ["--lr", "1e-3", "--overwrite"])
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e-3 and again["step"] == 2
     assert [r["step"] for r in _log(tmp_path) if "loss" in r] == [1, 2]
+
+    # a run saved before --injected-negatives existed is a run without the defence
+    _reset_accelerate()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["injected_negatives"] == [] and saved["injected_negative_documents"] is None
+    del saved["injected_negatives"], saved["injected_negative_documents"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert finetune.train(finetune.parse_args(arguments + ["--lr", "1e-3"]))[0] is None  # reported as finished
+    with pytest.raises(UserError, match=r"differs in injected_negative_documents, injected_negatives"):
+        finetune.main(arguments + ["--lr", "1e-3", "--injected-negatives", "spike:1"])
 
 
 def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):

@@ -2,6 +2,7 @@
 
     accelerate launch train/finetune.py --pooling topk                     # the recipe: MiniLM ColBERT on Cranfield
     accelerate launch train/finetune.py --pooling softmax --pool-tau 0.1 --max-steps 200
+    accelerate launch train/finetune.py --pooling exclusive --injected-negatives spike:4 hard:4   # + the defence
     accelerate launch --multi_gpu --num_processes 4 train/finetune.py --model vidore/colqwen2-v1.0 \
         --data vidore/colpali_train_set --pooling topk:k=4 --batch-size 64 --mixed-precision bf16
 
@@ -13,7 +14,8 @@ tokens, LoRA r 32 / alpha 32 / dropout 0.1 on query / key / value.
 The file reads top to bottom: settings, model, data, optimiser, then the loop. Accelerate places the model and the
 batches, wraps the model for several processes, handles mixed precision, gradient accumulation and checkpoints;
 everything else is written out below. With several processes every query sees the whole global batch of documents
-as negatives (gathered with gradients); each process's queries stay local.
+as negatives (gathered with gradients); each process's queries stay local. --injected-negatives adds, for each
+query, copies of non-gold batch documents carrying injected patches (lir_robust.defence) to its negatives.
 
 Writes to --output-dir: the model (save_pretrained folder: LoRA adapter, projection, tokenizer / processor,
 pooling.json with the head and this run's configuration), log.jsonl (loss, lr, gradient Gini on gold pairs, ...),
@@ -45,7 +47,7 @@ from transformers import get_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lir_robust import cli, training  # noqa: E402
+from lir_robust import cli, defence, training  # noqa: E402
 from lir_robust.data import locate_data  # noqa: E402
 from lir_robust.diagnostics import gold_pair_gradient_concentration  # noqa: E402
 from lir_robust.files import write_json_atomic  # noqa: E402
@@ -81,6 +83,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--temperature", type=cli.positive_float, default=0.02, help="InfoNCE temperature (scores are divided by query length first)")
     p.add_argument("--pseudo-queries", default="sentence", choices=sorted(training.PSEUDO_QUERIES), help="text data without a train split: the query of each corpus pair: sentence (inverse cloze: one sentence of the abstract -> title + the rest) or title (title -> text)")
     p.add_argument("--hard-negatives", type=cli.non_negative_int, default=0, help="text data: TF-IDF-mined hard negatives per query (0 = in-batch only)")
+    p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings) or hard (nearest patches of other batch documents), e.g. spike:4 hard:4 (default: none)")
+    p.add_argument("--injected-negative-documents", type=cli.positive_int, default=None, help="with --injected-negatives: injected copies per query and kind (default 1)")
     p.add_argument("--validation-pairs", type=cli.non_negative_int, default=64, help="pairs held out of training for the validation loss")
     # optimisation
     p.add_argument("--lr", type=cli.positive_float, default=4e-4)
@@ -186,6 +190,20 @@ def check_args(args: argparse.Namespace) -> None:
             f"--batch-size {args.batch_size} (the global batch) must be a multiple of --gradient-accumulation "
             f"{args.gradient_accumulation}"
         )
+    if not args.injected_negatives and args.injected_negative_documents is not None:
+        raise cli.UserError("--injected-negative-documents sets how many documents carry --injected-negatives; give "
+                            "--injected-negatives too (e.g. spike:4 hard:4) or drop it")
+    if args.injected_negatives:
+        kinds = [item.split(":")[0] for item in args.injected_negatives]
+        if len(set(kinds)) != len(kinds):
+            raise cli.UserError(f"--injected-negatives {' '.join(args.injected_negatives)}: give each kind once")
+        args.injected_negative_documents = args.injected_negative_documents or 1
+        documents = args.batch_size // args.gradient_accumulation  # documents of one micro-batch, all processes
+        if args.injected_negative_documents >= documents:
+            raise cli.UserError(
+                f"--injected-negative-documents {args.injected_negative_documents} needs more non-gold documents than a "
+                f"micro-batch of {documents} documents holds (batch size / accumulation); lower it"
+            )
     if args.output_dir is None:
         args.output_dir = "runs/finetune-" + args.head.replace(":", "-").replace("=", "").replace(",", "-")
         try:
@@ -202,7 +220,10 @@ def check_args(args: argparse.Namespace) -> None:
 def requested_options(args: argparse.Namespace) -> dict:
     """The options a run folder's config.json is compared with before anything loads (values that are only known
     once the data is loaded -- max_steps / warmup_steps under --epochs -- are compared later)."""
-    return {key: value for key, value in vars(args).items() if not (key in ("max_steps", "warmup_steps") and value is None)}
+    options = {key: value for key, value in vars(args).items() if not (key in ("max_steps", "warmup_steps") and value is None)}
+    if not args.injected_negatives:  # a run without the defence, also one saved before these options existed
+        options.pop("injected_negatives"), options.pop("injected_negative_documents")
+    return options
 
 
 def _check_run_folder(args: argparse.Namespace) -> training.RunFolder:
@@ -315,6 +336,7 @@ def train(args: argparse.Namespace):
     optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = get_scheduler(args.schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
     loss_fn = PooledInfoNCELoss(head, temperature=args.temperature)
+    injected = defence.InjectedNegatives.parse(args.injected_negatives, args.injected_negative_documents) if args.injected_negatives else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = training.TrainState()
     accelerator.register_for_checkpointing(state)
@@ -377,6 +399,10 @@ def train(args: argparse.Namespace):
                     negatives = negatives.view(queries.shape[0], -1, *negatives.shape[1:])
                     negative_mask = negative_mask.view(queries.shape[0], -1, negative_mask.shape[-1])
                 all_documents, all_document_mask, offset = training.gather_documents(accelerator, documents, document_mask)
+                negatives, negative_mask = defence.with_injected_negatives(  # the defence (None: unchanged)
+                    negatives, negative_mask, queries, query_mask, all_documents, all_document_mask, offset, injected,
+                    key=(args.seed, state.epoch, state.batch_in_epoch),
+                )
                 loss = loss_fn(
                     queries, all_documents, negatives, offset,
                     query_mask=query_mask, doc_mask=all_document_mask, neg_doc_mask=negative_mask,
