@@ -35,14 +35,6 @@ def collection_seeds(text: str) -> tuple[str, list[int]]:
     return name, values
 
 
-def defence_spec(text: str) -> str:
-    """``spike:4`` / ``hard:4`` (an argparse type): an injected-negative kind and its number of patches."""
-    kind, sep, count = text.partition(":")
-    if kind not in ("spike", "hard") or not sep or not count.isdigit() or int(count) < 1:
-        raise argparse.ArgumentTypeError(f"expected spike:K or hard:K with K >= 1, got {text!r}")
-    return text
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=cli.output_folder, default="results/study")
@@ -55,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", nargs="+", type=cli.head_spec, default=list(STUDY_HEADS))
     parser.add_argument("--defended-heads", nargs="*", type=cli.head_spec, default=["maxsim", "exclusive"],
                         help="heads also trained with injected negatives (none: no defended variants)")
-    parser.add_argument("--defence", nargs="+", type=defence_spec, default=list(DEFENCE),
+    parser.add_argument("--defence", nargs="+", type=cli.injected_negative, default=list(DEFENCE),
                         help="train/finetune.py --injected-negatives for the defended variants")
     parser.add_argument("--kinds", nargs="+", type=cli.injection_name, default=list(STUDY_KINDS))
     parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(STUDY_KS))

@@ -321,7 +321,7 @@ class SharedWork:
     def full_mask(self) -> torch.Tensor:
         """The document mask expanded to the similarities' shape ``[..., L]``."""
         if self.document_mask is None:
-            return torch.ones(self.similarities.shape, dtype=torch.bool)
+            return torch.ones(self.similarities.shape, dtype=torch.bool, device=self.similarities.device)
         return self.document_mask.expand(self.similarities.shape)
 
     @property
@@ -358,7 +358,7 @@ class SharedWork:
         def compute():
             shape = self.similarities.shape[:-1]
             if self.document_mask is None:
-                return torch.full(shape, float(self.similarities.shape[-1]))
+                return torch.full(shape, float(self.similarities.shape[-1]), device=self.similarities.device)
             return self.document_mask.to(torch.float32).sum(dim=-1).expand(shape)
         return self._cached("counts", compute)
 
@@ -649,16 +649,16 @@ def _greedy_assignment(values: torch.Tensor, ids: torch.Tensor, query_mask: torc
     """
     n, tokens, m = values.shape
     if n == 0 or tokens == 0:
-        return torch.zeros(n, tokens, dtype=torch.long)
-    kernel = _greedy_kernel()
+        return torch.zeros(n, tokens, dtype=torch.long, device=values.device)
+    kernel = _greedy_kernel()  # runs on the CPU: the lists are small; the result goes back to the values' device
     choice = kernel(
-        values.detach().float().contiguous().numpy(),
-        ids.to(torch.int64).contiguous().numpy(),
-        query_mask.to(torch.bool).contiguous().numpy(),
+        values.detach().float().cpu().contiguous().numpy(),
+        ids.to(torch.int64).cpu().contiguous().numpy(),
+        query_mask.to(torch.bool).cpu().contiguous().numpy(),
         int(capacity),
         int(max(0, int(ids.max()) + 1)),
     )
-    return torch.from_numpy(choice)
+    return torch.from_numpy(choice).to(values.device)
 
 
 _GREEDY_KERNEL = None
@@ -754,7 +754,7 @@ class ExclusiveMatchHead(PoolingHead):
 
     def partial_shared(self, work):
         values, positions = work.top_candidates(self.candidates)
-        width = torch.full(values.shape[:-1], float(work.similarities.shape[-1]))
+        width = torch.full(values.shape[:-1], float(work.similarities.shape[-1]), device=values.device)
         return values, positions, width
 
     def merge(self, a, b):
@@ -765,7 +765,8 @@ class ExclusiveMatchHead(PoolingHead):
     def finalize(self, state, query_mask=None):
         values, ids, _ = state
         *batch, tokens, m = values.shape
-        mask = torch.ones(*batch, tokens, dtype=torch.bool) if query_mask is None else query_mask.to(torch.bool).expand(*batch, tokens)
+        mask = (torch.ones(*batch, tokens, dtype=torch.bool, device=values.device) if query_mask is None
+                else query_mask.to(torch.bool).expand(*batch, tokens))
         with torch.no_grad():
             choice = _greedy_assignment(values.detach().reshape(-1, tokens, m), ids.reshape(-1, tokens, m),
                                         mask.reshape(-1, tokens), self.capacity)
