@@ -249,9 +249,8 @@ def corpus_patches(corpus: FlatCorpus, document: int, count: int, generator: tor
 def spike_patches(query: torch.Tensor, count: int, tokens_per_spike: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:
     """``count`` spikes ``[count, D]``: each the L2-normalised mean of ``tokens_per_spike`` random tokens of ``query [Tq, D]``."""
     size = max(1, min(tokens_per_spike, query.shape[0]))
-    choice = torch.stack([torch.randperm(query.shape[0], generator=generator)[:size] for _ in range(count)]) if count else (
-        torch.zeros(0, size, dtype=torch.long)
-    )
+    # `count` independent draws of `size` distinct tokens at once: the first columns of random permutations
+    choice = torch.rand(count, query.shape[0], generator=generator).argsort(dim=1)[:, :size]
     return F.normalize(query.float()[choice].mean(dim=1), dim=-1)
 
 
