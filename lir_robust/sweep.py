@@ -62,6 +62,7 @@ from lir_robust.metrics import (
     run_from_candidates,
 )
 from lir_robust.pooling import parse_head
+from lir_robust.ranked import ranked_key
 from lir_robust.scoring import pad_with_mask
 
 __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries",
@@ -255,7 +256,7 @@ def sweep_metrics(
         for injection in injections:
             by_k, in_top = {}, {}
             for k in ks:
-                key = f"{head}|{'' if k == 0 else injection}|{k}"
+                key = ranked_key(head, "" if k == 0 else injection, k)
                 values, indices = ranked.values[key], ranked.indices[key]
                 mean, per_query = evaluate(qrels, run_from_candidates(values, indices, query_ids, document_ids))
                 in_top[k] = gold_in_top_from_candidates(values, ranked.gold[key], depth=10)
