@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from lir_robust.losses import PooledInfoNCELoss, PooledPairwiseCELoss
-from lir_robust.pooling import PoolingHead, load_pooling_json, parse_head
+from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head
 from lir_robust.scoring import padding_mask_from_values, score
 
 __all__ = [
@@ -285,6 +285,22 @@ def _local_head(directory: Path) -> Optional[PoolingHead]:
     return load_pooling_json(directory)
 
 
+def _hub_head(repo_id: str, revision: Optional[str], timeout: float) -> Optional[PoolingHead]:
+    """The head in a Hub repo's pooling.json (a published lir-robust checkpoint), read from its snapshot: the local Hub
+    cache, else downloaded when the Hub may be reached; None for a repo without one (it scores with MaxSim)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, POOLING_FILE, revision=revision)  # a path, "known missing", or None
+    if found is None and not _hub_offline():
+        try:
+            found = hf_hub_download(repo_id, POOLING_FILE, revision=revision, etag_timeout=timeout)
+        except Exception as error:  # noqa: BLE001 - no pooling.json in the repo (404), or the Hub failing now
+            if type(error).__name__ not in _MISSING_FILE_ERRORS:
+                logger.warning("%s: could not read its pooling.json (%s); scoring with maxsim", repo_id, type(error).__name__)
+            return None
+    return _local_head(Path(found).parent) if isinstance(found, str) else None
+
+
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -420,10 +436,11 @@ def load_colpali(
 
     ``model_name_or_path``: a local folder or a Hub id (``vidore/colqwen2.5-v0.2``). ``family`` (colpali, colqwen2,
     colqwen2.5, colsmol) is inferred from the config's model_type or else from the name. ``head``: defaults to the
-    folder's pooling.json, else maxsim. ``attn_implementation`` defaults to "eager" on the CPU (sdpa gave NaN on
-    left-padded rows). When the Hub is unreachable (HF_HUB_OFFLINE=1 or any network error) and the checkpoint is not
-    cached, raises :class:`HubUnreachableError` at once, with a message saying how to use a local copy; a Hub id (or
-    ``revision=``) the Hub does not know raises :class:`ModelNotFoundError`, naming both readings.
+    pooling.json of the folder (or of the Hub id's snapshot: cached, else downloaded), else maxsim.
+    ``attn_implementation`` defaults to "eager" on the CPU (sdpa gave NaN on left-padded rows). When the Hub is
+    unreachable (HF_HUB_OFFLINE=1 or any network error) and the checkpoint is not cached, raises
+    :class:`HubUnreachableError` at once, with a message saying how to use a local copy; a Hub id (or ``revision=``)
+    the Hub does not know raises :class:`ModelNotFoundError`, naming both readings.
     """
     check_colpali_version()
     name = str(model_name_or_path)
@@ -466,6 +483,8 @@ def load_colpali(
         raise _classified(name, error) from None
     _restore_tied_output_embeddings(model)
     model = model.to(device).eval()
+    if head is None and not local.is_dir():  # a Hub id: the head its snapshot's pooling.json names, as for folders
+        head = _hub_head(name, model_kwargs.get("revision"), hub_timeout)
     processor = patch_processor(processor, "maxsim" if head is None else head)
     logger.info("loaded %s as %s on %s, pooling head %s", name, family, device, processor.pooling_head)
     return model, processor

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -288,6 +289,61 @@ def test_colpali_engine_loads_the_published_adapter(family, checkpoints, dry_run
     assert (snapshot / "adapter_config.json").is_file()
 
 
+@pytest.mark.parametrize("family", [family for family in FAMILIES if getattr(family, "values", (family,))[0] != "text"])
+def test_load_colpali_by_hub_id_scores_with_the_head_of_its_snapshot(family, checkpoints, dry_runs, hub_cache):
+    """load_colpali("owner/name") reads pooling.json from the id's snapshot in the local Hub cache (as it does for a
+    folder) instead of scoring with MaxSim; a cached repo without pooling.json (the base) still scores with MaxSim."""
+    from lir_robust.patches.colpali import load_colpali
+    from tiny_colpali import tiny_images
+
+    built, folder = checkpoints(family), dry_runs(family)
+    put_in_hub_cache(hub_cache, BASE_IDS[family], built["base"])
+    put_in_hub_cache(hub_cache, f"alice/robust-{family}", folder)
+    expected, _ = _scores(built["run"], family)
+    model, processor = load_colpali(f"alice/robust-{family}", device="cpu")
+    assert processor.pooling_head.spec() == HEADS[family]
+    queries, pages = processor.process_queries(IMAGE_QUERIES[:3]), processor.process_images(tiny_images(3, seed=5))
+    with torch.no_grad():
+        query_embeddings, page_embeddings = list(model(**queries)), list(model(**pages))
+    assert torch.allclose(processor.score(query_embeddings, page_embeddings), expected, atol=1e-5)
+    maxsim = score(query_embeddings, page_embeddings, "maxsim")
+    assert not torch.allclose(maxsim, expected, atol=1e-3)  # the head matters here: MaxSim would have scored otherwise
+    _, base_processor = load_colpali(BASE_IDS[family], device="cpu")
+    assert base_processor.pooling_head.spec() == "maxsim"
+
+
+def test_load_colpali_downloads_a_pooling_json_it_has_not_cached(tmp_path, hub_cache, monkeypatch, caplog):
+    """Online, a repo's pooling.json that is not in the cache is fetched (a stand-in for hf_hub_download); a repo
+    without one (404) scores with MaxSim silently; a Hub failing now scores with MaxSim and says so."""
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+
+    from lir_robust.patches import colpali as colpali_patch
+    from lir_robust.pooling import parse_head, save_pooling_json
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    snapshot = tmp_path / "snapshot"
+    save_pooling_json(snapshot, parse_head("lse:tau=0.2"))
+    calls = []
+
+    class RemoteEntryNotFoundError(Exception):
+        pass
+
+    def hf_hub_download(repo_id, filename, revision=None, etag_timeout=None, **_):
+        calls.append((repo_id, filename, revision, etag_timeout))
+        if repo_id == "alice/robust":
+            return str(snapshot / filename)
+        raise RemoteEntryNotFoundError("404") if repo_id == "vidore/plain" else ConnectionError("refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    caplog.set_level("WARNING")
+    assert colpali_patch._hub_head("alice/robust", "v1", 3.0).spec() == "lse:tau=0.2"
+    assert colpali_patch._hub_head("vidore/plain", None, 3.0) is None and "pooling.json" not in caplog.text
+    assert colpali_patch._hub_head("vidore/down", None, 3.0) is None and "scoring with maxsim" in caplog.text
+    assert calls[0] == ("alice/robust", "pooling.json", "v1", 3.0)
+
+
 @pytest.mark.skipif(not _pylate_ready(), reason=NO_PYLATE)
 def test_pylate_loads_the_published_text_model(checkpoints, dry_runs, hub_cache):
     from pylate import models
@@ -403,6 +459,161 @@ def test_study_section_renders_the_rows_it_finds(tmp_path, checkpoints):
     folder = hub.prepare_publish_folder(checkpoints("colqwen2")["run"], tmp_path / "out", repo_id="alice/x", license="mit",
                                         base_model=BASE_IDS["colqwen2"], study=study)
     assert "## Retraining study" in (folder / "README.md").read_text()
+
+
+def study_summary(head: str = "topk:k=2") -> dict:
+    """A hand-made summary.json of the retraining study (the shape lir_robust.study.summarize_study writes, as
+    tests/test_study.py::_summary builds one) on two collections: ``head`` retrained with and without injected
+    negatives and swapped onto the maxsim-trained model, maxsim, and another head a card of ``head`` never shows.
+    Every number of a row follows from its own ``level`` (so that a wrong row shows)."""
+    from lir_robust.study import variant_name
+
+    kinds = ("hard", "spike", "corpus", "gaussian")
+
+    def row(collection, protocol, variant, row_head, level, seeds):
+        n = len(seeds)
+
+        def stats(mean):
+            return {"mean": mean, "std": 0.01, "n": n}
+
+        return {
+            "collection": collection, "protocol": protocol, "variant": variant, "head": row_head, "seeds": list(seeds),
+            "ndcg10": {kind: {"0": stats(0.3 + level / 10), "4": stats(level / 5), "100": stats(level / 10)} for kind in kinds},
+            "retained": {kind: {"0": stats(1.0), "4": stats(level + index / 100), "100": stats(level / 2 + index / 100)}
+                         for index, kind in enumerate(kinds)},
+            "hijack_rate_top10": {kind: {"4": stats(0.5), "100": stats(0.9)} for kind in kinds},
+            "budget_median": {"hard": stats(100 * level), "spike": stats(math.inf if level > 0.5 else 4.0),
+                              "corpus": stats(math.inf), "gaussian": stats(math.inf)},
+            "gini_before": 0.9, "gini_after": stats(0.8),
+            "paired_vs_maxsim": {f"{kind}|{k}": {"mean": level - 0.5 + k / 1000, "se": 0.002, "n": 30 * n}
+                                 for kind in ("hard", "spike") for k in (0, 4, 100)},
+        }
+
+    def target(collection, variant, gap, reached):
+        return {"collection": collection, "variant": variant, "head": head, "clean_ndcg10_gap": gap,
+                "spike_k4_retained": 0.61, "hard_k4_retained": 0.6, "hard_k4_retained_maxsim": 0.2,
+                "budgets": {"hard": [60, 20], "spike": [math.inf, 4.0]},
+                "checks": {"clean_within_0.01": True, "spike_k4_retained_at_least_50pct": True,
+                           "hard_k4_15_points_above_maxsim": True, "budget_hard_at_least_twice_maxsim": True,
+                           "budget_spike_at_least_twice_maxsim": reached}, "reached": reached}
+
+    rows, targets = [], []
+    for collection, seeds, offset in (("cranfield", (0, 1, 2), 0.0), ("med", (0,), 0.1)):
+        rows += [
+            row(collection, "retrained", variant_name("maxsim"), "maxsim", 0.2 + offset, seeds),
+            row(collection, "retrained", variant_name(head), head, 0.6 + offset, seeds),
+            row(collection, "retrained", variant_name(head, True), head, 0.75 + offset, seeds),
+            row(collection, "retrained", variant_name("lse:tau=0.1"), "lse:tau=0.1", 0.45 + offset, seeds),
+            row(collection, "swap", "maxsim", "maxsim", 0.2 + offset, seeds),
+            row(collection, "swap", "maxsim", head, 0.4 + offset, seeds),
+            row(collection, "swap", "maxsim", "lse:tau=0.1", 0.35 + offset, seeds),
+            row(collection, "raw", "raw", head, 0.3 + offset, [None]),
+        ]
+        targets += [target(collection, variant_name(head), -0.004, True), target(collection, variant_name(head, True), -0.002, False),
+                    target(collection, variant_name("lse:tau=0.1"), -0.009, False)]
+    return {"plan": {"model": "minilm", "collections": {"cranfield": [0, 1, 2], "med": [0]},
+                     "heads": ["maxsim", head, "lse:tau=0.1"], "defended_heads": [head], "defence": ["spike:4", "hard:4"],
+                     "ks": [0, 4, 100]},
+            "rows": rows, "targets": targets, "timings": {"total_s": 1.0}}
+
+
+def _write_study(path: Path, head: str = "topk:k=2") -> Path:
+    path.write_text(json.dumps(study_summary(head)))  # Infinity for budgets never reached, as the study writes it
+    return path
+
+
+CRANFIELD_RETRAINED = ("| retrained | cranfield | trained with `topk:k=2` | 3 | 0.360 ± 0.010 | 60.0 ± 1.0 % | 30.0 ± 1.0 % | "
+                       "61.0 ± 1.0 % | 31.0 ± 1.0 % | 62.0 ± 1.0 % | 32.0 ± 1.0 % | 63.0 ± 1.0 % | 33.0 ± 1.0 % | 60 | never |")
+
+
+def test_the_study_summary_gives_the_rows_of_the_checkpoints_head_and_defence(tmp_path):
+    study = _write_study(tmp_path / "summary.json")
+    section = hub.study_section(study, "topk:k=2", injected_negatives=False)
+    assert CRANFIELD_RETRAINED in section  # nDCG@10 at K = 0, retained at K = 4 / 100 per kind, budgets (inf: never)
+    assert ("| retrained | med | trained with `topk:k=2` | 1 | 0.370 | 70.0 % | 35.0 % | 71.0 % | 36.0 % | 72.0 % | "
+            "37.0 % | 73.0 % | 38.0 % | 70 | never |") in section  # one seed: no spread
+    assert ("| swap | cranfield | maxsim-trained, scored with `topk:k=2` | 3 | 0.340 ± 0.010 | 40.0 ± 1.0 % | 20.0 ± 1.0 % | "
+            "41.0 ± 1.0 % | 21.0 ± 1.0 % | 42.0 ± 1.0 % | 22.0 ± 1.0 % | 43.0 ± 1.0 % | 23.0 ± 1.0 % | 40 | 4 |") in section
+    assert "| retrained | cranfield | maxsim, retrained (reference) | 3 | 0.320 ± 0.010 | 20.0 ± 1.0 % |" in section
+    assert ("| retrained | cranfield | trained with `topk:k=2` | +0.1000 ± 0.0020 | +0.1040 ± 0.0020 | +0.2000 ± 0.0020 | "
+            "+0.1040 ± 0.0020 | +0.2000 ± 0.0020 |") in section  # paired differences against maxsim
+    assert "| cranfield | -0.004 ok | 61.0 % ok | 60.0 % (20.0 %) ok | 60 (20) ok | never (4) ok | **yes** |" in section
+    assert "injected negatives" not in section and "-0.002" not in section  # not the defended variant
+    assert "lse" not in section and "| raw |" not in section and "-0.009" not in section  # nor another head
+    defended = hub.study_section(study, "topk:k=2", injected_negatives=True)
+    assert "| retrained | cranfield | trained with `topk:k=2` + injected negatives | 3 | 0.375 ± 0.010 | 75.0 ± 1.0 % |" in defended
+    assert "| cranfield | -0.002 ok | 61.0 % ok | 60.0 % (20.0 %) ok | 60 (20) ok | never (4) no | no |" in defended
+    assert "trained with `topk:k=2` |" not in defended and "-0.004" not in defended
+    assert "maxsim-trained, scored with `topk:k=2`" in defended  # the swap rows concern the head, whatever the training
+
+    from test_study import _summary  # the lead's hand-made summary (heads named without their parameters)
+
+    (tmp_path / "lead.json").write_text(json.dumps(_summary()))
+    lead = hub.study_section(tmp_path / "lead.json", "exclusive")
+    assert "| retrained | tiny | trained with `exclusive:capacity=1,candidates=8` | 3 | 0.365 ± 0.000 | 80.0 ± 0.0 % |" in lead
+    assert "| swap | tiny | maxsim-trained, scored with `exclusive:capacity=1,candidates=8` | 3 | 0.360 ± 0.000 |" in lead
+    assert "| tiny | -0.005 ok | 55.0 % ok | 80.0 % (60.0 %) ok | 16 (4) ok | 16 (4) ok | **yes** |" in lead
+
+
+def test_the_study_summary_gives_model_index_entries_per_collection(tmp_path):
+    study = _write_study(tmp_path / "summary.json")
+    entries = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=False)
+    assert len(entries) == 2 * 2 * 4 * 2  # collections x protocols (not the maxsim reference) x kinds x K
+    by_key = {(e.metric_args["protocol"], e.dataset_type, e.metric_args["kind"], e.metric_args["K"]): e for e in entries}
+    spike = by_key[("retrained", "cranfield", "spike", 4)]
+    assert spike.metric_type == "retained_ndcg_at_10" and spike.metric_value == pytest.approx(0.61)
+    assert spike.metric_args == {"head": "topk:k=2", "variant": "topk-k2", "kind": "spike", "K": 4, "protocol": "retrained",
+                                 "collection": "cranfield", "seeds": 3, "clean_ndcg_at_10": 0.36}
+    gaussian = by_key[("swap", "med", "gaussian", 100)]
+    assert gaussian.metric_value == pytest.approx((0.4 + 0.1) / 2 + 0.03) and gaussian.metric_args["seeds"] == 1
+    assert gaussian.metric_args["variant"] == "maxsim" and gaussian.dataset_name == "med" and gaussian.dataset_split == "test"
+    defended = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=True)
+    assert {e.metric_args["variant"] for e in defended} == {"topk-k2+defence", "maxsim"}
+    (tmp_path / "table.json").write_text(json.dumps({"rows": []}))
+    assert hub.eval_results_from_study(tmp_path / "table.json", "topk:k=2", False) == []  # a plain table: none
+
+
+def test_a_dry_run_card_carries_the_study_of_its_head_and_defence(checkpoints, tmp_path):
+    from huggingface_hub import ModelCard
+
+    study = _write_study(tmp_path / "summary.json")
+    run = checkpoints("colqwen2")["run"]
+    folder = hub.prepare_publish_folder(run, tmp_path / "out", repo_id="alice/x", license="mit",
+                                        base_model=BASE_IDS["colqwen2"], study=study)
+    card = ModelCard.load(folder / "README.md")
+    assert "## Retraining study" in card.text and CRANFIELD_RETRAINED in card.text
+    assert "not on this checkpoint's weights" in card.text
+    entries = card.data.eval_results  # parsed back from the model-index
+    studied = [e for e in entries if "protocol" in (e.metric_args or {})]
+    expected = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=False)
+    assert sorted((e.metric_config, e.metric_value, tuple(sorted(e.metric_args.items()))) for e in studied) == sorted(
+        (e.metric_config, e.metric_value, tuple(sorted(e.metric_args.items()))) for e in expected)
+    assert {e.dataset_type for e in studied} == {"cranfield", "med"}
+    assert any(e.metric_type == "ndcg_at_10" for e in entries)  # the sweep's entries are still there
+
+    defended_run = tmp_path / "defended"
+    shutil.copytree(run, defended_run)
+    pooling = json.loads((defended_run / "model" / "pooling.json").read_text())
+    pooling["training"]["injected_negatives"] = ["spike:4", "hard:4"]
+    (defended_run / "model" / "pooling.json").write_text(json.dumps(pooling))
+    assert hub.locate_checkpoint(defended_run).injected_negatives == ["spike:4", "hard:4"]
+    folder = hub.prepare_publish_folder(defended_run, tmp_path / "defended-out", repo_id="alice/x", license="mit",
+                                        base_model=BASE_IDS["colqwen2"], results=None, study=study)
+    text = (folder / "README.md").read_text()
+    assert "| retrained | cranfield | trained with `topk:k=2` + injected negatives | 3 | 0.375 ± 0.010 |" in text
+    assert "| injected negatives (defence) | ['spike:4', 'hard:4'] |" in text
+    pooling["training"].pop("injected_negatives")  # an older pooling.json: the run's config.json says it
+    (defended_run / "model" / "pooling.json").write_text(json.dumps(pooling))
+    config = json.loads((defended_run / "config.json").read_text())
+    (defended_run / "config.json").write_text(json.dumps({**config, "injected_negatives": ["spike:4"]}))
+    assert hub.locate_checkpoint(defended_run).injected_negatives == ["spike:4"]
+    assert hub.locate_checkpoint(run).injected_negatives == []
+
+    other = _write_study(tmp_path / "other.json", head="softmax:tau=0.5")
+    with pytest.raises(hub.HubError, match="measured no model with the head topk:k=2"):
+        hub.prepare_publish_folder(run, tmp_path / "refused", repo_id="alice/x", license="mit",
+                                   base_model=BASE_IDS["colqwen2"], study=other)
+    assert not (tmp_path / "refused").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def test_the_options_reach_the_hub_api(checkpoint, tmp_path, fake_token, online,
             return type("CommitInfo", (), {"pr_url": "https://hub.example/alice/robust-colqwen2/discussions/1", "commit_url": None})()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(hub, "_probe", lambda token, timeout, repo_id: "alice" if token == fake_token else None)
+    monkeypatch.setattr(hub.push, "_probe", lambda token, timeout, repo_id: "alice" if token == fake_token else None)
     caplog.set_level(logging.DEBUG)
     argv = _options(checkpoint, "--private", "--revision", "robust", "--commit-message", "topk adapter", "--create-pr")
     assert cli.run_command(publish.main, argv) == 0
@@ -267,3 +267,28 @@ def test_validation_refuses_a_folder_that_holds_the_token(checkpoint, tmp_path, 
     with pytest.raises(hub.HubError) as error:
         hub.validate_publish_folder(folder)
     assert "the Hub token appears in notes.txt" in str(error.value) and fake_token not in str(error.value)
+
+
+def test_a_dry_run_with_the_study_summary_puts_its_rows_and_entries_on_the_card(checkpoint, tmp_path, capsys):
+    """--study takes the study's own summary.json: the card shows the rows of the checkpoint's head (topk:k=2, trained
+    without injected negatives) and the model-index gains their retained nDCG@10, one data set per collection."""
+    from huggingface_hub import ModelCard
+
+    from test_hub import CRANFIELD_RETRAINED, study_summary
+
+    study = tmp_path / "summary.json"
+    study.write_text(json.dumps(study_summary("topk:k=2")))
+    out = tmp_path / "dry"
+    assert cli.run_command(publish.main, _options(checkpoint, "--study", str(study), "--dry-run", str(out))) == 0
+    assert capsys.readouterr().out.strip() == f"wrote: {out}"
+    card = ModelCard.load(out / "README.md")
+    assert CRANFIELD_RETRAINED in card.text and "injected negatives" not in card.text
+    studied = [e for e in card.data.eval_results or [] if (e.metric_args or {}).get("protocol")]
+    assert len(studied) == 32 and {e.dataset_type for e in studied} == {"cranfield", "med"}
+    assert {e.metric_args["head"] for e in studied} == {"topk:k=2"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"plan": {}, "rows": [{"head": "maxsim"}]}))
+    assert cli.run_command(publish.main, _options(checkpoint, "--study", str(bad), "--dry-run", str(tmp_path / "no")),
+                           prog="publish.py") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks" in err and not (tmp_path / "no").exists()

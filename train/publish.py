@@ -5,9 +5,10 @@
     make publish CHECKPOINT=runs/finetune-topk REPO=user/name PUBLISH_ARGS="--license apache-2.0 --private"
 
 colpali-engine checkpoints are pushed adapter-only, text checkpoints as a whole PyLate model; both with pooling.json
-(the head) and a generated model card carrying the sweep results found beside the checkpoint (or --results). The
-token comes from `hf auth login` or HF_TOKEN (never from the command line). --dry-run OUT writes exactly the folder
-that would be uploaded, validated, without touching the network.
+(the head) and a generated model card carrying the sweep results found beside the checkpoint (or --results) and,
+with --study, the retraining study's rows for the checkpoint's head. The token comes from `hf auth login` or
+HF_TOKEN (never from the command line). --dry-run OUT writes exactly the folder that would be uploaded, validated,
+without touching the network.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def parse_args(argv=None):
                         help="Hub id of the base model when the checkpoint was trained on a local folder")
     parser.add_argument("--results", default="auto",
                         help="a length-sweep results.json measured on this checkpoint; 'auto': the one beside it; 'none': no results")
-    parser.add_argument("--study", default=None, help="the retraining study's JSON file: adds a section to the card")
+    parser.add_argument("--study", default=None,
+                        help="the retraining study's summary.json (make study): its rows for the checkpoint's head (and "
+                             "defence) become a card section and model-index entries; a plain {title, rows} table is "
+                             "shown as it is")
     parser.add_argument("--dry-run", default=None, metavar="OUT", type=cli.output_folder,
                         help="write the folder that would be uploaded into OUT (new or empty) and stop; no network")
     parser.add_argument("--private", action="store_true", help="create the repo as private")

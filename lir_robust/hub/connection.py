@@ -1,0 +1,98 @@
+"""How lir-robust talks to the Hugging Face Hub: the one error every failure becomes, the offline switch, the
+endpoint, the local Hub cache folder, and one Hub call whose failure becomes one line.
+
+    value = hub_call("upload to alice/x", lambda: api.upload_folder(...), token, "alice/x")   # HubError on failure
+
+The token never appears in a message: :func:`one_line` replaces it with ``***`` in anything quoted from an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator
+
+from lir_robust.cli import UserError
+
+__all__ = ["HubError", "DEFAULT_TIMEOUT_S", "hub_offline", "endpoint", "cache_dir", "one_line", "hub_call", "no_network"]
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class HubError(UserError):
+    """Publishing or loading by Hub id cannot go on; the message names the problem and the fix (exit status 2)."""
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set (in the environment, or in huggingface_hub's constants)."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
+def endpoint() -> str:
+    """The Hub's address (``https://huggingface.co`` unless HF_ENDPOINT says otherwise), without a trailing slash."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT).rstrip("/")
+
+
+def cache_dir() -> str:
+    """The local Hub cache folder (HF_HUB_CACHE)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def one_line(error: BaseException, secret: str | None = None) -> str:
+    """``"ErrorType: first line of its message"`` (200 characters at most), with ``secret`` replaced by ``***``."""
+    message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text.replace(secret, "***") if secret else text
+
+
+def hub_call(what: str, call: Callable[[], Any], token: str, repo_id: str) -> Any:
+    """Run one Hub call; its failure becomes one HubError line ``cannot <what>: ...`` (the token scrubbed)."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        return call()
+    except OfflineModeIsEnabled:
+        raise HubError(f"cannot {what}: HF_HUB_OFFLINE is set; unset it, or use --dry-run OUT") from None
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 401:
+            raise HubError(f"cannot {what}: the Hub rejected the token (401); log in again with `hf auth login`") from None
+        if status == 403:
+            raise HubError(
+                f"cannot {what}: the token may not write to {repo_id} (403); use a token with write access to that "
+                "user or organisation"
+            ) from None
+        raise HubError(f"cannot {what}: the Hub answered {status} ({one_line(error, token)})") from None
+    except HubError:
+        raise
+    except Exception as error:  # noqa: BLE001 - connection refused, DNS, proxy, timeout: the same to the user
+        raise HubError(
+            f"cannot {what}: the Hugging Face Hub at {endpoint()} is unreachable ({one_line(error, token)}); check "
+            "the network (HF_ENDPOINT, proxy), or write the folder with --dry-run OUT and upload it later with "
+            "`hf upload`"
+        ) from None
+
+
+@contextlib.contextmanager
+def no_network() -> Iterator[None]:
+    """huggingface_hub, and transformers through it, offline while the block runs: a dry run reaches no server (a
+    text checkpoint's base weights must then be local or cached, and the message says so if they are not)."""
+    from huggingface_hub import constants
+
+    flag, variable = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"] = True, "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = flag
+        if variable is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = variable

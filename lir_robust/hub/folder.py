@@ -1,0 +1,156 @@
+"""The folder that is uploaded: the checkpoint's files in its family's convention, pooling.json, the figure and the
+model card, built beside its destination and renamed into place once it validates.
+
+    prepare_publish_folder("runs/finetune-topk", "out/topk", repo_id="alice/robust-topk", license="apache-2.0",
+                           base_model="vidore/colqwen2-base", results="auto", study="results/study/summary.json")
+
+colpali-engine checkpoints are copied adapter-only (``adapter_config.json`` naming the base by its Hub id); text
+ColBERT checkpoints are exported as a whole PyLate model (LoRA merged). Touches no network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from lir_robust.files import write_json_atomic, write_text_atomic
+from lir_robust.hub.card import build_model_card
+from lir_robust.hub.checkpoint import Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
+from lir_robust.hub.connection import HubError
+from lir_robust.hub.resolve import is_hub_id
+from lir_robust.hub.study_results import check_study_for
+from lir_robust.hub.sweep_results import check_results_match, find_results, load_sweep_results, public_results
+from lir_robust.hub.validate import CARD_FILE, validate_publish_folder
+from lir_robust.pooling import POOLING_FILE
+
+__all__ = ["prepare_publish_folder", "FIGURE_FILE"]
+
+logger = logging.getLogger(__name__)
+
+FIGURE_FILE = "retained_ndcg10.png"
+
+
+def _copy_tree(source: Path, target: Path, skip: Iterable[str] = ()) -> None:
+    """Copy the regular files under ``source`` into ``target`` (a private staging folder), except ``skip`` names at
+    the top level and stray temporary files."""
+    skip = set(skip)
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if relative.parts[0] in skip or ".tmp-" in path.name or not path.is_file():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target / relative)
+
+
+def _write_model_files(checkpoint: Checkpoint, target: Path, base_model: str) -> None:
+    """The family's files into ``target`` (which must not exist yet): adapter-only or a whole PyLate model."""
+    if checkpoint.layout == "text-colbert":
+        pylate_module().export_pylate(checkpoint.model_dir, target)
+        return
+    target.mkdir(parents=True)
+    _copy_tree(checkpoint.model_dir, target, skip=(CARD_FILE, POOLING_FILE))
+    if checkpoint.layout == "colpali-adapter":
+        adapter = json.loads((target / "adapter_config.json").read_text())
+        adapter["base_model_name_or_path"] = base_model
+        write_json_atomic(target / "adapter_config.json", adapter, indent=2)
+
+
+def _write_pooling(checkpoint: Checkpoint, target: Path) -> None:
+    """pooling.json as saved, its training configuration with local paths shortened."""
+    saved = json.loads((checkpoint.model_dir / POOLING_FILE).read_text())
+    saved["training"] = public_value(saved.get("training") or {})
+    write_json_atomic(target / POOLING_FILE, saved, indent=2)
+
+
+def _write_figure(results: dict[str, Any], target: Path) -> str:
+    """The sweep's figure (retained nDCG@10 against K), drawn again from the public results so that its title names
+    the repo, not a local folder; returns its file name."""
+    from lir_robust.sweep import plot_retained
+
+    plot_retained(results, target / FIGURE_FILE)
+    return FIGURE_FILE
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """Folders 0755, files 0644: staging files are created private (0600) by the atomic writers and mkdtemp."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _check_new_folder_place(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HubError(
+            f"--dry-run {out}: {'a file' if not out.is_dir() else 'a folder that is not empty'}; pass a new or empty "
+            "folder (nothing already there is overwritten)"
+        )
+
+
+def _check_options(repo_id: str, license: str) -> None:
+    if not is_hub_id(repo_id) or repo_id.count("/") != 1:
+        raise HubError(f"--repo {repo_id!r}: expected a Hub id OWNER/NAME (your user or organisation, and a name)")
+    if not license or not str(license).strip():
+        raise HubError("--license is empty: pass the licence of the published weights (usually the base model's, e.g. apache-2.0)")
+
+
+def _sweep_for_card(checkpoint: Checkpoint, results: str | os.PathLike | None, repo_id: str) -> dict[str, Any] | None:
+    """The sweep results the card shows (``results``: a path, ``"auto"`` or None), checked against the checkpoint's
+    weights and named by ``repo_id``; None when there are none."""
+    path = find_results(checkpoint) if results == "auto" else (Path(results).expanduser() if results else None)
+    if path is None:
+        return None
+    sweep = load_sweep_results(path)
+    check_results_match(sweep, checkpoint, path)
+    logger.info("results from %s", path)
+    return public_results(sweep, repo_id)
+
+
+def prepare_publish_folder(
+    checkpoint: str | os.PathLike | Checkpoint,
+    out: str | os.PathLike,
+    *,
+    repo_id: str,
+    license: str,
+    base_model: str | None = None,
+    results: str | os.PathLike | None = "auto",
+    study: str | os.PathLike | None = None,
+) -> Path:
+    """Write into ``out`` (new or empty) exactly the folder that would be uploaded, validated; returns ``out``.
+
+    ``results``: a sweep results.json, ``"auto"`` (the one beside the checkpoint, if any) or None. ``study``: the
+    retraining study's summary.json (or a plain table, see :func:`lir_robust.hub.study_section`). ``base_model``: the
+    Hub id of the base when the checkpoint was trained on a local folder. Touches no network. The folder is built
+    beside ``out`` and renamed into place only once it validates, so ``out`` is either complete or absent.
+    """
+    _check_options(repo_id, license)
+    out = Path(out).expanduser()
+    _check_new_folder_place(out)
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else locate_checkpoint(checkpoint)
+    base = base_model_id(checkpoint, base_model)
+    sweep = _sweep_for_card(checkpoint, results, repo_id)
+    if study is not None:  # a bad study file stops here, before anything is written
+        study = check_study_for(study, checkpoint.head, bool(checkpoint.injected_negatives))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging_parent = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging = staging_parent / "repo"
+    try:
+        _write_model_files(checkpoint, staging, base)
+        _write_pooling(checkpoint, staging)
+        figure = _write_figure(sweep, staging) if sweep is not None else None
+        card = build_model_card(checkpoint, repo_id=repo_id, base_model=base, license=str(license).strip(),
+                                results=sweep, figure=figure, study=study)
+        write_text_atomic(staging / CARD_FILE, str(card))
+        validate_publish_folder(staging)
+        _ordinary_permissions(staging)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging_parent, ignore_errors=True)
+    logger.info("wrote %s (%d files)", out, sum(1 for path in out.rglob("*") if path.is_file()))
+    return out

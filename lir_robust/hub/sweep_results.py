@@ -1,0 +1,156 @@
+"""A length / injection sweep measured on the checkpoint (eval/length_sweep.py's results.json), as the card uses it:
+found beside the checkpoint, checked to be measured on its weights, turned into model-index entries.
+
+    path = find_results(checkpoint)                      # <run>/results.json, <run>/length-sweep/results.json, ...
+    results = load_sweep_results(path)                    # {"metrics", "heads", "ks", "config", ...}
+    check_results_match(results, checkpoint, path)        # HubError when measured on other weights
+    eval_results_from_sweep(results)                      # [EvalResult, ...]: ndcg_at_10, retained_ndcg_at_10
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lir_robust.files import is_finite_number
+from lir_robust.hub.checkpoint import TEXT, Checkpoint
+from lir_robust.hub.connection import HubError
+from lir_robust.hub.resolve import is_hub_id
+
+__all__ = ["find_results", "load_sweep_results", "check_results_match", "report_k", "eval_results_from_sweep",
+           "public_results", "TASK_TYPE"]
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPE = "retrieval"
+_SWEEP_KEYS = {"metrics", "heads", "ks", "config"}
+
+
+def _is_sweep_results(path: Path) -> bool:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and _SWEEP_KEYS <= set(payload)
+
+
+def find_results(checkpoint: Checkpoint) -> Path | None:
+    """The sweep ``results.json`` beside the checkpoint: ``<run>/results.json``, ``<run>/length-sweep/results.json``,
+    else the one ``<run>/*/results.json`` that a sweep wrote (several: HubError asking for --results)."""
+    for candidate in (checkpoint.run_dir / "results.json", checkpoint.run_dir / "length-sweep" / "results.json"):
+        if candidate.is_file() and _is_sweep_results(candidate):
+            return candidate
+    found = sorted(path for path in checkpoint.run_dir.glob("*/results.json") if _is_sweep_results(path))
+    if len(found) > 1:
+        raise HubError(
+            f"several sweep results beside the checkpoint ({', '.join(str(path) for path in found)}): pass the one "
+            "measured on this checkpoint with --results PATH"
+        )
+    return found[0] if found else None
+
+
+def load_sweep_results(path: str | os.PathLike) -> dict[str, Any]:
+    """A sweep's results.json (lir_robust.sweep.run_length_sweep), checked for the keys the card reads."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HubError(f"--results {path}: no such file; pass a results.json written by eval/length_sweep.py")
+    try:
+        results = json.loads(path.read_text())
+    except ValueError as error:
+        raise HubError(f"--results {path}: not JSON ({error})") from None
+    if not (isinstance(results, dict) and _SWEEP_KEYS <= set(results)):
+        raise HubError(f"--results {path}: not a length-sweep results.json (needs metrics, heads, ks, config)")
+    return results
+
+
+def _checkpoint_weights_key(checkpoint: Checkpoint) -> str | None:
+    """The weights key the sweep recorded for this checkpoint (``results['encoder']['weights']``), computed the same way."""
+    if checkpoint.family != TEXT:
+        from lir_robust.encoders.colpali import checkpoint_fingerprint
+
+        return checkpoint_fingerprint(str(checkpoint.model_dir))
+    from lir_robust.encoders.load import load_encoder
+
+    return load_encoder(str(checkpoint.model_dir), show_progress=False, device="cpu").config.get("weights")
+
+
+def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source: Path) -> None:
+    """HubError when ``results`` were measured on other weights than the checkpoint's (a card never shows old numbers)."""
+    recorded = (results.get("encoder") or {}).get("weights")
+    if recorded is None:
+        logger.warning("%s records no weights fingerprint: cannot check it was measured on this checkpoint", source)
+        return
+    actual = _checkpoint_weights_key(checkpoint)
+    if actual is not None and str(actual) != str(recorded):
+        raise HubError(
+            f"{source} was measured on other weights (fingerprint {recorded}, this checkpoint {actual}): rerun the sweep "
+            f"on it (`make eval-length-sweep MODEL={checkpoint.run_dir} OUT={checkpoint.run_dir}`) or pass --results "
+            "none to publish without results"
+        )
+
+
+def public_results(results: dict[str, Any], repo_id: str) -> dict[str, Any]:
+    """The sweep results as the card shows them: the model named by its repo id, not by a local path."""
+    return {**results, "config": {**results["config"], "model": repo_id}}
+
+
+def report_k(results: dict[str, Any]) -> int:
+    """The K the card reports: the sweep's REPORT_K when measured, else the largest K > 0 (0 when there is none)."""
+    from lir_robust.sweep import REPORT_K
+
+    ks = [int(k) for k in results["ks"]]
+    return REPORT_K if REPORT_K in ks else max(k for k in ks if k > 0) if any(k > 0 for k in ks) else 0
+
+
+def _dataset_fields(results: dict[str, Any]) -> dict[str, Any]:
+    """EvalResult's dataset fields for the sweep's collection: ``{dataset_type, dataset_name, dataset_split,
+    dataset_config}`` (a Hub data set by its id, a local folder by its name)."""
+    data = results.get("data") or {}
+    config = results.get("config") or {}
+    spec = str(config.get("data") or data.get("name") or "unknown")
+    dataset_type = spec if is_hub_id(spec) and "/" in spec else str(data.get("name") or Path(spec).name)
+    name = str(data.get("name") or dataset_type)
+    language = config.get("language")
+    return {
+        "dataset_type": dataset_type,
+        "dataset_name": f"{name} ({language})" if language else name,
+        "dataset_split": config.get("split") or "test",
+        "dataset_config": language,
+    }
+
+
+def eval_results_from_sweep(results: dict[str, Any], task_type: str = TASK_TYPE) -> list:
+    """Model-index entries of a sweep: per head, nDCG@10 at K = 0 (``ndcg_at_10``) and, per kind, the retained
+    nDCG@10 at the report K (``retained_ndcg_at_10``, ``metric_args`` {head, kind, K, target, clean_ndcg_at_10})."""
+    from huggingface_hub import EvalResult
+
+    at = report_k(results)
+    fields = _dataset_fields(results)
+    entries = []
+    for head in results["heads"]:
+        by_kind = results["metrics"][head]
+        kinds = list(by_kind)
+        clean = by_kind[kinds[0]]["by_k"]["0"]["mean"]["ndcg@10"] if kinds else None
+        if is_finite_number(clean):
+            entries.append(EvalResult(
+                task_type=task_type, metric_type="ndcg_at_10", metric_value=round(float(clean), 4),
+                metric_name=f"nDCG@10 ({head}, no injection)", metric_config=head, metric_args={"head": head, "K": 0},
+                **fields,
+            ))
+        for kind in kinds:
+            at_k = by_kind[kind]["by_k"].get(str(at))
+            retained = (at_k or {}).get("retained", {}).get("ndcg@10")
+            if not is_finite_number(retained):
+                continue
+            entries.append(EvalResult(
+                task_type=task_type, metric_type="retained_ndcg_at_10", metric_value=round(float(retained), 4),
+                metric_name=f"retained nDCG@10 ({head}, {kind}, K={at})",
+                metric_config=f"{head} {kind} K={at}",
+                metric_args={"head": head, "kind": kind, "K": at, "target": by_kind[kind].get("target"),
+                             "clean_ndcg_at_10": round(float(clean), 4) if is_finite_number(clean) else None},
+                **fields,
+            ))
+    return entries
