@@ -32,8 +32,12 @@ def _top_candidates(values: torch.Tensor, indices: torch.Tensor, extra: torch.Te
     ascending), so merging per-segment lists in any grouping gives the same list. ``[q, n]`` -> ``[q, min(n, depth)]``."""
     width = values.shape[1]
     if width > 2 * depth + 32:  # cut to a few more than depth first: sorting every column would cost more
-        keep = values.topk(depth + 32, dim=1, sorted=False).indices
-        values, indices, extra = values.gather(1, keep), indices.gather(1, keep), extra.gather(1, keep)
+        top = values.topk(depth + 32, dim=1, sorted=False)
+        # topk takes any of the values equal to its last one; when it left some out, only sorting every column keeps
+        # the order total (ties by document index), so that segments give the same lists however they are grouped
+        if not bool(((values >= top.values.amin(dim=1, keepdim=True)).sum(dim=1) > depth + 32).any()):
+            keep = top.indices
+            values, indices, extra = values.gather(1, keep), indices.gather(1, keep), extra.gather(1, keep)
     by_index = indices.argsort(dim=1, stable=True)
     values, indices, extra = values.gather(1, by_index), indices.gather(1, by_index), extra.gather(1, by_index)
     order = values.argsort(dim=1, descending=True, stable=True)[:, :depth]

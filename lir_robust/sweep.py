@@ -176,11 +176,13 @@ def _segments(documents: "Sequence[torch.Tensor] | FlatCorpus", count: int) -> l
 
 def _load_segment(path: Path) -> RankedScores | None:
     """A finished segment, or None when it is missing or damaged (then it is scored again)."""
+    from safetensors import SafetensorError
+
     if not path.is_file():
         return None
     try:
         return RankedScores.load(path)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:  # safetensors raises these on a truncated file
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # SafetensorError: a truncated file
         if isinstance(error, (PermissionError, IsADirectoryError)):
             raise
         logger.warning("segment file %s is damaged (%s): scoring that segment again", path, error)
