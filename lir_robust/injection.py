@@ -453,13 +453,24 @@ class PatchSource:
             non_gold = order[~torch.isin(order, torch.tensor(list(self.gold[query]), dtype=torch.long))]
             self.attacked_documents.append(non_gold[: self.attacked])
 
-    def attacked_patches(self, query: int, slot: int) -> torch.Tensor:
-        """``[k_max, D]`` patches of the ``slot``-th attacked document of ``query`` (its own, shared with no other)."""
+    def attacked_patches(self, query: int, slots: "int | Sequence[int]") -> torch.Tensor:
+        """Patches of the ``slots``-th attacked documents of ``query`` (each its own, shared with no other):
+        ``[k_max, D]`` for one slot, ``[len(slots), k_max, D]`` for several.
+
+        Spikes: one list of N x max(ks) spikes is drawn per query (seeded by the query alone), slot j taking the j-th
+        run of max(ks), so a document attacked in ``spike@10`` carries the same patches in ``spike@50``."""
+        chosen = torch.tensor([slots] if isinstance(slots, int) else list(slots), dtype=torch.long)
         if self.kind == "hard":
-            return self.corpus.vectors[self.hard_indices[query, slot :: self.attacked][: self.k_max]].float()
-        document = int(self.attacked_documents[query][slot])
-        generator = _generator(self.settings.seed, "spike", query, "document", document)
-        return spike_patches(self.queries[query], self.k_max, self.settings.spike_tokens, generator)
+            rows = torch.stack([self.hard_indices[query, int(slot) :: self.attacked][: self.k_max] for slot in chosen])
+            patches = self.corpus.vectors[rows].float()
+        else:
+            if getattr(self, "_spike_query", None) != query:  # one draw per query, reused for all its slots
+                generator = _generator(self.settings.seed, "spike", query, "attacked")
+                count = self.attacked * self.k_max
+                self._spike_list = spike_patches(self.queries[query], count, self.settings.spike_tokens, generator)
+                self._spike_query = query
+            patches = self._spike_list.view(self.attacked, self.k_max, -1)[chosen]
+        return patches[0] if isinstance(slots, int) else patches
 
     # -- document-level kinds: pools of blocks --
     def _make_pool(self) -> None:
@@ -865,11 +876,14 @@ class InjectionSweep:
         slot_valid = torch.zeros(stop - first, width, dtype=torch.bool)
         similarities = torch.full((t, width, source.k_max), -math.inf)
         for local, pairs in enumerate(chosen):
+            if not pairs:
+                continue
             query = first + local
             token_rows = slice(int(self.token_starts[query]) - rows.start, int(self.token_starts[query + 1]) - rows.start)
-            for j, (slot, position) in enumerate(pairs):
-                slot_columns[local, j], slot_valid[local, j] = position, True
-                similarities[token_rows, j] = self.queries[query].float() @ source.attacked_patches(query, slot).T
+            slots, positions = zip(*pairs)
+            slot_columns[local, : len(pairs)], slot_valid[local, : len(pairs)] = torch.tensor(positions), True
+            patches = source.attacked_patches(query, list(slots))  # [slots, k_max, D]
+            similarities[token_rows, : len(pairs)] = torch.einsum("td,skd->tsk", self.queries[query].float(), patches)
         token_columns = slot_columns[owner]  # [t, width]
         slot_rows = torch.arange(stop - first).unsqueeze(1).expand(-1, width)[slot_valid]  # the valid (query, slot) pairs
         valid_columns = slot_columns[slot_valid]

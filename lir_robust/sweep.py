@@ -162,7 +162,7 @@ def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str, segment
     payload = {"heads": heads, "kinds": config.kinds, "ks": sorted(set(config.ks) | {0}), "targets": config.targets,
                "seed": config.seed, "spike_tokens": config.spike_tokens, "pool_blocks": config.pool_blocks,
                "max_queries": config.max_queries, "document_batch_size": config.document_batch_size,
-               "segments": segments, "embeddings": embeddings_key, "version": 4}
+               "segments": segments, "embeddings": embeddings_key, "version": 5}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
