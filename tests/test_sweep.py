@@ -415,3 +415,114 @@ def test_a_damaged_segment_file_is_scored_again_and_never_unpickled(tmp_path, ca
     assert len(damaged) == 2 and str(segments[0]) in damaged[0] + damaged[1] and str(segments[1]) in damaged[0] + damaged[1]
     assert f"resumed from {segments[2]}" in caplog.text
     assert _without(json.loads((out / "results.json").read_text())) == _without(expected)
+
+
+def _rewrite_in_place(weights: Path, seed: int = 0) -> None:
+    """Perturb every tensor of a safetensors file and write it back into the same file: same size, inode, metadata and
+    modification time (so that only the content tells the new weights from the old)."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    before = weights.stat()
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # not a view of the file
+    generator = torch.Generator().manual_seed(seed)
+    changed = {name: (tensor.float() + 0.5 * torch.randn(tensor.shape, generator=generator)).to(tensor.dtype) if tensor.is_floating_point()
+               else tensor for name, tensor in tensors.items()}
+    payload = save(changed, metadata=metadata)
+    with open(weights, "r+b") as handle:
+        handle.write(payload)
+        handle.truncate()
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = weights.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert any(not torch.equal(changed[name], tensors[name]) for name in tensors)
+
+
+def _sweep_reads_cache(caplog, argv) -> tuple[dict, bool]:
+    """Run the sweep; return its results and whether it took the document embeddings from the cache."""
+    caplog.clear()
+    caplog.set_level("INFO")
+    length_sweep.main(argv)
+    out = Path(argv[argv.index("--out") + 1])
+    return json.loads((out / "results.json").read_text()), "items from cache" in caplog.text
+
+
+def _numbers(results: dict) -> dict:
+    return {"metrics": results["metrics"], "gini": results["gradient_concentration_gold_pairs"]}
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_a_fine_tuned_text_adapter_changed_in_place_is_encoded_again(tmp_path, caplog, fresh_accelerate_state):
+    import importlib.util
+
+    from finetune_fixtures import save_dropout_bert, write_tiny_beir
+
+    spec = importlib.util.spec_from_file_location("finetune_script", ROOT / "train" / "finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    bert, data = save_dropout_bert(tmp_path / "bert", dropout=0.0), write_tiny_beir(tmp_path / "beir", documents=8)
+    run = tmp_path / "run"
+    finetune.train(finetune.parse_args([
+        "--model", str(bert), "--data", str(data), "--output-dir", str(run), "--projection-dim", "16", "--lora-r", "4",
+        "--lora-alpha", "8", "--batch-size", "4", "--validation-pairs", "0", "--save-every", "0", "--max-steps", "1",
+        "--query-max-length", "12", "--train-document-max-length", "24", "--document-max-length", "24",
+        "--pseudo-queries", "title", "--pooling", "maxsim", "--projection-init", "svd", "--lr", "5e-3",
+    ]))
+    argv = ["--model", str(run), "--data", str(data), "--poolings", "maxsim", "--kinds", "hard", "--ks", "0", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sweep"), "--quiet"]
+    first, cached = _sweep_reads_cache(caplog, argv)
+    assert not cached
+    again, cached = _sweep_reads_cache(caplog, argv)
+    assert cached and _numbers(again) == _numbers(first)  # unchanged weights: the cache answers, same numbers
+
+    adapters = list((run / "model").rglob("adapter_model.safetensors"))
+    assert len(adapters) == 1
+    _rewrite_in_place(adapters[0])
+    changed, cached = _sweep_reads_cache(caplog, argv)
+    assert not cached, "weights changed in place were answered from the embedding cache"
+    assert changed["encoder"]["weights"] != first["encoder"]["weights"]
+    assert _numbers(changed) != _numbers(first)
+
+
+def test_a_colpali_adapter_or_base_model_changed_in_place_is_encoded_again(tmp_path, caplog):
+    pytest.importorskip("colpali_engine")
+    from peft import LoraConfig, get_peft_model
+
+    from lir_robust.patches.colpali import load_colpali, lora_target_modules
+    from lir_robust.pooling import parse_head
+    from lir_robust.training import save_checkpoint
+    from tiny_colpali import save_tiny_colqwen2
+
+    base = save_tiny_colqwen2(tmp_path / "base")
+    model, processor = load_colpali(base, device="cpu")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules("colqwen2"), init_lora_weights="gaussian")
+    save_checkpoint(get_peft_model(model, lora), processor, tmp_path / "run" / "model", parse_head("maxsim"),
+                    {"family": "colqwen2", "model": str(base), "head": "maxsim"})
+    data = write_vidore_v2(tmp_path / "pages", pages=4)
+    argv = ["--model", str(tmp_path / "run"), "--data", str(data), "--language", "english", "--poolings", "maxsim",
+            "--kinds", "hard", "--ks", "0", "2", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "sweep"), "--quiet"]
+    first, cached = _sweep_reads_cache(caplog, argv)
+    assert not cached and first["encoder"]["class"] == "ColpaliEncoder"
+    again, cached = _sweep_reads_cache(caplog, argv)
+    assert cached and _numbers(again) == _numbers(first)
+
+    _rewrite_in_place(tmp_path / "run" / "model" / "adapter_model.safetensors")  # the adapter retrained into its folder
+    adapter_changed, cached = _sweep_reads_cache(caplog, argv)
+    assert not cached and _numbers(adapter_changed) != _numbers(first)
+
+    base_weights = sorted(base.glob("*.safetensors"))
+    assert base_weights
+    _rewrite_in_place(base_weights[0], seed=1)  # the base model rewritten in place
+    base_changed, cached = _sweep_reads_cache(caplog, argv)
+    assert not cached and _numbers(base_changed) != _numbers(adapter_changed)
