@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,3 +92,83 @@ def test_two_processes_give_the_same_embeddings(tiny_bert, tmp_path):
     assert two["encoded_here"] < one["encoded_here"]  # rank 0 encoded only its share
     assert len(one["embeddings"]) == len(two["embeddings"]) == 23
     assert all(torch.equal(a, b) for a, b in zip(one["embeddings"], two["embeddings"]))
+
+
+def _encoded_twice(tiny_bert, data, cache):
+    """Encode ``data`` into ``cache`` with a fresh encoder; return (queries, documents, items the encoder encoded)."""
+    encoder = load_encoder(str(tiny_bert), show_progress=False)
+    queries, documents = encode_retrieval_set(encoder, data, cache)
+    return queries, documents, encoder.items_encoded
+
+
+def _document_entry(cache: EmbeddingCache, tiny_bert, data) -> Path:
+    encoder = load_encoder(str(tiny_bert), show_progress=False)
+    return cache.path(EmbeddingCache.key(encoder.config, data.fingerprint(), "documents"))
+
+
+CORRUPTIONS = {
+    "truncated vectors": lambda entry: (entry / "vectors.npy").write_bytes((entry / "vectors.npy").read_bytes()[:200]),
+    "vectors not an array": lambda entry: (entry / "vectors.npy").write_bytes(b"\x93NUMPY garbage" * 8),
+    "garbage metadata": lambda entry: (entry / "meta.json").write_bytes(b"\xff\x00{not json"),
+    "metadata of other shapes": lambda entry: (entry / "meta.json").write_text(
+        json.dumps({**json.loads((entry / "meta.json").read_text()), "rows": 3})),
+    "offsets missing": lambda entry: (entry / "offsets.npy").unlink(),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_cache_entry_is_encoded_again_with_a_warning(corruption, tiny_bert, tmp_path, caplog):
+    data = load_beir(write_beir(tmp_path / "tiny"))
+    cache = EmbeddingCache(tmp_path / "cache")
+    queries, documents, encoded = _encoded_twice(tiny_bert, data, cache)
+    assert encoded == len(data.queries) + len(data.corpus)
+    documents = [document.clone() for document in documents]  # they are a view of the file about to be damaged
+    entry = _document_entry(cache, tiny_bert, data)
+    CORRUPTIONS[corruption](entry)
+    caplog.set_level("WARNING")
+    again_queries, again_documents, encoded = _encoded_twice(tiny_bert, data, cache)
+    assert encoded == len(data.corpus)  # the documents again, the intact queries from the cache
+    assert f"cache entry {entry} is corrupt" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(documents, again_documents))
+    assert all(torch.equal(a, b) for a, b in zip(queries, again_queries))
+    assert _encoded_twice(tiny_bert, data, cache)[2] == 0  # the rewritten entry is whole again
+
+
+def test_an_unreadable_cache_entry_is_an_error_naming_the_file(tiny_bert, tmp_path, monkeypatch):
+    """Permissions or I/O errors are not corruption: the command stops and names the file, nothing is re-encoded."""
+    import errno
+
+    import numpy
+
+    data = load_beir(write_beir(tmp_path / "tiny"))
+    cache = EmbeddingCache(tmp_path / "cache")
+    _encoded_twice(tiny_bert, data, cache)
+    entry = _document_entry(cache, tiny_bert, data)
+    real_load = numpy.load
+    for code in (errno.EACCES, errno.EIO):
+        def failing_load(path, *args, code=code, **kwargs):
+            if Path(path) == entry / "vectors.npy":
+                raise OSError(code, os.strerror(code), str(path))
+            return real_load(path, *args, **kwargs)
+
+        monkeypatch.setattr(numpy, "load", failing_load)
+        encoder = load_encoder(str(tiny_bert), show_progress=False)
+        with pytest.raises(OSError, match=str(entry / "vectors.npy")):
+            encode_retrieval_set(encoder, data, cache)
+        assert encoder.items_encoded == 0  # the queries came from the cache, the documents were not re-encoded
+    monkeypatch.undo()
+    assert (entry / "vectors.npy").is_file()  # nothing was thrown away
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="chmod 000 does not stop root from reading")
+def test_a_cache_file_without_read_permission_is_an_error_naming_it(tiny_bert, tmp_path):
+    data = load_beir(write_beir(tmp_path / "tiny"))
+    cache = EmbeddingCache(tmp_path / "cache")
+    _encoded_twice(tiny_bert, data, cache)
+    meta = _document_entry(cache, tiny_bert, data) / "meta.json"
+    meta.chmod(0)
+    try:
+        with pytest.raises(PermissionError, match=str(meta)):
+            _encoded_twice(tiny_bert, data, cache)
+    finally:
+        meta.chmod(0o644)
