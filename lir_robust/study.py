@@ -53,6 +53,8 @@ STUDY_KINDS = ("gaussian", "corpus", "hard", "spike", "hard@10", "spike@10", "ha
 STUDY_KS = (0, 1, 2, 4, 8, 16, 25, 50, 100, 400)
 DEFENCE = ("spike:4", "hard:4")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Hub ids of the offline defaults, for cards and reports (the weights are the same; only the name is local).
+MODEL_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 @dataclass
@@ -285,10 +287,14 @@ def summarize_study(plan: StudyPlan, out: str | os.PathLike) -> dict[str, Any]:
     collection, protocol and seed), Gini before and after training, the target check and the study's cost."""
     out = Path(out)
     runs: list[dict[str, Any]] = []
+    collections: dict[str, Any] = {}
+    models: dict[str, Any] = {}
     for collection, seeds in plan.collections.items():
         raw = out / "sweeps" / collection / "raw" / "results.json"
         if raw.is_file():
             results = json.loads(raw.read_text())
+            collections[collection] = {**results["data"], "split": results["config"]["split"],
+                                       "evaluated_queries": results["evaluated_queries"]}
             for head in plan.heads:
                 runs.append({"collection": collection, "protocol": "raw", "variant": "raw", "head": head, "seed": None,
                              **_record(results, head)})
@@ -300,6 +306,8 @@ def summarize_study(plan: StudyPlan, out: str | os.PathLike) -> dict[str, Any]:
                 if not path.is_file():
                     continue
                 results = json.loads(path.read_text())
+                models[f"{collection}/{name}/seed{seed}"] = {"weights": results["encoder"].get("weights"),
+                                                             "base_weights": results["encoder"].get("base_weights")}
                 runs.append({"collection": collection, "protocol": "retrained", "variant": name, "head": trained,
                              "seed": seed, **_record(results, trained)})
                 if trained == "maxsim" and not defended:
@@ -312,6 +320,9 @@ def summarize_study(plan: StudyPlan, out: str | os.PathLike) -> dict[str, Any]:
     rows = [_aggregate(key, members, groups, plan) for key, members in groups.items()]
     summary = {
         "plan": plan.to_dict(),
+        "model_hub_id": MODEL_HUB_IDS.get(plan.model, plan.model),
+        "collections": collections,
+        "models": models,
         "rows": rows,
         "targets": _targets(rows, plan),
         "timings": _study_timings(out),
