@@ -52,13 +52,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", type=cli.injection_name, default=list(STUDY_KINDS))
     parser.add_argument("--ks", nargs="+", type=cli.non_negative_int, default=list(STUDY_KS))
     parser.add_argument("--finetune-args", default="", help='extra train/finetune.py options, e.g. "--max-steps 10"')
+    parser.add_argument("--finetune-threads", type=cli.positive_int, default=1,
+                        help="CPU threads per fine-tuning process (OMP_NUM_THREADS), 1 as accelerate launch gives")
     parser.add_argument("--data-root", type=cli.existing_folder, default=None, help="default $LIR_ROBUST_DATA_ROOT")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         args.plan = StudyPlan(model=args.model, collections=dict(args.collections), heads=args.heads,
                               defended_heads=args.defended_heads, defence=args.defence, kinds=args.kinds, ks=args.ks,
-                              finetune_args=shlex.split(args.finetune_args), data_root=args.data_root)
+                              finetune_args=shlex.split(args.finetune_args), data_root=args.data_root,
+                              finetune_threads=args.finetune_threads)
     except ValueError as error:
         raise cli.UserError(str(error)) from None
     for collection in args.plan.collections:
