@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune-threads", type=cli.positive_int, default=1,
                         help="CPU threads per fine-tuning process (OMP_NUM_THREADS), 1 as accelerate launch gives")
     parser.add_argument("--data-root", type=cli.existing_folder, default=None, help="default $LIR_ROBUST_DATA_ROOT")
+    parser.add_argument("--threads", type=cli.positive_int, default=None,
+                        help="torch threads of this process's sweeps (default: torch's choice); two study processes on "
+                        "different --parts with --threads 1 use a 2-core machine best")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
@@ -74,6 +77,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("study")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     steps = plan_steps(args.plan, out, show_progress=not args.quiet)
     if args.list_parts:

@@ -18,7 +18,8 @@ Layout of the output folder::
     plan.json                                  the plan (a rerun with another plan stops)
     models/<collection>/<variant>/seed<k>/     train/finetune.py output folders (resumed when killed)
     sweeps/<collection>/<variant>/seed<k>/     sweep reports (results.json, table.md, PNG); raw/ for the untrained
-    timings.json                               seconds per finished step, and per part
+    timings/<part>.json                        seconds per finished step of each part (parts may run in parallel
+                                               processes: `--parts a` and `--parts b` side by side, one thread each)
     summary.json                               every number the report needs (committed; docs/RESULTS.md is built
                                                from it by ``make results-doc``)
 
@@ -210,7 +211,8 @@ def _check_plan(plan: StudyPlan, out: Path) -> None:
 
 def run_study(plan: StudyPlan, out: str | os.PathLike, parts: Sequence[str] | None = None, show_progress: bool = True) -> dict[str, float]:
     """Run the plan's steps (only those of ``parts`` if given), skipping finished ones; returns seconds per part spent
-    in this call. Step times accumulate in ``timings.json``."""
+    in this call. Step times accumulate in ``timings/<part>.json`` (one file per part, so several processes can run
+    different parts side by side)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(plan, out)
@@ -220,8 +222,8 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, parts: Sequence[str] | No
     unknown = [part for part in wanted if part not in known]
     if unknown:
         raise ValueError(f"unknown study part(s) {unknown}; parts: {', '.join(known)}")
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {"steps": {}}
+    def timings_path(part: str) -> Path:
+        return out / "timings" / f"{part.replace(':', '_')}.json"
     spent: dict[str, float] = {}
     todo = [step for step in steps if step.part in wanted]
     for number, step in enumerate(todo, start=1):
@@ -233,8 +235,10 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, parts: Sequence[str] | No
         step.action()
         seconds = time.perf_counter() - tick
         spent[step.part] = spent.get(step.part, 0.0) + seconds
+        path = timings_path(step.part)
+        timings = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
         timings["steps"][step.name] = {"part": step.part, "seconds": seconds}
-        write_json_atomic(timings_path, timings)
+        write_json_atomic(path, timings)
     return spent
 
 
@@ -409,10 +413,11 @@ def _targets(rows: list[dict[str, Any]], plan: StudyPlan) -> list[dict[str, Any]
 
 
 def _study_timings(out: Path) -> dict[str, Any]:
-    path = out / "timings.json"
-    if not path.is_file():
+    steps: dict[str, Any] = {}
+    for path in sorted((out / "timings").glob("*.json")):
+        steps.update(json.loads(path.read_text()).get("steps", {}))
+    if not steps:
         return {}
-    steps = json.loads(path.read_text()).get("steps", {})
     parts: dict[str, float] = {}
     for entry in steps.values():
         parts[entry["part"]] = parts.get(entry["part"], 0.0) + entry["seconds"]

@@ -74,6 +74,7 @@ def test_the_study_trains_sweeps_and_summarises_every_variant(tiny_study):
         "budget_hard_at_least_twice_maxsim", "budget_spike_at_least_twice_maxsim"}
     assert target["reached"] == all(target["checks"].values())
     assert set(summary["timings"]["parts_s"]) == {"raw:tiny", "tiny:seed0"} and summary["timings"]["steps"] == 5
+    assert sorted(p.name for p in (out / "timings").iterdir()) == ["raw_tiny.json", "tiny_seed0.json"]
 
 
 @pytest.mark.slow
