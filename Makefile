@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep finetune finetune-all study results-doc publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep bench-scale finetune finetune-all study results-doc publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ bench-scoring:
 
 bench-sweep:
 	$(PY) eval/bench_sweep.py
+
+# Time and peak RSS of the full default sweep grid on synthetic memory-mapped corpora of 10k, 30k and 100k documents,
+# 1 and 2 processes (long: run it on an idle machine). BENCH_SCALE_ARGS: e.g. "--sizes 500 1500 --queries 20".
+BENCH_SCALE_ARGS ?=
+bench-scale:
+	$(PY) eval/bench_scale.py --out $(OUT)/bench-scale $(BENCH_SCALE_ARGS)
 
 finetune:
 	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING))) $(FINETUNE_ARGS)

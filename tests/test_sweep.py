@@ -1,4 +1,6 @@
-"""The length-sweep CLI end to end on tiny data and tiny models (text ColBERT and colpali), and resuming."""
+"""The length-sweep command end to end: tiny models (text ColBERT and colpali) and resuming; a real Cranfield subset
+checked number by number against a brute-force path; segments, kill -9 and resume, one process against two; damaged
+segment files; weights changed in place."""
 
 from __future__ import annotations
 
