@@ -41,6 +41,7 @@ def atomic_path(path: "str | os.PathLike", suffix: str | None = None) -> Iterato
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix if suffix is not None else path.suffix)
     os.close(handle)
     temporary = Path(name)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
     try:
         yield temporary
         _fsync_file(temporary)
@@ -49,6 +50,12 @@ def atomic_path(path: "str | os.PathLike", suffix: str | None = None) -> Iterato
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

@@ -205,7 +205,14 @@ def _hard_indices(queries, corpus: FlatCorpus, gold, config: SweepConfig, ks: li
         with atomic_path(path) as temporary:
             save_file({"indices": indices.contiguous()}, str(temporary))
     barrier()
-    return load_file(str(path))["indices"]
+    try:
+        return load_file(str(path))["indices"]
+    except Exception as error:  # safetensors' own error class on a damaged file: search again (rank 0), never a traceback
+        if world()[1] > 1:
+            raise
+        logger.warning("hard-patch file %s is damaged (%s): searching again", path, error)
+        path.unlink(missing_ok=True)
+        return _hard_indices(queries, corpus, gold, config, ks, partial_dir, show_progress)
 
 
 def ranked_segments(
