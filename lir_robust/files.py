@@ -8,6 +8,8 @@ either the old file or the new one, never a truncated one; stray ``*.tmp-*`` fil
     write_bytes_atomic(path, b"...")         save_figure_atomic(figure, path, dpi=120)
     with atomic_path(path) as temporary:     # for libraries that want a path (safetensors, torch.save, numpy)
         save_file(tensors, temporary)
+    with atomic_folder(folder) as temporary: # a whole folder (a model, a cache entry), renamed into place at the end
+        model.save_pretrained(temporary)
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
     "atomic_path",
+    "atomic_folder",
+    "replace_folder",
     "write_bytes_atomic",
     "write_text_atomic",
     "write_json_atomic",
@@ -49,6 +54,38 @@ def atomic_path(path: "str | os.PathLike", suffix: str | None = None) -> Iterato
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        raise
+
+
+def replace_folder(temporary: "str | os.PathLike", final: "str | os.PathLike") -> None:
+    """Move the finished folder ``temporary`` onto ``final``: an older ``final`` is moved aside first, then removed, so a
+    reader sees the old folder or the complete new one, never half of one."""
+    temporary, final = Path(temporary), Path(final)
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(temporary, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the rename durable
+        descriptor = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: "str | os.PathLike") -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; once the block succeeds it replaces ``final``
+    (:func:`replace_folder`); on error it is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        yield temporary
+        replace_folder(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
         raise
 
 

@@ -43,6 +43,7 @@ from lir_robust.data import (
     read_beir_queries,
     resolve_collection,
 )
+from lir_robust.files import atomic_folder, replace_folder
 from lir_robust.pooling import PoolingHead, save_pooling_json
 
 __all__ = [
@@ -662,41 +663,6 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _replace_folder(temporary: Path, final: Path) -> None:
-    """Move the finished folder ``temporary`` onto ``final`` (an older ``final`` is moved aside first, then removed)."""
-    import shutil
-
-    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(temporary, final)
-    shutil.rmtree(aside, ignore_errors=True)
-    with contextlib.suppress(OSError):  # make the rename durable
-        descriptor = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-@contextlib.contextmanager
-def atomic_folder(final: str | os.PathLike):
-    """Yield a temporary folder beside ``final``; once the block succeeds it is renamed onto ``final``, so a reader
-    (or a rerun after a kill) sees the old folder or the complete new one, never half of one."""
-    import shutil
-
-    final = Path(final)
-    temporary = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
-        yield temporary
-        _replace_folder(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
 def save_state_atomic(accelerator, output_dir: str | os.PathLike, step: int) -> Path:
     """``accelerator.save_state`` into ``output_dir/checkpoints/.step-N.partial``, renamed to ``step-N`` once every
     process has written its part: a run killed while saving leaves no ``step-N`` folder to resume from by mistake.
@@ -713,7 +679,7 @@ def save_state_atomic(accelerator, output_dir: str | os.PathLike, step: int) -> 
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _replace_folder(temporary, final)
+        replace_folder(temporary, final)
     accelerator.wait_for_everyone()
     return final
 

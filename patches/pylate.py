@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lir_robust.files import replace_folder
 from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head, save_pooling_json
 from lir_robust.scoring import late_interaction_scores, pad_with_mask, padding_mask_from_values, paired_scores, score
 
@@ -510,15 +511,6 @@ def pylate_model_card(
     )
 
 
-def _replace_folder(temporary: Path, final: Path) -> None:
-    """Move the finished folder ``temporary`` onto ``final`` (an older ``final`` is moved aside, then removed)."""
-    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(temporary, final)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Optional[dict[str, Any]] = None) -> Path:
     """Write a :class:`~lir_robust.encoders.text_colbert.TextColBERT` as a PyLate model folder; returns it.
 
@@ -563,7 +555,7 @@ def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Option
         card = pylate_model_card(base, head, layers[-1].out_features, shown, training_config)
         card.save(str(folder / "README.md"))
         save_pooling_json(folder, head, training_config)
-        _replace_folder(folder, out_dir)
+        replace_folder(folder, out_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     logger.info("wrote the PyLate model folder %s", out_dir)

@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import torch
 
 from lir_robust.data import RetrievalSet
 from lir_robust.encoders.base import MultiVectorEncoder, barrier, is_main_process
-from lir_robust.files import json_default
+from lir_robust.files import atomic_folder, json_default
 from lir_robust.injection import FlatCorpus
 
 __all__ = ["EmbeddingCache", "CacheCorruptError", "default_cache_dir", "encode_retrieval_set", "CACHE_FORMAT"]
@@ -120,21 +118,13 @@ class EmbeddingCache:
     def save(self, key: str, items: "list[torch.Tensor] | FlatCorpus", meta: dict[str, Any] | None = None) -> Path:
         """Store ``items`` (``[L_i, D]`` tensors, or a FlatCorpus) under ``key``; atomic (temporary folder, rename)."""
         corpus = FlatCorpus.from_documents(items)
-        self.directory.mkdir(parents=True, exist_ok=True)
         folder = self.path(key)
-        temporary = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{key}.tmp-"))
-        try:
+        with atomic_folder(folder) as temporary:  # replaces a corrupt entry, if any, only once the new one is whole
             np.save(temporary / "vectors.npy", corpus.vectors.float().contiguous().numpy(), allow_pickle=False)
             np.save(temporary / "offsets.npy", corpus.starts.to(torch.int64).numpy(), allow_pickle=False)
             info = {"format": CACHE_FORMAT, "rows": int(corpus.vectors.shape[0]), "dim": corpus.dim,
                     "items": len(corpus), **(meta or {})}
             (temporary / "meta.json").write_text(json.dumps(info, indent=1, default=json_default) + "\n")
-            if folder.exists():  # a corrupt entry being replaced
-                shutil.rmtree(folder)
-            os.replace(temporary, folder)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         return folder
 
 
