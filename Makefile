@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep bench-scale finetune finetune-all study results-doc publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -60,13 +60,17 @@ eval-length-sweep:
 check-pool-blocks:
 	$(PY) eval/pool_blocks_check.py --out $(OUT)/pool-blocks-check
 
-bench: bench-scoring bench-sweep
+bench: bench-scoring bench-sweep bench-train
 
 bench-scoring:
 	$(PY) eval/bench_scoring.py
 
 bench-sweep:
 	$(PY) eval/bench_sweep.py
+
+# One fine-tuning step per head and with the training-side defence (--injected-negatives), against maxsim.
+bench-train:
+	$(PY) eval/bench_train.py --out $(OUT)/bench-train
 
 # Time and peak RSS of the full default sweep grid on synthetic memory-mapped corpora of 10k, 30k and 100k documents,
 # 1 and 2 processes (long: run it on an idle machine). BENCH_SCALE_ARGS: e.g. "--sizes 500 1500 --queries 20".

@@ -32,6 +32,7 @@ SCRIPTS = {
     "finetune_all": "eval/finetune_all.py",
     "bench_scoring": "eval/bench_scoring.py",
     "bench_sweep": "eval/bench_sweep.py",
+    "bench_train": "eval/bench_train.py",
     "pool_blocks_check": "eval/pool_blocks_check.py",
 }
 
@@ -61,6 +62,7 @@ def _forbid_loading(monkeypatch, scripts):
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
     monkeypatch.setattr(scripts["synthetic_study"], "run_study", loaded)
     monkeypatch.setattr(scripts["bench_scoring"], "measure", loaded)
+    monkeypatch.setattr(scripts["bench_train"], "bench", loaded)
     for name in ("bench_sweep", "pool_blocks_check"):
         monkeypatch.setattr(scripts[name], "load_retrieval_set", loaded)
         monkeypatch.setattr(scripts[name], "load_encoder", loaded)
@@ -130,6 +132,9 @@ BAD_INPUTS = [
     ("bench_scoring", ["--json", "{beir}"], "is a folder: pass a file path such as"),
     ("bench_sweep", ["--kinds", "spikes"], "argument --kinds: unknown injection kind 'spikes'"),
     ("bench_sweep", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+    ("bench_train", ["--variants", "maxsim", "exclusive:capacity=0"], "argument --variants: pooling head 'exclusive': capacity must be an integer >= 1, got 0"),
+    ("bench_train", ["--variants", "maxsim", "topk:k=4+spike:4,spike:2"], "give each injected-negative kind once"),
+    ("bench_train", ["--variants", "maxsim+spikes:4"], "argument --variants:"),
     ("pool_blocks_check", ["--kinds", "hard"], "argument --kinds: invalid choice: 'hard' (choose from 'gaussian', 'corpus')"),
     ("pool_blocks_check", ["--seeds", "0", "1.5"], "argument --seeds: expected an integer, got '1.5'"),
 ]

@@ -244,3 +244,26 @@ def test_exclusive_is_joint_and_ignores_masked_query_tokens():
     assert head.pool(similarities, mask, torch.tensor([[True, True]]))[0].tolist() == pytest.approx([0.9, 0.7])
     # the first token masked (padding): it takes nothing, so the second keeps patch 0
     assert head.pool(similarities, mask, torch.tensor([[False, True]]))[0, 1].item() == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 40])
+def test_top_candidates_equal_a_full_stable_sort_with_ties_and_padding(count):
+    """SharedWork.top_candidates (topk, then equal values in patch order; rows tied at the boundary sorted in full)
+    equals the reference: a full stable descending sort, -inf / -1 where padded."""
+    from lir_robust.pooling import SharedWork
+
+    generator = torch.Generator().manual_seed(3)
+    similarities = torch.randint(-4, 5, (3, 5, 7, 30), generator=generator).float() / 4  # many exact ties
+    similarities[0, 0] = torch.randn(7, 30, generator=generator)  # rows without ties
+    mask = torch.rand(3, 5, 1, 30, generator=generator) > 0.3
+    mask[1, 2] = False  # a document without patches
+    mask[2, 1, :, 5:] = False  # fewer patches than candidates
+    values, positions = SharedWork(similarities, mask).top_candidates(count)
+    filled = similarities.masked_fill(~mask, -math.inf)
+    expected_values, expected_positions = filled.sort(dim=-1, descending=True, stable=True)
+    take = min(count, 30)
+    expected_values, expected_positions = expected_values[..., :take], expected_positions[..., :take]
+    expected_positions = torch.where(torch.isfinite(expected_values), expected_positions, -1)
+    assert torch.equal(values[..., :take], expected_values)
+    assert torch.equal(positions[..., :take], expected_positions)
+    assert (positions[..., take:] == -1).all() and torch.isneginf(values[..., take:]).all()
