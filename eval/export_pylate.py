@@ -27,7 +27,7 @@ logger = logging.getLogger("export_pylate")
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="minilm", help="'minilm', a Hugging Face encoder folder, or a fine-tuned text checkpoint (or train/finetune.py output) folder")
-    p.add_argument("--out", required=True, type=cli.output_folder, help="the PyLate model folder to write (replaced if it exists)")
+    p.add_argument("--out", required=True, type=cli.output_folder, help="the PyLate model folder to write: new, empty, or a PyLate model folder (replaced)")
     p.add_argument("--check-data", default=None, help="a BEIR folder or collection name: compare embeddings of its first texts with PyLate's")
     p.add_argument("--check-count", type=cli.positive_int, default=20, help="documents and queries compared by --check-data")
     return p
@@ -36,6 +36,14 @@ def build_parser() -> cli.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     cli.check_model(args.model)
+    if args.check_data:
+        cli.check_data(args.check_data, option="--check-data")
+    from lir_robust.patches.pylate import check_replaceable
+
+    try:
+        check_replaceable(args.out)
+    except ValueError as error:
+        raise cli.UserError(f"--out: {error}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from lir_robust.encoders.text_colbert import TextColBERT
     from lir_robust.patches.pylate import export_pylate, largest_difference, save_pylate

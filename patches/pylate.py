@@ -60,6 +60,7 @@ __all__ = [
     "PooledScores",
     "pooled_scores",
     "is_pylate_folder",
+    "check_replaceable",
     "is_pylate_model",
     "DenseProjection",
     "load_pylate",
@@ -511,6 +512,17 @@ def pylate_model_card(
     )
 
 
+def check_replaceable(out_dir: Union[str, os.PathLike]) -> None:
+    """Raise ValueError unless ``out_dir`` is absent, empty or a PyLate model folder (modules.json): writing a PyLate
+    folder replaces ``out_dir`` whole, which must never take a folder of other files with it."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a folder: pass a folder path for the PyLate model")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "modules.json").is_file():
+        raise ValueError(f"{out_dir} holds files and is not a PyLate model folder (no modules.json); writing the model "
+                         "there would replace the whole folder: pass a new or empty folder")
+
+
 def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Optional[dict[str, Any]] = None) -> Path:
     """Write a :class:`~lir_robust.encoders.text_colbert.TextColBERT` as a PyLate model folder; returns it.
 
@@ -526,6 +538,7 @@ def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Option
     from lir_robust.encoders.text_colbert import MINILM_NAMES
 
     out_dir = Path(out_dir).expanduser()
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = model.colbert_config
     backbone = _merged_backbone(model)

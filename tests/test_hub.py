@@ -700,6 +700,11 @@ def test_a_cached_snapshot_is_used_when_the_hub_is_unreachable(checkpoints, dry_
     caplog.set_level("WARNING")
     assert hub.resolve_model_spec("alice/robust-colqwen2") == str(snapshot)
     assert "unreachable" in caplog.text and "using the cached snapshot" in caplog.text
+    # a cached model that is no lir-robust repo goes to its family's loader, which reads the cache
+    assert hub.resolve_model_spec(BASE_IDS["colqwen2"]) == BASE_IDS["colqwen2"]
+    assert "loading the copy in the local Hub cache" in caplog.text
+    with pytest.raises(hub.HubError, match="unreachable"):
+        hub.resolve_model_spec("nobody/not-cached")
 
 
 def test_the_length_sweep_command_runs_on_a_published_id_from_the_cache(checkpoints, dry_runs, hub_cache, tmp_path):

@@ -538,3 +538,13 @@ def test_export_command_writes_a_base_encoder_that_pylate_reads_identically(tiny
 
     assert run_command(command.main, ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+    # the PyLate folder just written is replaced on a rerun; a folder of other files never is
+    assert command.main(["--model", str(tiny_bert), "--out", str(tmp_path / "pylate")])["out"] == str(tmp_path / "pylate")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me\n")
+    assert run_command(command.main, ["--model", str(tiny_bert), "--out", str(tmp_path / "mine")]) == 2
+    assert "is not a PyLate model folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me\n"
+    assert run_command(command.main, ["--model", str(tiny_bert), "--out", str(tmp_path / "y"), "--check-data",
+                                      str(tmp_path / "no-data")]) == 2
+    assert "--check-data" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -84,6 +84,9 @@ def _ensure_base_config(folder: Path, timeout: float) -> None:
     hub_call(f"fetch the base model {base}", lambda: hf_hub_download(base, "config.json", etag_timeout=timeout), "", base)
 
 
+MODEL_FILES = ("config.json", "adapter_config.json", "modules.json")  # one of them: a model is in the local Hub cache
+
+
 def resolve_model_spec(spec: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """A model spec for load_encoder: a published lir-robust id (``owner/name`` whose repo holds pooling.json) becomes
     the local folder of its snapshot; anything else (a folder, ``minilm``, another Hub id) comes back unchanged.
@@ -106,12 +109,17 @@ def resolve_model_spec(spec: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    # any other model of the local Hub cache (a colpali-engine or PyLate id): its own loader reads the cache
+    in_cache = cached is None and any(cached_file(text, name) is not None for name in MODEL_FILES)
     try:
         info = HfApi().model_info(text, timeout=timeout)
     except (GatedRepoError, RepositoryNotFoundError) as error:
         if cached is not None:
             logger.warning("%s: the Hub refused it (%s); using the cached snapshot %s", text, type(error).__name__, cached)
             return str(cached)
+        if in_cache:
+            logger.warning("%s: the Hub refused it (%s); loading the copy in the local Hub cache", text, type(error).__name__)
+            return spec
         if isinstance(error, GatedRepoError):
             raise HubError(f"{text} is gated on the Hub: accept its terms on huggingface.co and log in (`hf auth login`)") from None
         raise HubError(f"{text} is neither a local folder nor a model on the Hub (or it is private and you are not logged in)") from None
@@ -119,6 +127,9 @@ def resolve_model_spec(spec: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         if cached is not None:
             logger.warning("%s: the Hub is unreachable (%s); using the cached snapshot %s", text, one_line(error), cached)
             return str(cached)
+        if in_cache:
+            logger.warning("%s: the Hub is unreachable (%s); loading the copy in the local Hub cache", text, one_line(error))
+            return spec
         raise HubError(
             f"cannot load {text}: not in the local Hugging Face cache ({cache_dir()}) and the Hub at {endpoint()} is "
             f"unreachable ({one_line(error)}); pass a local folder, or retry with network access"
