@@ -112,6 +112,10 @@ CORRUPTIONS = {
     "garbage metadata": lambda entry: (entry / "meta.json").write_bytes(b"\xff\x00{not json"),
     "metadata of other shapes": lambda entry: (entry / "meta.json").write_text(
         json.dumps({**json.loads((entry / "meta.json").read_text()), "rows": 3})),
+    "metadata without sizes": lambda entry: (entry / "meta.json").write_text(
+        json.dumps({key: value for key, value in json.loads((entry / "meta.json").read_text()).items() if key != "items"})),
+    "metadata with text sizes": lambda entry: (entry / "meta.json").write_text(
+        json.dumps({**json.loads((entry / "meta.json").read_text()), "dim": "32"})),
     "offsets missing": lambda entry: (entry / "offsets.npy").unlink(),
 }
 

@@ -103,6 +103,8 @@ class EmbeddingCache:
         vectors = _open_array(folder / "vectors.npy", "vectors")
         offsets = np.array(_open_array(folder / "offsets.npy", "offsets"))
         rows, dim, items = meta.get("rows"), meta.get("dim"), meta.get("items")
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in (rows, dim, items)):
+            raise CacheCorruptError(f"{meta_file}: rows / dim / items must be integers >= 0, got {rows!r} / {dim!r} / {items!r}")
         if (vectors.dtype != np.float32 or vectors.ndim != 2 or list(vectors.shape) != [rows, dim]
                 or offsets.dtype != np.int64 or offsets.shape != (items + 1,) or offsets[0] != 0 or offsets[-1] != rows
                 or bool((np.diff(offsets) < 0).any())):
