@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from lir_robust import cli  # noqa: E402
-from lir_robust.study import DEFENCE, STUDY_HEADS, STUDY_KINDS, STUDY_KS, StudyPlan, parts_of, plan_steps, run_study, summarize_study  # noqa: E402
+from lir_robust.study import DEFENCE, STUDY_HEADS, STUDY_KINDS, STUDY_KS, StudyPlan, StudyPlanError, parts_of, plan_steps, run_study, summarize_study  # noqa: E402
 
 
 def collection_seeds(text: str) -> tuple[str, list[int]]:
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               defended_heads=args.defended_heads, defence=args.defence, kinds=args.kinds, ks=args.ks,
                               finetune_args=shlex.split(args.finetune_args), data_root=args.data_root,
                               finetune_threads=args.finetune_threads)
-    except ValueError as error:
+    except StudyPlanError as error:
         raise cli.UserError(str(error)) from None
     for collection in args.plan.collections:
         cli.check_data(collection, root=args.data_root)
@@ -92,14 +92,14 @@ def main(argv=None) -> None:
         unknown = [part for part in args.parts if part not in parts_of(steps)]
         if unknown:
             raise cli.UserError(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(parts_of(steps))} (see --list-parts)")
-    if not args.summarize_only:
-        try:
+    try:
+        if not args.summarize_only:
             spent = run_study(args.plan, out, args.parts, show_progress=not args.quiet)
-        except ValueError as error:
-            raise cli.UserError(str(error)) from None
-        for part, seconds in spent.items():
-            log.info("part %s: %.0f s in this run", part, seconds)
-    summary = summarize_study(args.plan, out)
+            for part, seconds in spent.items():
+                log.info("part %s: %.0f s in this run", part, seconds)
+        summary = summarize_study(args.plan, out)
+    except StudyPlanError as error:  # only the plan's own errors are the user's; anything else keeps its traceback
+        raise cli.UserError(str(error)) from None
     log.info("wrote %s (%d rows); study time so far by part: %s", out / "summary.json", len(summary["rows"]),
              {part: round(seconds) for part, seconds in summary["timings"].get("parts_s", {}).items()})
 

@@ -58,6 +58,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
+class StudyPlanError(ValueError):
+    """A study plan that cannot run as given (its options, its data root, or another plan in the same folder)."""
+
 @dataclass
 class StudyPlan:
     """What the study trains and measures (saved as plan.json)."""
@@ -79,12 +82,12 @@ class StudyPlan:
         self.heads = [parse_head(head).spec() for head in self.heads]
         self.defended_heads = [parse_head(head).spec() for head in self.defended_heads]
         if "maxsim" not in self.heads:
-            raise ValueError("the study compares every head with maxsim: keep maxsim among the heads")
+            raise StudyPlanError("the study compares every head with maxsim: keep maxsim among the heads")
         unknown = set(self.defended_heads) - set(self.heads)
         if unknown:
-            raise ValueError(f"defended heads {sorted(unknown)} are not among the study's heads {self.heads}")
+            raise StudyPlanError(f"defended heads {sorted(unknown)} are not among the study's heads {self.heads}")
         if not self.collections or any(not seeds for seeds in self.collections.values()):
-            raise ValueError("the study needs at least one collection with at least one seed")
+            raise StudyPlanError("the study needs at least one collection with at least one seed")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,7 +114,7 @@ def _data_root(plan: StudyPlan) -> str:
 
     root = plan.data_root or data_root()
     if root is None:
-        raise ValueError("no data root: set LIR_ROBUST_DATA_ROOT (the folder holding cranfield/ and med/)")
+        raise StudyPlanError("no data root: set LIR_ROBUST_DATA_ROOT (the folder holding cranfield/ and med/)")
     return str(root)
 
 
@@ -198,14 +201,14 @@ def parts_of(steps: Sequence[Step]) -> list[str]:
     return list(dict.fromkeys(step.part for step in steps))
 
 
-def _check_plan(plan: StudyPlan, out: Path) -> None:
+def _check_plan(plan: StudyPlan, out: Path, write: bool = True) -> None:
     path = out / "plan.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved != plan.to_dict():
             differing = sorted(key for key in set(saved) | set(plan.to_dict()) if saved.get(key) != plan.to_dict().get(key))
-            raise ValueError(f"{out} holds a study of another plan (differs in {', '.join(differing)}); use another --out")
-    else:
+            raise StudyPlanError(f"{out} holds a study of another plan (differs in {', '.join(differing)}); use another --out")
+    elif write:
         write_json_atomic(path, plan.to_dict())
 
 
@@ -221,7 +224,7 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, parts: Sequence[str] | No
     wanted = known if not parts else list(parts)
     unknown = [part for part in wanted if part not in known]
     if unknown:
-        raise ValueError(f"unknown study part(s) {unknown}; parts: {', '.join(known)}")
+        raise StudyPlanError(f"unknown study part(s) {unknown}; parts: {', '.join(known)}")
     def timings_path(part: str) -> Path:
         return out / "timings" / f"{part.replace(':', '_')}.json"
     spent: dict[str, float] = {}
@@ -294,6 +297,7 @@ def summarize_study(plan: StudyPlan, out: str | os.PathLike) -> dict[str, Any]:
     the curves and table values, their mean / std over seeds, paired per-query differences against maxsim (same
     collection, protocol and seed), Gini before and after training, the target check and the study's cost."""
     out = Path(out)
+    _check_plan(plan, out, write=False)  # never a summary of another plan's sweeps under this plan's name
     runs: list[dict[str, Any]] = []
     collections: dict[str, Any] = {}
     models: dict[str, Any] = {}

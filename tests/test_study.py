@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "eval"))
 import study as study_command  # noqa: E402
 
+from lir_robust import cli  # noqa: E402
 from lir_robust.results_doc import render_results  # noqa: E402
 from lir_robust.study import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name  # noqa: E402
 
@@ -83,8 +84,14 @@ def test_a_rerun_skips_finished_steps_and_another_plan_stops(tiny_study, caplog)
     caplog.set_level("INFO")
     study_command.main(argv)
     assert caplog.text.count("done already") == 5
-    with pytest.raises(Exception, match="another plan"):
-        study_command.main([*argv[:argv.index("--ks")], "--ks", "0", "2", *argv[argv.index("--ks") + 4:]])
+    other_plan = [*argv[:argv.index("--ks")], "--ks", "0", "2", *argv[argv.index("--ks") + 4:]]
+    with pytest.raises(cli.UserError, match="another plan"):
+        study_command.main(other_plan)
+    summary = (root / "out" / "summary.json").read_text() if (root / "out" / "summary.json").is_file() else None
+    with pytest.raises(cli.UserError, match="another plan"):  # nor a summary of this study under another plan
+        study_command.main([*other_plan, "--summarize-only"])
+    if summary is not None:
+        assert (root / "out" / "summary.json").read_text() == summary
 
 
 def test_parts_are_named_and_unknown_parts_refused(tmp_path):
