@@ -78,8 +78,9 @@ BENCH_SCALE_ARGS ?=
 bench-scale:
 	$(PY) eval/bench_scale.py --out $(OUT)/bench-scale $(BENCH_SCALE_ARGS)
 
+# Writes runs/finetune-<head> (e.g. runs/finetune-topk-k4), as the command alone does; FINETUNE_ARGS="--output-dir X" to change.
 finetune:
-	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) --output-dir $(OUT)/finetune-$(subst :,-,$(subst =,,$(POOLING))) $(FINETUNE_ARGS)
+	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) $(FINETUNE_ARGS)
 
 # One fine-tuning run per head on Cranfield pseudo-queries (the recipe: RECIPE in eval/finetune_all.py), nDCG@10
 # before / after on the dev / held-out halves of the test queries (results/finetune/report.md).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]  # a checkout, finetune_all
 
 from lir_robust import cli, defence, training  # noqa: E402
 from lir_robust.files import write_json_atomic  # noqa: E402

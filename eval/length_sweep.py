@@ -20,7 +20,7 @@ from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, run_length_sweep
 def build_parser() -> cli.ArgumentParser:
     """The options; each ``type=`` checks its value (add an option here, and a cross-check to check_args)."""
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm", help="minilm | fine-tuned TextColBERT folder | colpali model id or folder")
+    parser.add_argument("--model", default="minilm", help="minilm | a train/finetune.py output or model folder | a PyLate model folder or Hub id | a colpali-engine model id or folder | a published lir-robust Hub id")
     parser.add_argument("--data", default="cranfield", help="bare name under the data root, a folder, or a ViDoRe Hub name")
     parser.add_argument("--data-root", type=cli.existing_folder, default=None, help="folder of collections (default $LIR_ROBUST_DATA_ROOT)")
     parser.add_argument("--data-format", default="auto", choices=["auto", "beir", "vidore-v1", "vidore-v2"])
@@ -43,7 +43,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--document-batch-size", type=cli.positive_int, default=8, help="documents per scoring chunk")
     parser.add_argument("--segments", type=cli.segments_count, default="auto",
                         help="resumable document segments: an integer >= 1, or auto (at most 2048 documents each)")
-    parser.add_argument("--cache-dir", type=cli.output_folder, default=None, help="embedding cache (default $LIR_ROBUST_CACHE or .cache/lir-robust)")
+    parser.add_argument("--cache-dir", type=cli.output_folder, default=None, help="embedding cache (default $LIR_ROBUST_CACHE or .cache/lir-robust/embeddings)")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--out", type=cli.output_folder, default="results/length-sweep")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

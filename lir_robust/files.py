@@ -58,8 +58,9 @@ def atomic_path(path: "str | os.PathLike", suffix: str | None = None) -> Iterato
 
 
 def replace_folder(temporary: "str | os.PathLike", final: "str | os.PathLike") -> None:
-    """Move the finished folder ``temporary`` onto ``final``: an older ``final`` is moved aside first, then removed, so a
-    reader sees the old folder or the complete new one, never half of one."""
+    """Move the finished folder ``temporary`` onto ``final``: an older ``final`` is moved aside first, then removed.
+    ``final`` is never half written; between the two renames it is briefly absent (a kill there leaves the old copy
+    as ``.<name>.old-<pid>`` beside it)."""
     temporary, final = Path(temporary), Path(final)
     aside = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():

@@ -31,8 +31,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Largest similarity block one pooling-head call sees at inference (elements; 2^20 floats = 4 MiB, which stays in
-# cache across the passes of a multi-pass head: the softmax head over 20 x 2,000 x 1,030 similarities took 0.26 s in
-# 2^20-element blocks against 0.85 s in 2^22-element blocks, one thread; maxsim is the same either way).
+# cache across the passes of a multi-pass head; `make bench-scoring` measures the heads with it).
 HEAD_BLOCK_ELEMENTS = 1 << 20
 
 Embeddings = Union[Sequence[torch.Tensor], torch.Tensor]

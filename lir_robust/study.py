@@ -74,8 +74,9 @@ class StudyPlan:
     ks: list[int] = field(default_factory=lambda: list(STUDY_KS))
     finetune_args: list[str] = field(default_factory=list)  # extra train/finetune.py options (defaults: the recipe)
     data_root: str | None = None
-    # CPU threads of each fine-tuning process (OMP_NUM_THREADS), as `accelerate launch` gives a CPU process: with two
-    # threads a step took 1.6x less time on an idle 2-core machine, but 5x MORE whenever another process held a core
+    # CPU threads of each fine-tuning process (OMP_NUM_THREADS), as `accelerate launch` gives a CPU process: two threads
+    # were faster on an idle 2-core machine but several times slower whenever another process held a core (the
+    # study's own step times, timings/<part>.json, show it)
     finetune_threads: int = 1
 
     def __post_init__(self):

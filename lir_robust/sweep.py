@@ -208,8 +208,8 @@ def _hard_indices(queries, corpus: FlatCorpus, gold, config: SweepConfig, ks: li
     try:
         return load_file(str(path))["indices"]
     except Exception as error:  # safetensors' own error class on a damaged file: search again (rank 0), never a traceback
-        if world()[1] > 1:
-            raise
+        if world()[1] > 1 or isinstance(error, (PermissionError, IsADirectoryError, FileNotFoundError)):
+            raise  # not a damaged file: the user's to fix (deleting it would not help)
         logger.warning("hard-patch file %s is damaged (%s): searching again", path, error)
         path.unlink(missing_ok=True)
         return _hard_indices(queries, corpus, gold, config, ks, partial_dir, show_progress)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,16 +93,9 @@ def preset(name: str, **config_overrides: Any) -> tuple[SyntheticConfig, tuple[i
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    from lir_robust.files import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
 
 
 def _atomic_write_json(path: Path, value: Any) -> None:
@@ -326,12 +317,13 @@ def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
         return line.get_color()
 
     def save(figure, name):
+        from lir_robust.files import save_figure_atomic
+
         path = Path(out) / name
-        handle, temporary = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png")
-        os.close(handle)
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        os.replace(temporary, path)
+        try:
+            save_figure_atomic(figure, path, dpi=120, bbox_inches="tight")
+        finally:
+            plt.close(figure)
         written.append(path)
 
     for metric, name, ylabel in (("gini", "gini_vs_epoch.png", "gradient Gini on gold pairs"),

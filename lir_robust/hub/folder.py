@@ -77,7 +77,8 @@ def _write_figure(results: dict[str, Any], target: Path) -> str:
 
 
 def _ordinary_permissions(folder: Path) -> None:
-    """Folders 0755, files 0644: staging files are created private (0600) by the atomic writers and mkdtemp."""
+    """Folders 0755, files 0644: mkdtemp creates the staging folder private (0700), and libraries writing into it may
+    create private files."""
     folder.chmod(0o755)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)

@@ -5,7 +5,7 @@
 
 The token comes from ``huggingface_hub.get_token()`` only (HF_TOKEN, then the login cache), never from a command
 line, and is never logged. ``HF_HUB_OFFLINE=1``, a missing token, or an unreachable Hub each end in one
-:class:`HubError` naming the fix, within ``timeout`` seconds; nothing local is changed by a failed push.
+:class:`HubError` naming the fix (the Hub is probed within ``timeout`` seconds before anything is uploaded); nothing local is changed by a failed push.
 """
 
 from __future__ import annotations
