@@ -219,7 +219,7 @@ def train_arguments(args: argparse.Namespace, head: str, run: Path) -> list[str]
         "--pooling", head, "--data", args.data, "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--temperature", str(args.temperature),
         "--train-document-max-length", str(args.train_document_max_length), "--projection-dim", str(args.projection_dim),
-        "--projection-init", args.projection_init, "--pseudo-queries", args.pseudo_queries, "--save-every", "50",
+        "--projection-init", args.projection_init, "--pseudo-queries", args.pseudo_queries, "--save-every", "10",
         "--output-dir", str(run), *args.finetune_args,
     ]
 

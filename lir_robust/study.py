@@ -121,7 +121,8 @@ def _data_root(plan: StudyPlan) -> str:
 
 def _finetune_command(plan: StudyPlan, collection: str, head: str, seed: int, defended: bool, out: Path) -> list[str]:
     command = [sys.executable, str(REPO_ROOT / "train" / "finetune.py"), "--model", plan.model, "--data", collection,
-               "--pooling", head, "--seed", str(seed), "--output-dir", str(out)]
+               "--pooling", head, "--seed", str(seed), "--output-dir", str(out),
+               "--save-every", "10"]  # a checkpoint every 10 of the 40 steps: a killed run continues from it
     if defended:
         command += ["--injected-negatives", *plan.defence]
     return command + list(plan.finetune_args)
