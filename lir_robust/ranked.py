@@ -44,6 +44,19 @@ def _top_candidates(values: torch.Tensor, indices: torch.Tensor, extra: torch.Te
     return values.gather(1, order), indices.gather(1, order), extra.gather(1, order)
 
 
+_PADDING = 1 << 62  # padding's document index while ranking: after every real document of equal (-inf) score
+
+
+def _padding_last(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``indices`` with padding (-1) moved past every document, so that a real document scoring -inf (one without a
+    valid patch) keeps its place before padding, in every merge order."""
+    return torch.where(torch.isinf(values) & (indices < 0), torch.full_like(indices, _PADDING), indices)
+
+
+def _padding_back(indices: torch.Tensor) -> torch.Tensor:
+    return torch.where(indices == _PADDING, torch.full_like(indices, -1), indices)
+
+
 class RankedScores:
     """Each query's best ``depth`` documents for every (head, injection, K), the gold documents' scores, and hijack
     totals: what the metrics need, in memory that does not grow with the corpus.
@@ -79,7 +92,8 @@ class RankedScores:
         values = torch.cat([self.values[key][rows], scores.float()], dim=1)
         indices = torch.cat([self.indices[key][rows], columns.unsqueeze(0).expand(scores.shape[0], -1)], dim=1)
         extra = torch.cat([self.hijack[key][rows], shares], dim=1)
-        top = _top_candidates(values, indices, extra, self.depth)
+        top = _top_candidates(values, _padding_last(values, indices), extra, self.depth)
+        top = (top[0], _padding_back(top[1]), top[2])
         self._write_rows(key, rows, top)
         present = gold_positions >= 0
         if bool(present.any()):
@@ -115,9 +129,8 @@ class RankedScores:
             values = torch.cat([self.values[key], torch.where(keep, other.values[key], -math.inf)], dim=1)
             indices = torch.cat([self.indices[key], other.indices[key]], dim=1)
             extra = torch.cat([self.hijack[key], other.hijack[key]], dim=1)
-            indices = torch.where(torch.isinf(values) & (indices < 0), torch.full_like(indices, 1 << 62), indices)
-            top = _top_candidates(values, indices, extra, self.depth)
-            top = (top[0], torch.where(top[1] == (1 << 62), torch.full_like(top[1], -1), top[1]), top[2])
+            top = _top_candidates(values, _padding_last(values, indices), extra, self.depth)
+            top = (top[0], _padding_back(top[1]), top[2])
             self._write_rows(key, everything, top)
             seen = ~torch.isnan(other.gold[key])
             self.gold[key] = torch.where(seen, other.gold[key], self.gold[key])

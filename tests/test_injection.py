@@ -359,3 +359,25 @@ def test_top_k_values_equal_torch_topk(shape, k):
     values[..., 1::5] = values[..., :1]  # ties
     expected = values.topk(k, dim=-1).values
     assert torch.equal(top_k_values(values, k), expected)
+
+
+def test_a_document_scoring_minus_inf_keeps_its_place_before_padding_in_every_order():
+    """A document without a valid patch scores -inf; in the kept lists it ranks after every real score and before
+    padding (-1: the slots a query tile has not filled yet), in a block or through a merge."""
+    from lir_robust.ranked import RankedScores
+
+    minus_inf = -float("inf")
+
+    def ranked(blocks):
+        kept = RankedScores(2, 1, depth=3)
+        for rows, columns, scores in blocks:
+            kept.add_block("maxsim||0", rows, torch.tensor(columns), torch.tensor(scores), None,
+                           torch.full((len(scores), 1), -1))
+        return kept
+
+    first_query = (slice(0, 1), [2, 3, 4], [[0.5, 0.1, 0.2]])  # query 1's row is padded to width 3 meanwhile
+    empty_document = (slice(1, 2), [7], [[minus_inf]])
+    in_blocks = ranked([first_query, empty_document])
+    merged = ranked([first_query]).merge(ranked([empty_document]))
+    for kept in (in_blocks, merged):
+        assert kept.indices["maxsim||0"].tolist() == [[2, 4, 3], [7, -1, -1]], kept.indices
