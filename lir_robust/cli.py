@@ -250,7 +250,7 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _writable_place(path: Path, what: str) -> None:
-    ancestor = _nearest_existing(path.parent if not path.exists() else path)
+    ancestor = _nearest_existing(path if path.is_dir() else path.parent)  # a file is replaced: its folder must be writable
     if not ancestor.is_dir():
         raise argparse.ArgumentTypeError(f"cannot create {what} {str(path)!r}: {str(ancestor)!r} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):

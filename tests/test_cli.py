@@ -218,6 +218,19 @@ def test_argparse_types():
     assert cli.head_spec("LSE:TAU=0.1,Length_Corrected=TRUE") == "lse:tau=0.1,length_corrected=true"
 
 
+def test_output_paths_that_exist_are_accepted_and_rewritten(tmp_path):
+    """An existing output file (docs/RESULTS.md on a rerun of make results-doc) or folder is accepted; a file where a
+    folder is expected, a folder where a file is expected, or a file in place of a parent folder is refused."""
+    existing = tmp_path / "RESULTS.md"
+    existing.write_text("old\n")
+    assert cli.output_file(str(existing)) == existing
+    assert cli.output_file(str(tmp_path / "new" / "deeper" / "bench.json")) == tmp_path / "new" / "deeper" / "bench.json"
+    assert cli.output_folder(str(tmp_path)) == str(tmp_path)
+    for parse, text in ((cli.output_folder, existing), (cli.output_file, tmp_path), (cli.output_file, existing / "x.json")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(str(text))
+
+
 # ------------------------------------------------------------------ colpali-engine models: not found vs unreachable
 
 
