@@ -18,7 +18,7 @@ OUT ?= results
 
 # Fine-tuning (FINETUNE_ARGS: any extra train/finetune.py options, e.g. "--max-steps 200 --batch-size 64";
 # FINETUNE_ALL_ARGS: eval/finetune_all.py options, e.g. "--projection-dim 128 --projection-init svd --out results/ft-svd")
-POOLING ?= maxsim
+POOLING ?= exclusive
 FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 

@@ -229,6 +229,11 @@ def injected_negative(text: str) -> str:
     return f"{kind}:{count}"
 
 
+def injected_negative_or_none(text: str) -> str:
+    """:func:`injected_negative`, or ``none`` (no defence)."""
+    return "none" if text.strip().lower() == "none" else injected_negative(text)
+
+
 def segments_count(text: str) -> int | str:
     """An argparse type for ``--segments``: ``auto`` or an integer >= 1."""
     if str(text).strip().lower() == "auto":

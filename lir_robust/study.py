@@ -123,8 +123,7 @@ def _finetune_command(plan: StudyPlan, collection: str, head: str, seed: int, de
     command = [sys.executable, str(REPO_ROOT / "train" / "finetune.py"), "--model", plan.model, "--data", collection,
                "--pooling", head, "--seed", str(seed), "--output-dir", str(out),
                "--save-every", "10"]  # a checkpoint every 10 of the 40 steps: a killed run continues from it
-    if defended:
-        command += ["--injected-negatives", *plan.defence]
+    command += ["--injected-negatives", *(plan.defence if defended else ["none"])]  # explicit, whatever the default
     return command + list(plan.finetune_args)
 
 

@@ -116,6 +116,7 @@ BAD_INPUTS = [
     ("finetune", ["--data", "{beir}", "--model", "{bert}", "--hard-negatives", "-2"], "argument --hard-negatives: expected an integer >= 0, got '-2'"),
     ("finetune", ["--data", "vidore/colpali_train_set"], "'vidore/colpali_train_set' not found here: there is no folder"),
     ("finetune", ["--data", "{beir}", "--resume", "/nonexistent/checkpoints/step-3"], "--resume /nonexistent/checkpoints/step-3: not a complete checkpoint folder"),
+    ("finetune", ["--data", "{beir}", "--injected-negatives", "none", "spike:4"], "none means no defence; give none alone"),
     ("finetune", ["--data", "{beir}", "--pseudo-queries", "queries"], "argument --pseudo-queries: invalid choice: 'queries'"),
     # eval/synthetic_study.py
     ("synthetic_study", ["--lengths", "4"], "the options describe no valid study: every document length must be >= 8"),

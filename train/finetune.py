@@ -1,13 +1,15 @@
 """Fine-tune a late-interaction retriever with any pooling head: LoRA + in-batch InfoNCE + Accelerate.
 
-    accelerate launch train/finetune.py --pooling topk                     # the recipe: MiniLM ColBERT on Cranfield
+    accelerate launch train/finetune.py                                    # the recipe: exclusive head, MiniLM ColBERT on Cranfield
+    accelerate launch train/finetune.py --pooling topk
     accelerate launch train/finetune.py --pooling softmax --pool-tau 0.1 --max-steps 200
     accelerate launch train/finetune.py --pooling exclusive --injected-negatives spike:4 hard:4   # + the defence
     accelerate launch --multi_gpu --num_processes 4 train/finetune.py --model vidore/colqwen2-v1.0 \
         --data vidore/colpali_train_set --pooling topk:k=4 --batch-size 64 --mixed-precision bf16
 
 The defaults are the best measured recipe (README, "Fine-tuning"; eval/finetune_all.py records it as RECIPE): the
-encoder's hidden size with an identity projection (step 0 is the raw model), inverse-cloze pairs from the corpus
+exclusive head (the retraining study's best trade: maxsim's clean nDCG@10, several times its share under spike
+injection), the encoder's hidden size with an identity projection (step 0 is the raw model), inverse-cloze pairs from the corpus
 (--pseudo-queries sentence), lr 4e-4, 40 steps of global batch 32, temperature 0.02, training documents of 96
 tokens, LoRA r 32 / alpha 32 / dropout 0.1 on query / key / value.
 
@@ -64,7 +66,7 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="minilm", help="'minilm' (offline default), a BERT-like encoder, a PyLate model (folder or Hub id: its own projection, prefixes, lengths and query expansion; a PyLate folder comes back in <output-dir>/pylate), or a colpali-engine model (Hub id or local folder)")
     p.add_argument("--data", default="cranfield", help=f"BEIR folder or collection name under $LIR_ROBUST_DATA_ROOT; {training.VIDORE_TRAIN_SET} or a save_to_disk folder (query, image) for colpali-engine models")
-    p.add_argument("--pooling", default="maxsim", type=cli.head_spec, help=f"pooling head, e.g. topk or topk:k=4; heads: {available_heads()}")
+    p.add_argument("--pooling", default="exclusive", type=cli.head_spec, help=f"pooling head, e.g. topk or topk:k=4; heads: {available_heads()}. Default exclusive (capacity-limited matching): in the retraining study (docs/RESULTS.md) it kept retrained maxsim's nDCG@10 within 0.01 on Cranfield and MED and 4-8x its share under spike injection")
     p.add_argument("--pool-k", type=cli.positive_int, default=None, help="k of the topk head (overrides the text form)")
     p.add_argument("--pool-tau", type=cli.positive_float, default=None, help="tau of the softmax / lse heads (overrides the text form)")
     # model
@@ -83,7 +85,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--temperature", type=cli.positive_float, default=0.02, help="InfoNCE temperature (scores are divided by query length first)")
     p.add_argument("--pseudo-queries", default="sentence", choices=sorted(training.PSEUDO_QUERIES), help="text data without a train split: the query of each corpus pair: sentence (inverse cloze: one sentence of the abstract -> title + the rest) or title (title -> text)")
     p.add_argument("--hard-negatives", type=cli.non_negative_int, default=0, help="text data: TF-IDF-mined hard negatives per query (0 = in-batch only)")
-    p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings) or hard (nearest patches of other batch documents), e.g. spike:4 hard:4 (default: none)")
+    p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative_or_none, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings) or hard (nearest patches of other batch documents), e.g. spike:4 hard:4; none: no defence (default: none)")
     p.add_argument("--injected-negative-documents", type=cli.positive_int, default=None, help="with --injected-negatives: injected copies per query and kind (default 1)")
     p.add_argument("--validation-pairs", type=cli.non_negative_int, default=64, help="pairs held out of training for the validation loss")
     # optimisation
@@ -190,6 +192,11 @@ def check_args(args: argparse.Namespace) -> None:
             f"--batch-size {args.batch_size} (the global batch) must be a multiple of --gradient-accumulation "
             f"{args.gradient_accumulation}"
         )
+    if "none" in args.injected_negatives:
+        if len(args.injected_negatives) > 1:
+            raise cli.UserError(f"--injected-negatives {' '.join(args.injected_negatives)}: none means no defence; give "
+                                "none alone or KIND:K items")
+        args.injected_negatives = []
     if not args.injected_negatives and args.injected_negative_documents is not None:
         raise cli.UserError("--injected-negative-documents sets how many documents carry --injected-negatives; give "
                             "--injected-negatives too (e.g. spike:4 hard:4) or drop it")
