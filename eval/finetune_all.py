@@ -125,7 +125,9 @@ def write_json(path: Path, value) -> None:
 
 def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_document_max_length: int,
                      projection_dim: int = 128, pseudo_queries: str = "title", temperature: float = 0.02) -> dict:
-    """Median seconds of one training step per head, interleaved in one process on one fixed batch."""
+    """Median seconds of one training step per head, interleaved in one process on one fixed batch. A head may carry
+    the training-side defence after a ``+`` (``maxsim+spike:4,hard:4``: its --injected-negatives join the step)."""
+    from lir_robust import defence
     from lir_robust.losses import PooledInfoNCELoss
 
     torch.manual_seed(0)
@@ -134,15 +136,23 @@ def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_docum
     pairs = training.load_training_pairs(data, pseudo_queries).pairs[:batch_size]
     batch = training.TextPairCollator(model, 32, train_document_max_length)(pairs)
     optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=1e-5)
+    steps = {}
+    for variant in heads:
+        head, _, negatives = variant.partition("+")
+        steps[variant] = (PooledInfoNCELoss(head, temperature=temperature),
+                          defence.InjectedNegatives.parse(negatives.split(",")) if negatives else None)
     times: dict[str, list[float]] = {head: [] for head in heads}
     for round_index in range(rounds + 1):
         order = heads[round_index % len(heads) :] + heads[: round_index % len(heads)]
         for head in order:
-            loss_fn = PooledInfoNCELoss(head, temperature=temperature)
+            loss_fn, plan = steps[head]
             started = time.perf_counter()
             queries, query_mask = training.embed(model, batch["query"], True)
             documents, document_mask = training.embed(model, batch["document"], False)
-            loss = loss_fn(queries, documents, query_mask=query_mask, doc_mask=document_mask)
+            negatives, negative_mask = defence.with_injected_negatives(
+                None, None, queries, query_mask, documents, document_mask, 0, plan, key=(0, round_index))
+            loss = loss_fn(queries, documents, negatives, 0, query_mask=query_mask, doc_mask=document_mask,
+                           neg_doc_mask=negative_mask)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

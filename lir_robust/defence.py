@@ -89,7 +89,7 @@ class InjectedNegatives:
         if not names:
             raise ValueError("InjectedNegatives needs at least one (kind, K)")
         if len(set(names)) != len(names):
-            raise ValueError(f"each injected-negative kind once, got {list(self.spec())}")
+            raise ValueError(f"give each injected-negative kind once, got {list(self.spec())}")
         for kind, count in self.kinds:
             parse_injected_negative(f"{kind}:{count}")
         for name in ("documents", "spike_tokens"):
