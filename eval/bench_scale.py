@@ -319,21 +319,28 @@ def main(argv=None) -> None:
                              "rss_minus_embeddings_bytes": largest - plan["embeddings_bytes"], "ranks": ranks})
                 log.info("%d documents, %d process(es): %.1f s, peak RSS %s GB", size, processes, ranks[0]["seconds"],
                          " / ".join(_gb(rank["peak_rss_bytes"]) for rank in ranks))
+                write_report(args, rows, complete=False)  # a long run keeps what it has measured
             shutil.rmtree(work / f"cache-{size}", ignore_errors=True)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    summaries = write_report(args, rows, complete=True)
+    print(table(rows, summaries))
+    log.info("wrote %s", Path(args.out) / "bench.json")
+
+
+def write_report(args: argparse.Namespace, rows: list[dict[str, Any]], complete: bool) -> list[dict[str, Any]]:
+    """Write ``bench.json`` for the runs measured so far (``complete`` false while sizes remain); the summaries."""
     summaries = [summarise(rows, processes) for processes in args.processes]
     report = {
-        "sizes": args.sizes, "queries": args.queries, "query_tokens": QUERY_TOKENS, "dim": DIM, "patches_per_document": PATCHES,
+        "complete": complete, "sizes": args.sizes, "queries": args.queries, "query_tokens": QUERY_TOKENS, "dim": DIM, "patches_per_document": PATCHES,
         "gold_per_query": GOLD, "heads": list(DEFAULT_HEADS), "kinds": list(DEFAULT_KINDS), "ks": list(DEFAULT_KS),
         "threads": args.threads, "cpu_count": os.cpu_count(), "runs": rows, "summaries": summaries,
         "targets": {"time_exponent": TIME_EXPONENT_TARGET, "rss_minus_embeddings_ratio": MEMORY_RATIO_TARGET},
         "versions": _versions(),
     }
     write_json_atomic(Path(args.out) / "bench.json", report)
-    print(table(rows, summaries))
-    log.info("wrote %s", Path(args.out) / "bench.json")
+    return summaries
 
 
 if __name__ == "__main__":
