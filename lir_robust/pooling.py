@@ -546,6 +546,25 @@ class TopKHead(PoolingHead):
         return _no_patch_is_minus_inf(total / count.clamp_min(1), count == 0)
 
 
+def _exponentials_in_place(similarities: torch.Tensor, document_mask: torch.Tensor, tau: float):
+    """Inference helper of the exponential heads: ``(exp((S - max) / tau) [..., Tq, Td], max / tau [..., Tq, 1],
+    its sum [..., Tq], the mask [..., 1, Td] or None when every patch is real)``, 0 at masked patches; a pair
+    without any valid patch has a sum of 0.
+
+    One similarity-sized temporary, rewritten in place: a head that frees two or three such temporaries at once
+    leaves more free memory at the top of the heap than glibc's trim threshold (twice the largest recently freed
+    block), so every call gave it back and page-faulted it in again (about 1,000 page faults and twice the time per
+    4 MiB block of `lir_robust.scoring`; `make bench-scoring`)."""
+    valid = _all_valid(document_mask)
+    mask = None if valid else document_mask.to(torch.bool).unsqueeze(-2)
+    work = similarities.float() * (1.0 / tau) if valid else similarities.float().masked_fill(~mask, -math.inf).mul_(1.0 / tau)
+    shift = work.amax(dim=-1, keepdim=True)
+    if not valid:  # no valid patch: shift by 0, the row stays -inf, its exponentials 0
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    total = work.sub_(shift).exp_().sum(dim=-1)  # >= 1 wherever a patch is valid (the max gives exp(0))
+    return work, shift, total, mask
+
+
 @register_head("softmax")
 @dataclass(frozen=True)
 class SoftmaxHead(PoolingHead):
@@ -565,13 +584,25 @@ class SoftmaxHead(PoolingHead):
         return work.shift, total, torch.linalg.vecdot(exp, work.zero_filled)  # a dot product per row, no temporary
 
     def __call__(self, similarities, document_mask):
-        # Same value as finalize(partial(...)), in fewer passes over the similarities: a fused softmax, then one
-        # batched dot product per query token (the weights are exactly 0 at masked patches).
+        if not (torch.is_grad_enabled() and similarities.requires_grad):
+            return self._no_grad_value(similarities, document_mask)
+        # Same value as finalize(partial(...)), in fewer passes over the similarities: a fused softmax (with its
+        # fused backward), then one batched dot product per query token (the weights are exactly 0 at masked patches).
         filled = masked_fill_float32(similarities, document_mask, -math.inf)
         weights = torch.softmax(filled / self.tau, dim=-1)
         values = filled if _all_valid(document_mask) else masked_fill_float32(similarities, document_mask, 0.0)
         value = torch.linalg.vecdot(weights, values)
         return value if _all_valid(document_mask) else _no_patch_is_minus_inf(value, ~document_mask.any(dim=-1, keepdim=True).expand_as(value))
+
+    def _no_grad_value(self, similarities, document_mask):
+        """The same value at inference, with one similarity-sized temporary rewritten in place (see
+        :func:`_exponentials_in_place`)."""
+        work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
+        work.mul_(similarities)
+        if mask is not None:
+            work.masked_fill_(~mask, 0.0)  # masked similarities may hold anything (inf * 0 = NaN)
+        return _no_patch_is_minus_inf(work.sum(dim=-1) / total, total == 0)
+
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])
@@ -605,6 +636,17 @@ class LogSumExpHead(PoolingHead):
 
     def partial_shared(self, work):
         return work.shift, work.exponentials(self.tau)[1], work.counts
+
+    def __call__(self, similarities, document_mask):
+        if torch.is_grad_enabled() and similarities.requires_grad:
+            return self.finalize(self.partial(similarities, document_mask))
+        # inference: one temporary (see _exponentials_in_place), the same value
+        _, shift, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
+        value = self.tau * (shift.squeeze(-1) + torch.log(total))  # log 0 = -inf: no valid patch scores -inf
+        if self.length_corrected:
+            count = torch.full_like(total, float(similarities.shape[-1])) if mask is None else mask.sum(dim=-1).expand_as(total)
+            value = _no_patch_is_minus_inf(value - self.tau * torch.log(count), count == 0)
+        return value
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])

@@ -154,15 +154,23 @@ def _zero_padding(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.unsqueeze(-1), embeddings, 0).float()
 
 
-def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+def _similarities(queries: torch.Tensor, documents: torch.Tensor, workspace: torch.Tensor | None = None) -> torch.Tensor:
     """``[Nq, Tq, D] x [Nd, Td, D] -> [Nq, Tq, Nd, 1, Td]``: one matrix product, viewed (no copy, contiguous).
 
     The singleton axis lets a head see each (query token, document) pair as ``[..., 1, Td]`` with the document mask
     ``[Nd, Td]`` broadcasting over queries and query tokens, while the patches stay contiguous in memory.
+    ``workspace``: a flat float32 buffer, large enough, that receives the product (inference only): the chunks of
+    :func:`score` reuse one matrix instead of page-faulting a fresh one of hundreds of MB each time.
     """
     n_queries, query_tokens, dim = queries.shape
     n_documents, document_tokens, _ = documents.shape
-    flat = queries.reshape(n_queries * query_tokens, dim) @ documents.reshape(n_documents * document_tokens, dim).T
+    left = queries.reshape(n_queries * query_tokens, dim)
+    right = documents.reshape(n_documents * document_tokens, dim).T
+    size = left.shape[0] * right.shape[1]
+    if workspace is None or torch.is_grad_enabled() or workspace.numel() < size or workspace.dtype != left.dtype:
+        flat = left @ right
+    else:
+        flat = torch.mm(left, right, out=workspace[:size].view(left.shape[0], right.shape[1]))
     return flat.view(n_queries, query_tokens, n_documents, 1, document_tokens)
 
 
@@ -172,13 +180,17 @@ def late_interaction_scores(
     documents: torch.Tensor,
     document_mask: torch.Tensor,
     head: PoolingHead,
+    *,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """All-pairs scores, differentiable: ``[Nq, Tq, D] x [Nd, Td, D] -> [Nq, Nd]`` (float32).
 
     ``score(q, d) = sum over valid query tokens of head(similarities to valid document patches)``.
     Padded rows may hold anything (NaN included): they are zeroed before the product and masked in the head.
+    ``workspace`` (inference, optional): a flat float32 buffer of at least ``Nq*Tq*Nd*Td`` elements on the same
+    device that holds the similarity matrix, reused from call to call (ignored while gradients are recorded).
     """
-    similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask))
+    similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask), workspace)
     if head.joint:  # the head needs each query's tokens side by side: [Nq, Nd, Tq, Td] (a view), query mask [Nq, 1, Tq]
         per_token = head.pool(similarities.squeeze(3).permute(0, 2, 1, 3), document_mask, query_mask.unsqueeze(1))
         per_token = per_token.transpose(1, 2)  # [Nq, Tq, Nd]
@@ -254,16 +266,23 @@ def score(
         )
     device = torch.device(device) if device is not None else query_vectors.items[0].device
     scores = torch.empty(len(query_vectors), len(document_vectors), dtype=torch.float32)
-    query_chunks = list(_length_sorted_chunks(query_vectors.lengths, query_batch_size))
-    document_chunks = list(_length_sorted_chunks(document_vectors.lengths, document_batch_size))
+    query_lengths, document_lengths = query_vectors.lengths, document_vectors.lengths
+    query_chunks = list(_length_sorted_chunks(query_lengths, query_batch_size))
+    document_chunks = list(_length_sorted_chunks(document_lengths, document_batch_size))
     progress = tqdm(total=len(query_chunks) * len(document_chunks), desc=f"scoring ({head})", disable=not show_progress)
+    # One similarity matrix for every chunk pair (the largest one's size): a fresh matrix per pair would be
+    # page-faulted in each time, which cost more system time than the heads' arithmetic (`make bench-scoring`).
+    largest = max(len(chunk) * int(query_lengths[chunk].max()) for chunk in query_chunks) * max(
+        len(chunk) * max(1, int(document_lengths[chunk].max())) for chunk in document_chunks)
+    workspace = torch.empty(largest, dtype=torch.float32, device=device)
     with torch.no_grad():
         for query_indices in query_chunks:
             query_block, query_block_mask = query_vectors.padded(query_indices, device=device)
             rows = torch.tensor(query_indices)
             for document_indices in document_chunks:
                 document_block, document_block_mask = document_vectors.padded(document_indices, device=device)
-                block = late_interaction_scores(query_block, query_block_mask, document_block, document_block_mask, head)
+                block = late_interaction_scores(query_block, query_block_mask, document_block, document_block_mask, head,
+                                                workspace=workspace)
                 scores[rows.unsqueeze(1), torch.tensor(document_indices).unsqueeze(0)] = block.cpu()
                 progress.update(1)
     progress.close()

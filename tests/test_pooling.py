@@ -108,6 +108,34 @@ def test_partial_merge_finalize_over_a_split_document_equals_the_whole(spec):
         torch.testing.assert_close(head.finalize(head.merge(second, first)), whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", ["softmax:tau=0.1", "softmax:tau=1.0", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_inference_path_gives_the_values_of_the_differentiable_one(spec, dtype):
+    """softmax and lse compute inference with one temporary rewritten in place; same values as with gradients, on
+    masked patches holding garbage, on documents without any valid patch (-inf), whole and in blocks of a view."""
+    head = parse_head(spec)
+    similarities = random_similarities(4, 6, 30, seed=5)
+    mask = torch.rand(4, 30, generator=torch.Generator().manual_seed(6)) > 0.3
+    mask[1] = False  # no valid patch
+    similarities[~mask.unsqueeze(1).expand_as(similarities)] = math.inf
+    similarities[0, 0, ~mask[0]] = math.nan
+    similarities = similarities.to(dtype)
+    for document_mask in (mask, torch.ones_like(mask)):
+        if not bool(document_mask.all()):
+            inputs = similarities
+        else:
+            inputs = random_similarities(4, 6, 30, seed=7).to(dtype)
+        with torch.no_grad():
+            fast = head(inputs, document_mask)
+        reference = head(inputs.clone().requires_grad_(), document_mask).detach()
+        torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
+        assert fast.dtype == torch.float32 and not torch.isnan(fast).any()
+        assert (fast[1] == -math.inf).all() if not bool(document_mask.all()) else torch.isfinite(fast).all()
+        block = inputs.unsqueeze(0).expand(2, -1, -1, -1)[:, 1:4]  # a strided view, as the scorer passes
+        with torch.no_grad():
+            torch.testing.assert_close(head(block, document_mask[1:4]), reference[1:4].expand(2, -1, -1), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("spec", ["maxsim", "topk:k=4", "softmax:tau=0.05", "lse:tau=0.1,length_corrected=true", "mean"])
 def test_text_and_dict_forms_round_trip(spec):
     head = parse_head(spec)
