@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patches", type=cli.positive_int, default=1030)
     parser.add_argument("--dim", type=cli.positive_int, default=128)
     parser.add_argument("--batch-size", type=cli.positive_int, default=128, help="colpali-engine's batch_size and ours")
-    parser.add_argument("--repeats", type=cli.positive_int, default=1, help="timed runs per method (the best is reported)")
+    parser.add_argument("--repeats", type=cli.positive_int, default=3,
+                        help="timed runs per method; the best is reported, as timeit does (one run swings with the machine)")
     parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", nargs="+", type=method_option, default=METHODS, help=f"any of {METHODS} or other head specs")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
