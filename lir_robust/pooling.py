@@ -603,7 +603,6 @@ class SoftmaxHead(PoolingHead):
             work.masked_fill_(~mask, 0.0)  # masked similarities may hold anything (inf * 0 = NaN)
         return _no_patch_is_minus_inf(work.sum(dim=-1) / total, total == 0)
 
-
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])
         scale_a, scale_b = torch.exp((a[0] - shift) / self.tau), torch.exp((b[0] - shift) / self.tau)
