@@ -120,17 +120,15 @@ def test_the_inference_path_gives_the_values_of_the_differentiable_one(spec, dty
     similarities[~mask.unsqueeze(1).expand_as(similarities)] = math.inf
     similarities[0, 0, ~mask[0]] = math.nan
     similarities = similarities.to(dtype)
-    for document_mask in (mask, torch.ones_like(mask)):
-        if not bool(document_mask.all()):
-            inputs = similarities
-        else:
-            inputs = random_similarities(4, 6, 30, seed=7).to(dtype)
+    clean = random_similarities(4, 6, 30, seed=7).to(dtype)
+    for inputs, document_mask in ((similarities, mask), (clean, torch.ones_like(mask))):
         with torch.no_grad():
             fast = head(inputs, document_mask)
         reference = head(inputs.clone().requires_grad_(), document_mask).detach()
         torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
         assert fast.dtype == torch.float32 and not torch.isnan(fast).any()
-        assert (fast[1] == -math.inf).all() if not bool(document_mask.all()) else torch.isfinite(fast).all()
+        empty = ~document_mask.any(dim=-1)  # document 1 in the masked case
+        assert (fast[empty] == -math.inf).all() and torch.isfinite(fast[~empty]).all()
         block = inputs.unsqueeze(0).expand(2, -1, -1, -1)[:, 1:4]  # a strided view, as the scorer passes
         with torch.no_grad():
             torch.testing.assert_close(head(block, document_mask[1:4]), reference[1:4].expand(2, -1, -1), atol=1e-6, rtol=1e-5)
