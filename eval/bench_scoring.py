@@ -3,6 +3,9 @@
 Every method scores the same seeded random embeddings (default: 64 queries x 20 tokens against 2,000 documents x
 1,030 patches, 128-d, as ColPali produces). Each measurement runs in a fresh subprocess, so the peak memory it reports
 is that method's own (the growth of ru_maxrss over the embeddings already in memory; torch.cuda max memory on a GPU).
+The methods take turns, one run each per round (``--rounds``, after an untimed warm-up on two documents), and each
+reports its best run: a shared machine that slows down for a minute then slows every method, not the one that
+happened to be running (one method's runs in a row differed by 25% between two runs of the benchmark).
 
     python eval/bench_scoring.py                       # the full size (about a minute per method on 2 CPU cores)
     python eval/bench_scoring.py --documents 200       # smaller
@@ -53,8 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patches", type=cli.positive_int, default=1030)
     parser.add_argument("--dim", type=cli.positive_int, default=128)
     parser.add_argument("--batch-size", type=cli.positive_int, default=128, help="colpali-engine's batch_size and ours")
-    parser.add_argument("--repeats", type=cli.positive_int, default=3,
-                        help="timed runs per method; the best is reported, as timeit does (one run swings with the machine)")
+    parser.add_argument("--rounds", type=cli.positive_int, default=3,
+                        help="rounds in which every method runs once, in turn; each method's best run is reported, as "
+                             "timeit does (one run swings with the machine)")
+    parser.add_argument("--repeats", type=cli.positive_int, default=1, help="timed runs per method in each round")
     parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", nargs="+", type=method_option, default=METHODS, help=f"any of {METHODS} or other head specs")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
@@ -89,33 +94,38 @@ def floor(queries: list[torch.Tensor], documents: list[torch.Tensor], batch_size
     return checksum
 
 
-def run_one(method: str, args: argparse.Namespace, connection) -> None:
-    """Child process: build the embeddings, time ``method``, send back seconds, peak memory and a checksum."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    queries, documents = make_embeddings(args)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def make_call(method: str, queries: list[torch.Tensor], documents: list[torch.Tensor], args: argparse.Namespace):
+    """A function of no arguments that scores ``queries`` against ``documents`` with ``method``."""
     if method == "colpali-engine":
         import os
 
         os.environ.setdefault("COLPALI_SCORES_BACKEND", "torch")
         from colpali_engine.utils.processing_utils import BaseVisualRetrieverProcessor
 
-        call = lambda: BaseVisualRetrieverProcessor.score_multi_vector(  # noqa: E731
+        return lambda: BaseVisualRetrieverProcessor.score_multi_vector(
             queries, documents, batch_size=args.batch_size, device=args.device
         )
-    elif method == "floor":
-        call = lambda: floor(queries, documents, args.batch_size, args.device)  # noqa: E731
-    else:
-        from lir_robust.scoring import score
+    if method == "floor":
+        return lambda: floor(queries, documents, args.batch_size, args.device)
+    from lir_robust.scoring import score
 
-        call = lambda: score(  # noqa: E731
-            queries, documents, method, query_batch_size=args.batch_size, document_batch_size=args.batch_size,
-            device=args.device,
-        )
+    return lambda: score(
+        queries, documents, method, query_batch_size=args.batch_size, document_batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+def run_one(method: str, args: argparse.Namespace, connection) -> None:
+    """Child process: build the embeddings, time ``method``, send back seconds, peak memory and a checksum."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    queries, documents = make_embeddings(args)
+    make_call(method, queries[:2], documents[:2], args)()  # warm-up: imports, compiled code (exclusive), thread pools
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    call = make_call(method, queries, documents, args)
     best = float("inf")
     result = None
     for _ in range(args.repeats):
@@ -153,12 +163,19 @@ def main(argv=None) -> int:
         f"{args.dim}-d, batch {args.batch_size}, {args.device}, torch {torch.__version__}, "
         f"{args.threads or torch.get_num_threads()} threads"
     )
-    sys.stdout.write(f"bench_scoring: {shape}\n")
-    results = {}
-    for method in args.methods:
-        results[method] = measure(method, args)
-        sys.stdout.write(f"  {method:<18} {results[method]['seconds']:8.2f} s\n")
-        sys.stdout.flush()
+    sys.stdout.write(f"bench_scoring: {shape}, {args.rounds} round(s) of {args.repeats} run(s) per method\n")
+    results, runs = {}, {method: [] for method in args.methods}
+    for round_number in range(1, args.rounds + 1):
+        for method in args.methods:
+            outcome = measure(method, args)
+            runs[method].append(outcome["seconds"])
+            best = results.get(method)
+            if best is None or outcome["seconds"] < best["seconds"]:
+                results[method] = {**outcome, "peak_mb": max(outcome["peak_mb"], best["peak_mb"] if best else 0.0)}
+            sys.stdout.write(f"  round {round_number}  {method:<18} {outcome['seconds']:8.2f} s\n")
+            sys.stdout.flush()
+    for method, outcome in results.items():
+        outcome["runs"] = runs[method]
     reference = results.get("colpali-engine", {}).get("seconds")
     floor_seconds = results.get("floor", {}).get("seconds")
     maxsim = results.get("maxsim", {}).get("seconds")
