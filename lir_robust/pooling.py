@@ -563,7 +563,7 @@ class TopKHead(PoolingHead):
         if width < self.k:
             filled = torch.cat([filled, filled.new_full((*filled.shape[:-1], self.k - width), -math.inf)], dim=-1)
         if not (torch.is_grad_enabled() and filled.requires_grad) and _groups_pay_off(width, self.k):
-            return (_top_k_by_groups(filled, self.k),)  # inference: same values, ~1.4x faster on long rows (CPU)
+            return (_top_k_by_groups(filled, self.k),)  # inference: same values, 5-18% faster in the scorer (CPU)
         return (filled.topk(self.k, dim=-1, sorted=True).values,)
 
     def partial_shared(self, work):
