@@ -486,6 +486,8 @@ _TOP_K_GROUPS = 64
 
 
 def _groups_pay_off(width: int, k: int) -> bool:
+    """Whether `_top_k_by_groups` is worth its extra steps (on the CPU; a GPU's topk is fast and `again.any()` would
+    wait for the GPU at every block)."""
     return 2 <= k <= 4 and width >= 16 * _TOP_K_GROUPS
 
 
@@ -562,7 +564,8 @@ class TopKHead(PoolingHead):
             return (filled.amax(dim=-1, keepdim=True),)
         if width < self.k:
             filled = torch.cat([filled, filled.new_full((*filled.shape[:-1], self.k - width), -math.inf)], dim=-1)
-        if not (torch.is_grad_enabled() and filled.requires_grad) and _groups_pay_off(width, self.k):
+        inference = not (torch.is_grad_enabled() and filled.requires_grad)
+        if inference and filled.device.type == "cpu" and _groups_pay_off(width, self.k):
             return (_top_k_by_groups(filled, self.k),)  # inference: same values, 5-18% faster in the scorer (CPU)
         return (filled.topk(self.k, dim=-1, sorted=True).values,)
 
