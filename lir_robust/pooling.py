@@ -480,7 +480,7 @@ def top_k_values(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(columns, dim=-1)
 
 
-# Groups of the inference top-k (`_top_k_by_groups`): rows of at least 16 x 64 values, k <= 4 (k(k-1)/128 <= 9% of
+# Groups of the inference top-k (`_top_k_by_groups`): rows of at least 16 x 64 values, k <= 4 (k(k-1)/128, 9% at most, of
 # the rows, with random similarities, have two of their k largest values in one group and take the slower route).
 _TOP_K_GROUPS = 64
 
