@@ -328,9 +328,10 @@ def check_data(spec: str, *, data_format: str = "auto", split: str = "test", lan
         )
 
 
-def _hub_offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""),)
-    return any(flag.strip().upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
+def env_flag(*names: str) -> bool:
+    """True when any of these environment variables is set to 1 / on / yes / true (any case), as huggingface_hub
+    reads HF_HUB_OFFLINE; read at each call, so a flag set after import counts."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in names)
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -368,7 +369,7 @@ def check_model(spec: str, option: str = "--model") -> None:
     looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
     if looks_like_path:
         raise UserError(f"{option} {text}: not found ({here}); pass an existing model folder, 'minilm' or a Hub id (owner/name)")
-    if _hub_offline() and not _in_hub_cache(text):
+    if env_flag("HF_HUB_OFFLINE") and not _in_hub_cache(text):
         raise UserError(
             f"{option} {text}: not found: {here}, and read as a Hub id it is not in the local Hugging Face cache while "
             "HF_HUB_OFFLINE is set; pass an existing model folder (or 'minilm'), or unset HF_HUB_OFFLINE on a machine "

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from lir_robust.cli import env_flag
+
 __all__ = [
     "RetrievalSet",
     "DataError",
@@ -348,8 +350,7 @@ def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None =
 
 
 def _hub_offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
-    return any(flag.strip().upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
+    return env_flag("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def _no_folder(name: str) -> str:

@@ -17,6 +17,8 @@ import logging
 import os
 from pathlib import Path
 
+from lir_robust.cli import env_flag
+
 __all__ = ["folder_fingerprint", "file_digest", "model_fingerprint", "FULL_HASH_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def _hub_revision(repo_id: str) -> str | None:
     refs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
     if refs.is_file():
         return refs.read_text().strip()
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if env_flag("HF_HUB_OFFLINE"):
         return None
     try:
         from huggingface_hub import HfApi

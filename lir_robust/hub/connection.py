@@ -12,7 +12,7 @@ import contextlib
 import os
 from typing import Any, Callable, Iterator
 
-from lir_robust.cli import UserError
+from lir_robust.cli import UserError, env_flag
 
 __all__ = ["HubError", "DEFAULT_TIMEOUT_S", "hub_offline", "endpoint", "cache_dir", "one_line", "hub_call", "no_network"]
 
@@ -27,8 +27,7 @@ def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE is set (in the environment, or in huggingface_hub's constants)."""
     from huggingface_hub import constants
 
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    return flag or bool(constants.HF_HUB_OFFLINE)
+    return env_flag("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
 
 
 def endpoint() -> str:
