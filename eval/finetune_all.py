@@ -123,10 +123,11 @@ def write_json(path: Path, value) -> None:
     write_json_atomic(path, value, indent=2)
 
 
-def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_document_max_length: int,
+def step_time_ratios(variants, data: str, batch_size: int, rounds: int, train_document_max_length: int,
                      projection_dim: int = 128, pseudo_queries: str = "title", temperature: float = 0.02) -> dict:
-    """Median seconds of one training step per head, interleaved in one process on one fixed batch. A head may carry
-    the training-side defence after a ``+`` (``maxsim+spike:4,hard:4``: its --injected-negatives join the step)."""
+    """Median seconds of one training step per variant, interleaved in one process on one fixed batch. A variant is a
+    head, with the training-side defence after a ``+`` if any (``maxsim+spike:4,hard:4``: its --injected-negatives join
+    the step); ratios are to the first variant."""
     from lir_robust import defence
     from lir_robust.losses import PooledInfoNCELoss
 
@@ -137,15 +138,15 @@ def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_docum
     batch = training.TextPairCollator(model, 32, train_document_max_length)(pairs)
     optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=1e-5)
     steps = {}
-    for variant in heads:
+    for variant in variants:
         head, _, negatives = variant.partition("+")
         steps[variant] = (PooledInfoNCELoss(head, temperature=temperature),
                           defence.InjectedNegatives.parse(negatives.split(",")) if negatives else None)
-    times: dict[str, list[float]] = {head: [] for head in heads}
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
     for round_index in range(rounds + 1):
-        order = heads[round_index % len(heads) :] + heads[: round_index % len(heads)]
-        for head in order:
-            loss_fn, plan = steps[head]
+        order = variants[round_index % len(variants) :] + variants[: round_index % len(variants)]
+        for variant in order:
+            loss_fn, plan = steps[variant]
             started = time.perf_counter()
             queries, query_mask = training.embed(model, batch["query"], True)
             documents, document_mask = training.embed(model, batch["document"], False)
@@ -157,10 +158,11 @@ def step_time_ratios(heads, data: str, batch_size: int, rounds: int, train_docum
             optimizer.step()
             optimizer.zero_grad()
             if round_index:  # round 0 warms up
-                times[head].append(time.perf_counter() - started)
-    medians = {head: sorted(values)[len(values) // 2] for head, values in times.items()}
-    reference = medians[heads[0]]
-    return {"median_step_s": medians, "ratio_to_" + heads[0]: {h: m / reference for h, m in medians.items()}, "rounds": rounds, "batch_size": batch_size}
+                times[variant].append(time.perf_counter() - started)
+    medians = {variant: sorted(values)[len(values) // 2] for variant, values in times.items()}
+    reference = medians[variants[0]]
+    return {"median_step_s": medians, "ratio_to_" + variants[0]: {v: m / reference for v, m in medians.items()},
+            "rounds": rounds, "batch_size": batch_size}
 
 
 def head_loss_cost(heads, rounds: int = 30, dim: int = 128, document_length: int = 96, temperature: float = 0.02) -> dict:
