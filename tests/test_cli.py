@@ -311,11 +311,13 @@ def test_from_pretrained_errors_are_classified_through_their_cause(online, monke
 @pytest.mark.parametrize("value, expected", [("1", True), ("on", True), (" TRUE ", True), ("yes", True), ("0", False), ("", False), ("off", False)])
 def test_the_offline_flags_are_read_one_way_everywhere(monkeypatch, value, expected):
     """cli, data, fingerprint and hub read HF_HUB_OFFLINE through env_flag, as huggingface_hub spells it, at each call."""
+    from lir_robust import data
     from lir_robust.cli import env_flag
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     assert env_flag("HF_HUB_OFFLINE") is expected
     assert env_flag("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") is expected
+    assert data._hub_offline() is expected
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert env_flag("HF_HUB_OFFLINE") is False
