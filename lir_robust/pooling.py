@@ -109,6 +109,12 @@ def masked_fill_float32(similarities: torch.Tensor, document_mask: torch.Tensor,
     return similarities.masked_fill(~mask, value)
 
 
+def _records_gradient(similarities: torch.Tensor) -> bool:
+    """True while autograd records a graph through ``similarities`` (training); False at inference, where heads may
+    take paths without a backward (in-place temporaries, no indices)."""
+    return torch.is_grad_enabled() and similarities.requires_grad
+
+
 def _all_valid(document_mask: torch.Tensor) -> bool:
     """True when no patch is masked (a pass over the small mask, never over the similarities)."""
     return bool(document_mask.all()) if document_mask.numel() else True
@@ -485,10 +491,10 @@ def top_k_values(values: torch.Tensor, k: int) -> torch.Tensor:
 _TOP_K_GROUPS = 64
 
 
-def _groups_pay_off(width: int, k: int) -> bool:
-    """Whether `_top_k_by_groups` is worth its extra steps (on the CPU; a GPU's topk is fast and `again.any()` would
-    wait for the GPU at every block)."""
-    return 2 <= k <= 4 and width >= 16 * _TOP_K_GROUPS
+def _groups_pay_off(values: torch.Tensor, k: int) -> bool:
+    """Whether `_top_k_by_groups` is worth its extra steps on ``values`` (on the CPU only: a GPU's topk is fast, and
+    `again.any()` would wait for the GPU at every block)."""
+    return values.device.type == "cpu" and 2 <= k <= 4 and values.shape[-1] >= 16 * _TOP_K_GROUPS
 
 
 def _top_k_by_groups(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -564,9 +570,8 @@ class TopKHead(PoolingHead):
             return (filled.amax(dim=-1, keepdim=True),)
         if width < self.k:
             filled = torch.cat([filled, filled.new_full((*filled.shape[:-1], self.k - width), -math.inf)], dim=-1)
-        inference = not (torch.is_grad_enabled() and filled.requires_grad)
-        if inference and filled.device.type == "cpu" and _groups_pay_off(width, self.k):
-            return (_top_k_by_groups(filled, self.k),)  # inference: same values, 5-18% faster in the scorer (CPU)
+        if not _records_gradient(filled) and _groups_pay_off(filled, self.k):
+            return (_top_k_by_groups(filled, self.k),)  # inference: the same values, faster in the scorer (CPU)
         return (filled.topk(self.k, dim=-1, sorted=True).values,)
 
     def partial_shared(self, work):
@@ -625,7 +630,7 @@ class SoftmaxHead(PoolingHead):
         return work.shift, total, torch.linalg.vecdot(exp, work.zero_filled)  # a dot product per row, no temporary
 
     def __call__(self, similarities, document_mask):
-        if not (torch.is_grad_enabled() and similarities.requires_grad):
+        if not _records_gradient(similarities):
             return self._no_grad_value(similarities, document_mask)
         # Same value as finalize(partial(...)), in fewer passes over the similarities: a fused softmax (with its
         # fused backward), then one batched dot product per query token (the weights are exactly 0 at masked patches).
@@ -642,7 +647,7 @@ class SoftmaxHead(PoolingHead):
         work.mul_(similarities)
         if mask is not None:
             work.masked_fill_(~mask, 0.0)  # masked similarities may hold anything (inf * 0 = NaN)
-        return _no_patch_is_minus_inf(work.sum(dim=-1) / total, total == 0)
+        return self.finalize((None, total, work.sum(dim=-1)))  # finalize reads the sums, not the shift
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])
@@ -678,15 +683,14 @@ class LogSumExpHead(PoolingHead):
         return work.shift, work.exponentials(self.tau)[1], work.counts
 
     def __call__(self, similarities, document_mask):
-        if torch.is_grad_enabled() and similarities.requires_grad:
+        if _records_gradient(similarities):
             return self.finalize(self.partial(similarities, document_mask))
-        # inference: one temporary (see _exponentials_in_place), the same value
+        # inference: one temporary (see _exponentials_in_place), the same state; log 0 = -inf: no valid patch, -inf
         _, shift, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
-        value = self.tau * (shift.squeeze(-1) + torch.log(total))  # log 0 = -inf: no valid patch scores -inf
+        count = None  # read by finalize only when length_corrected
         if self.length_corrected:
-            count = torch.full_like(total, float(similarities.shape[-1])) if mask is None else mask.sum(dim=-1).expand_as(total)
-            value = _no_patch_is_minus_inf(value - self.tau * torch.log(count), count == 0)
-        return value
+            count = torch.full_like(total, float(similarities.shape[-1])) if mask is None else mask.sum(dim=-1, dtype=torch.float32).expand_as(total)
+        return self.finalize((self.tau * shift.squeeze(-1), total, count))
 
     def merge(self, a, b):
         shift = torch.maximum(a[0], b[0])

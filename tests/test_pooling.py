@@ -212,7 +212,7 @@ def test_the_grouped_inference_top_k_gives_the_values_of_torch_topk(width):
     mask = torch.rand(3, width, generator=generator) > 0.5
     mask[2, 10:] = False  # a document with fewer than k valid patches
     similarities = values[:, :5].clone()
-    assert _groups_pay_off(width, 4)  # the head below takes the grouped path at inference
+    assert _groups_pay_off(similarities, 4)  # the head below takes the grouped path at inference
     with torch.no_grad():
         fast = parse_head("topk:k=4")(similarities, mask)
     slow = parse_head("topk:k=4")(similarities.clone().requires_grad_(), mask).detach()
