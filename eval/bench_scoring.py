@@ -164,18 +164,17 @@ def main(argv=None) -> int:
         f"{args.threads or torch.get_num_threads()} threads"
     )
     sys.stdout.write(f"bench_scoring: {shape}, {args.rounds} round(s) of {args.repeats} run(s) per method\n")
-    results, runs = {}, {method: [] for method in args.methods}
+    outcomes: dict[str, list[dict]] = {method: [] for method in args.methods}
     for round_number in range(1, args.rounds + 1):
         for method in args.methods:
-            outcome = measure(method, args)
-            runs[method].append(outcome["seconds"])
-            best = results.get(method)
-            if best is None or outcome["seconds"] < best["seconds"]:
-                results[method] = {**outcome, "peak_mb": max(outcome["peak_mb"], best["peak_mb"] if best else 0.0)}
-            sys.stdout.write(f"  round {round_number}  {method:<18} {outcome['seconds']:8.2f} s\n")
+            outcomes[method].append(measure(method, args))
+            sys.stdout.write(f"  round {round_number}  {method:<18} {outcomes[method][-1]['seconds']:8.2f} s\n")
             sys.stdout.flush()
-    for method, outcome in results.items():
-        outcome["runs"] = runs[method]
+    results = {  # each method's best run, with the highest peak memory of all its runs
+        method: {**min(runs, key=lambda run: run["seconds"]), "peak_mb": max(run["peak_mb"] for run in runs),
+                 "runs": [run["seconds"] for run in runs]}
+        for method, runs in outcomes.items()
+    }
     reference = results.get("colpali-engine", {}).get("seconds")
     floor_seconds = results.get("floor", {}).get("seconds")
     maxsim = results.get("maxsim", {}).get("seconds")
