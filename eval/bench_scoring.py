@@ -5,7 +5,7 @@ Every method scores the same seeded random embeddings (default: 64 queries x 20 
 is that method's own (the growth of ru_maxrss over the embeddings already in memory; torch.cuda max memory on a GPU).
 The methods take turns, one run each per round (``--rounds``, after an untimed warm-up on two documents), and each
 reports its best run: a shared machine that slows down for a minute then slows every method, not the one that
-happened to be running (topk's best of three runs in a row took 13.9 s in one run of the benchmark, 10.8 s in another).
+happened to be running (topk's best of three runs in a row took 13.9 s, its best of two 10.8 s minutes later).
 
     python eval/bench_scoring.py                       # the full size (about a minute per method on 2 CPU cores)
     python eval/bench_scoring.py --documents 200       # smaller
