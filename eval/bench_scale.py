@@ -7,7 +7,7 @@
 Synthetic multi-vector corpora: random unit vectors (128-d), 32 to 128 patches per document; queries of 32 random unit
 tokens (225 by default) with 1 to 3 random gold documents each. Each corpus (and its queries) is written into the
 embedding cache (EmbeddingCache.save), and every measurement reads it back memory-mapped (EmbeddingCache.load), as
-eval/length_sweep.py does. The measurement is the command's own sweep path after encoding: lir_robust.sweep's
+eval/length_sweep.py does. The measurement is the command's own sweep path after encoding: lir_robust.sweep.pipeline's
 ranked_segments (the faiss hard-negative search, the default segments, each query's top documents kept, segment files
 written) and sweep_metrics, for every head x kind x K of the default grid (5 x 3 x 9; corpus patches drawn from the
 corpus itself, hard patches found by faiss).
@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
-from lir_robust import cli
-from lir_robust.files import write_json_atomic
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS
-from lir_robust.sweep import DEFAULT_HEADS, _versions
+from lir_robust.commands import cli
+from lir_robust.core.files import write_json_atomic
+from lir_robust.attacks.injection import DEFAULT_KINDS, DEFAULT_KS
+from lir_robust.sweep.pipeline import DEFAULT_HEADS, _versions
 
 HERE = Path(__file__).resolve()
 DIM = 128
@@ -95,7 +95,7 @@ def make_corpus(size: int, queries: int, seed: int, cache_dir: Path) -> dict[str
     """Write a synthetic corpus of ``size`` documents and its queries into the embedding cache under ``cache_dir``;
     returns the plan a worker reads (cache keys, gold documents, sizes)."""
     from lir_robust.encoders.cache import EmbeddingCache
-    from lir_robust.injection import FlatCorpus
+    from lir_robust.attacks.injection import FlatCorpus
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + size)
     lengths = torch.randint(PATCHES[0], PATCHES[1] + 1, (size,), generator=generator)
@@ -168,8 +168,8 @@ def worker(folder: Path) -> None:
 
     from lir_robust.encoders.base import barrier, init_distributed
     from lir_robust.encoders.cache import EmbeddingCache
-    from lir_robust.injection import InjectionSettings
-    from lir_robust.sweep import SweepConfig, ranked_segments, segment_count, sweep_metrics
+    from lir_robust.attacks.injection import InjectionSettings
+    from lir_robust.sweep.pipeline import SweepConfig, ranked_segments, segment_count, sweep_metrics
 
     plan = json.loads((folder / "plan.json").read_text())
     rank, size = init_distributed()

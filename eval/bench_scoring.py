@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from lir_robust import cli
+from lir_robust.commands import cli
 
 METHODS = ["colpali-engine", "floor", "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "exclusive:capacity=1,candidates=8"]
 TARGET_HEADS = ("topk:k=4", "softmax:tau=0.1", "lse:tau=0.1")  # each at most 1.5x maxsim
@@ -107,7 +107,7 @@ def make_call(method: str, queries: list[torch.Tensor], documents: list[torch.Te
         )
     if method == "floor":
         return lambda: floor(queries, documents, args.batch_size, args.device)
-    from lir_robust.scoring import score
+    from lir_robust.scoring.scorer import score
 
     return lambda: score(
         queries, documents, method, query_batch_size=args.batch_size, document_batch_size=args.batch_size,
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         difference = abs(results["colpali-engine"]["checksum"] - results["maxsim"]["checksum"])
         sys.stdout.write(f"checksum |colpali-engine - maxsim| = {difference:.3g}\n")
     if args.json:
-        from lir_robust.files import write_json_atomic
+        from lir_robust.core.files import write_json_atomic
 
         write_json_atomic(args.json, {"shape": shape, "results": results}, indent=2)
     return 0

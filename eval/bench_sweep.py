@@ -6,12 +6,12 @@
 
 Measured, on the same embeddings and machine:
 - encode: queries + corpus, no cache (done once; both costs below include it);
-- plain evaluation = encode + score K = 0 with one head (maxsim, lir_robust.scoring.score) + pytrec_eval metrics;
+- plain evaluation = encode + score K = 0 with one head (maxsim, lir_robust.scoring.scorer.score) + pytrec_eval metrics;
   also reported: plain evaluation of every head (encode + one score pass per head + metrics);
 - full sweep = encode + what `make eval-length-sweep` runs after encoding: the merged-state sweep of every head x kind
-  x K over the default segments, keeping each query's top documents (lir_robust.sweep.ranked_segments' path:
+  x K over the default segments, keeping each query's top documents (lir_robust.sweep.pipeline.ranked_segments' path:
   InjectionSweep.rank, including the faiss hard-negative search and the pooled gaussian / corpus blocks) + metrics of
-  every (head, kind, K) (lir_robust.sweep.sweep_metrics).
+  every (head, kind, K) (lir_robust.sweep.pipeline.sweep_metrics).
 Ratios: full sweep / plain evaluation (target <= 1.5) and full sweep / plain evaluation of every head.
 Writes results/bench-sweep/bench.json.
 """
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from lir_robust import cli
+from lir_robust.commands import cli
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, RankedScores, parse_pool_blocks
-from lir_robust.metrics import evaluate, run_from_scores
-from lir_robust.scoring import score
-from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, _segments, _versions, judged_queries, segment_count, sweep_metrics, write_json_atomic
+from lir_robust.attacks.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, RankedScores, parse_pool_blocks
+from lir_robust.scoring.metrics import evaluate, run_from_scores
+from lir_robust.scoring.scorer import score
+from lir_robust.sweep.pipeline import DEFAULT_HEADS, SweepConfig, _segments, _versions, judged_queries, segment_count, sweep_metrics, write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -22,8 +22,10 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]  # a checkout, finetune_all
 
-from lir_robust import cli, defence  # noqa: E402
-from lir_robust.files import write_json_atomic  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
+
+from lir_robust.training import defence
+from lir_robust.core.files import write_json_atomic  # noqa: E402
 
 DEFAULT_VARIANTS = [
     "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "exclusive",

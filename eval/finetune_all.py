@@ -39,11 +39,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lir_robust import cli, training  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
+
+from lir_robust.training import common as training
 from lir_robust.encoders.text_colbert import TextColBERT  # noqa: E402
-from lir_robust.files import write_json_atomic, write_text_atomic  # noqa: E402
-from lir_robust.pooling import parse_head  # noqa: E402
-from lir_robust.scoring import score  # noqa: E402
+from lir_robust.core.files import write_json_atomic, write_text_atomic  # noqa: E402
+from lir_robust.scoring.pooling import parse_head  # noqa: E402
+from lir_robust.scoring.scorer import score  # noqa: E402
 
 
 def slug(head: str) -> str:
@@ -76,8 +78,8 @@ def dev_heldout_split(query_ids) -> tuple[list[str], list[str]]:
 
 
 def ndcg_at_10(scores: torch.Tensor, document_ids, query_ids, qrels) -> dict[str, float]:
-    """Per-query nDCG@10 (lir_robust.metrics, pytrec_eval) of a ``[Nq, Nd]`` score matrix."""
-    from lir_robust.metrics import evaluate as evaluate_run, run_from_scores
+    """Per-query nDCG@10 (lir_robust.scoring.metrics, pytrec_eval) of a ``[Nq, Nd]`` score matrix."""
+    from lir_robust.scoring.metrics import evaluate as evaluate_run, run_from_scores
 
     _, per_query = evaluate_run({q: qrels[q] for q in query_ids}, run_from_scores(scores, query_ids, document_ids))
     return {q: per_query[q]["ndcg@10"] for q in query_ids}
@@ -119,7 +121,7 @@ def evaluate(model: TextColBERT, heads, collection, batch_size: int = 32) -> dic
 
 
 def write_json(path: Path, value) -> None:
-    """JSON through lir_robust.files (atomic: a killed run leaves the old file or the new one)."""
+    """JSON through lir_robust.core.files (atomic: a killed run leaves the old file or the new one)."""
     write_json_atomic(path, value, indent=2)
 
 
@@ -128,8 +130,8 @@ def step_time_ratios(variants, data: str, batch_size: int, rounds: int, train_do
     """Median seconds of one training step per variant, interleaved in one process on one fixed batch. A variant is a
     head, with the training-side defence after a ``+`` if any (``maxsim+spike:4,hard:4``: its --injected-negatives join
     the step); ratios are to the first variant."""
-    from lir_robust import defence
-    from lir_robust.losses import PooledInfoNCELoss
+    from lir_robust.training import defence
+    from lir_robust.scoring.losses import PooledInfoNCELoss
 
     torch.manual_seed(0)
     model = training.build_text_model("minilm", parse_head("maxsim"), projection_dim, 32, 32, 0.1, None)
@@ -169,7 +171,7 @@ def head_loss_cost(heads, rounds: int = 30, dim: int = 128, document_length: int
     """Median seconds of the loss forward + backward alone per head, on training shapes (queries [32, 32, dim],
     documents [32, document_length, dim]); interleaved. The encoder is the same for every head, so this is the whole
     difference."""
-    from lir_robust.losses import PooledInfoNCELoss
+    from lir_robust.scoring.losses import PooledInfoNCELoss
 
     generator = torch.Generator().manual_seed(0)
     queries = torch.nn.functional.normalize(torch.randn(32, 32, dim, generator=generator), dim=-1)

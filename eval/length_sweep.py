@@ -1,4 +1,4 @@
-"""Length / injection sweep on a real collection (thin entry; the logic is lir_robust.sweep).
+"""Length / injection sweep on a real collection (thin entry; the logic is lir_robust.sweep.pipeline).
 
     python eval/length_sweep.py                       # MiniLM ColBERT on $LIR_ROBUST_DATA_ROOT/cranfield, default heads
     python eval/length_sweep.py --model path/to/finetuned --kinds hard spike --ks 0 25 100
@@ -11,10 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from lir_robust import cli
+from lir_robust.commands import cli
 from lir_robust.encoders.base import init_distributed
-from lir_robust.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, DEFAULT_TARGETS, KINDS, TARGETS, parse_pool_blocks
-from lir_robust.sweep import DEFAULT_HEADS, SweepConfig, run_length_sweep
+from lir_robust.attacks.injection import DEFAULT_KINDS, DEFAULT_KS, DEFAULT_POOL_BLOCKS, DEFAULT_TARGETS, KINDS, TARGETS, parse_pool_blocks
+from lir_robust.sweep.pipeline import DEFAULT_HEADS, SweepConfig, run_length_sweep
 
 
 def build_parser() -> cli.ArgumentParser:

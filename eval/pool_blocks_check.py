@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from lir_robust import cli
+from lir_robust.commands import cli
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.load import load_encoder
-from lir_robust.injection import DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, parse_pool_blocks
-from lir_robust.metrics import evaluate, run_from_scores
-from lir_robust.files import write_text_atomic
-from lir_robust.sweep import DEFAULT_HEADS, _segments, judged_queries, write_json_atomic
+from lir_robust.attacks.injection import DEFAULT_KS, DEFAULT_POOL_BLOCKS, InjectionSettings, InjectionSweep, parse_pool_blocks
+from lir_robust.scoring.metrics import evaluate, run_from_scores
+from lir_robust.core.files import write_text_atomic
+from lir_robust.sweep.pipeline import DEFAULT_HEADS, _segments, judged_queries, write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:

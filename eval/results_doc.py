@@ -1,4 +1,4 @@
-"""docs/RESULTS.md from the committed results files (thin entry; the logic is lir_robust.results_doc).
+"""docs/RESULTS.md from the committed results files (thin entry; the logic is lir_robust.reporting.results_doc).
 
     python eval/results_doc.py          # = make results-doc
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lir_robust import cli  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust.results_doc import write_results_doc
+    from lir_robust.reporting.results_doc import write_results_doc
 
     path = write_results_doc(args.study, args.synthetic, args.out)
     logging.getLogger("results_doc").info("wrote %s", path)

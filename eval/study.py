@@ -1,4 +1,4 @@
-"""The retraining study (thin entry; the logic is lir_robust.study): fine-tune one model per head and seed (and per
+"""The retraining study (thin entry; the logic is lir_robust.studies.retraining): fine-tune one model per head and seed (and per
 defended head), sweep each, summarise. Resumable: rerun the same command after a kill.
 
     python eval/study.py                          # everything: make study
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lir_robust import cli  # noqa: E402
-from lir_robust.study import DEFENCE, STUDY_HEADS, STUDY_KINDS, STUDY_KS, StudyPlan, StudyPlanError, parts_of, plan_steps, run_study, summarize_study  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
+from lir_robust.studies.retraining import DEFENCE, STUDY_HEADS, STUDY_KINDS, STUDY_KS, StudyPlan, StudyPlanError, parts_of, plan_steps, run_study, summarize_study  # noqa: E402
 
 
 def collection_seeds(text: str) -> tuple[str, list[int]]:

@@ -2,7 +2,7 @@
 
 Trains the concept-environment encoder with every pooling head on several seeds, then runs the document-length and
 injection sweeps; writes results.json, four PNG figures and table.md under --out. Rerunning resumes: finished
-(head, seed) runs in DIR/runs/ are kept. The logic lives in lir_robust.synthetic and lir_robust.synthetic_study.
+(head, seed) runs in DIR/runs/ are kept. The logic lives in lir_robust.studies.concepts and lir_robust.studies.synthetic.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from lir_robust import cli
-from lir_robust.synthetic_study import DEFAULT_HEADS, StudySettings, preset, run_study
+from lir_robust.commands import cli
+from lir_robust.studies.synthetic import DEFAULT_HEADS, StudySettings, preset, run_study
 
 
 # SyntheticConfig fields named in its error messages -> the options that set them.

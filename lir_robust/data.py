@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from lir_robust.cli import env_flag
+from lir_robust.core.huggingface import env_flag
 
 __all__ = [
     "RetrievalSet",

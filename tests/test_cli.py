@@ -1,4 +1,4 @@
-"""lir_robust.cli and every command's front door: a bad input is refused before anything loads or is written, with
+"""lir_robust.commands.cli and every command's front door: a bad input is refused before anything loads or is written, with
 one line on stderr (the problem and the fix), exit status 2 and no traceback (unless --debug / LIR_ROBUST_DEBUG=1)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from finetune_fixtures import save_dropout_bert, write_tiny_beir
-from lir_robust import cli
+from lir_robust.commands import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def _forbid_loading(monkeypatch, scripts):
     def loaded(*args, **kwargs):
         raise AssertionError("the command loaded data or a model before refusing its arguments")
 
-    from lir_robust import training
+    from lir_robust.training import common as training
     from lir_robust.encoders.text_colbert import TextColBERT
 
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
@@ -312,7 +312,7 @@ def test_from_pretrained_errors_are_classified_through_their_cause(online, monke
 def test_the_offline_flags_are_read_one_way_everywhere(monkeypatch, value, expected):
     """cli, data, fingerprint and hub read HF_HUB_OFFLINE through env_flag, as huggingface_hub spells it, at each call."""
     from lir_robust import data
-    from lir_robust.cli import env_flag
+    from lir_robust.commands.cli import env_flag
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)

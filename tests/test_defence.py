@@ -1,4 +1,4 @@
-"""lir_robust.defence: injected negatives (hosts, spike and hard patches, gradients, determinism, the loss by hand)."""
+"""lir_robust.training.defence: injected negatives (hosts, spike and hard patches, gradients, determinism, the loss by hand)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lir_robust import defence
-from lir_robust.losses import PooledInfoNCELoss
-from lir_robust.scoring import score
+from lir_robust.training import defence
+from lir_robust.scoring.losses import PooledInfoNCELoss
+from lir_robust.scoring.scorer import score
 
 B, TQ, N, TD, D = 4, 5, 6, 7, 8  # N > B: documents gathered from other processes too
 
@@ -196,7 +196,7 @@ def test_the_loss_with_injected_negatives_is_higher_and_equals_a_hand_computatio
 
 @pytest.mark.parametrize("head", ["exclusive", "softmax:tau=0.1", "topk:k=2"])
 def test_every_head_scores_the_injected_negatives_as_the_scorer_does(head):
-    """The loss's logits for the injected negatives equal lir_robust.scoring.score on the documents rebuilt by hand
+    """The loss's logits for the injected negatives equal lir_robust.scoring.scorer.score on the documents rebuilt by hand
     (host's valid patches + injected patches), for joint heads too; gradients are finite."""
     queries, query_mask, documents, document_mask = _batch(seed=3, requires_grad=True)
     negatives, negative_mask = defence.injected_negatives(queries, query_mask, documents, document_mask, OFFSET, PLAN, (0, 0, 0))

@@ -1,4 +1,4 @@
-"""Tests for lir_robust.diagnostics: Gini and friends, patch gradients, hijack rate."""
+"""Tests for lir_robust.scoring.diagnostics: Gini and friends, patch gradients, hijack rate."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lir_robust.diagnostics import (
+from lir_robust.scoring.diagnostics import (
     effective_patches,
     gini,
     gold_pair_gradient_concentration,

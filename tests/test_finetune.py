@@ -16,7 +16,7 @@ import torch
 
 from finetune_fixtures import save_dropout_bert, write_tiny_beir
 from lir_robust.encoders.text_colbert import TextColBERT
-from lir_robust.scoring import score
+from lir_robust.scoring.scorer import score
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "finetune.py"
@@ -222,7 +222,7 @@ def test_tiny_colpali_trains(tmp_path, tiny_image_pairs):
 
 
 def test_hub_names_fail_fast_offline(tmp_path, monkeypatch, tiny_image_pairs):
-    from lir_robust.cli import UserError
+    from lir_robust.commands.cli import UserError
     from lir_robust.data import HubUnreachableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -238,10 +238,11 @@ def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, 
     """The step-1 loss of _args' run, computed apart from the loss module: the untrained model (LoRA's B = 0, so the
     base encoder + the SVD projection), the sampler's first batch, each logit by a loop over (query, candidate), then
     the cross-entropy written out. Candidates of query i: the batch's documents, then its own hard negatives, then
-    its injected negatives (``injected``: --injected-negatives, built by lir_robust.defence for the first
+    its injected negatives (``injected``: --injected-negatives, built by lir_robust.training.defence for the first
     micro-batch, key (seed 0, epoch 0, batch 0); test_defence checks how they are built)."""
-    from lir_robust import defence, training
-    from lir_robust.pooling import parse_head
+    from lir_robust.training import defence
+    from lir_robust.training import common as training
+    from lir_robust.scoring.pooling import parse_head
 
     pairs = training.load_training_pairs(str(data), "title", 0).pairs
     if hard_negatives:
@@ -347,7 +348,7 @@ def test_injected_negatives_train_maxsim_and_the_joint_head_and_the_model_reload
     (["--injected-negatives", "hard:2", "--injected-negative-documents", "2", "--gradient-accumulation", "2"], "micro-batch of 2 documents"),
 ])
 def test_bad_injected_negative_options_are_refused_before_anything_loads(extra, message, tiny_bert, tiny_beir, tmp_path):
-    from lir_robust.cli import UserError, run_command
+    from lir_robust.commands.cli import UserError, run_command
 
     with pytest.raises(UserError, match=message):
         finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path / "run", *extra))
@@ -361,7 +362,7 @@ def test_identity_projection_and_sentence_pseudo_queries(tiny_bert, tiny_beir, t
     finetune.train(finetune.parse_args([*arguments, "--projection-init", "identity"]))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["projection_init"] == "identity" and config["data_kind"] == "sentence-text"
-    from lir_robust.cli import UserError
+    from lir_robust.commands.cli import UserError
 
     with pytest.raises(UserError, match="projection-init identity needs --projection-dim = the hidden size 32"):
         finetune.parse_args([*_args(tiny_bert, tiny_beir, tmp_path / "b"), "--projection-init", "identity"])
@@ -422,7 +423,7 @@ def test_a_killed_run_continues_on_rerun_and_ends_as_an_uninterrupted_run(tiny_b
 
 
 def test_rerun_of_a_finished_run_reports_it_and_another_configuration_stops(tiny_bert, tiny_beir, tmp_path, caplog):
-    from lir_robust.cli import UserError, run_command
+    from lir_robust.commands.cli import UserError, run_command
 
     arguments = _args(tiny_bert, tiny_beir, tmp_path, "--pooling", "maxsim", "--max-steps", "2")
     first = finetune.main(arguments)
@@ -454,7 +455,7 @@ def test_rerun_of_a_finished_run_reports_it_and_another_configuration_stops(tiny
 
 
 def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
-    from lir_robust import training
+    from lir_robust.training import common as training
 
     for name, complete in (("step-3", True), ("step-7", False), (".step-9.partial", True), ("step-x", True)):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)

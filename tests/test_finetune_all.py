@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lir_robust.cli import UserError, run_command
+from lir_robust.commands.cli import UserError, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

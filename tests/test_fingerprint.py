@@ -1,4 +1,4 @@
-"""Content fingerprints of weights (lir_robust.fingerprint): what keys the embedding cache, so weights changed in place
+"""Content fingerprints of weights (lir_robust.encoders.fingerprint): what keys the embedding cache, so weights changed in place
 can never be answered with old embeddings."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lir_robust import fingerprint
+from lir_robust.encoders import fingerprint
 from lir_robust.encoders.colpali import checkpoint_fingerprint
 
 

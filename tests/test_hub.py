@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from lir_robust import hub
-from lir_robust.cli import is_user_error
-from lir_robust.scoring import score
+from lir_robust.commands.cli import is_user_error
+from lir_robust.scoring.scorer import score
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -72,7 +72,7 @@ def _train(argv: list[str]) -> None:
 
 
 def _sweep(model: Path, data: Path, out: Path, cache: Path, **options) -> None:
-    from lir_robust.sweep import SweepConfig, run_length_sweep
+    from lir_robust.sweep.pipeline import SweepConfig, run_length_sweep
 
     config = SweepConfig(model=str(model), data=str(data), heads=["maxsim"], kinds=["gaussian", "hard"], ks=[0, 2],
                          cache_dir=str(cache), encode_batch_size=2, segments=1, **options)
@@ -319,7 +319,7 @@ def test_load_colpali_downloads_a_pooling_json_it_has_not_cached(tmp_path, hub_c
     import huggingface_hub.constants as constants
 
     from lir_robust.patches import colpali as colpali_patch
-    from lir_robust.pooling import parse_head, save_pooling_json
+    from lir_robust.scoring.pooling import parse_head, save_pooling_json
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -462,11 +462,11 @@ def test_study_section_renders_the_rows_it_finds(tmp_path, checkpoints):
 
 
 def study_summary(head: str = "topk:k=2") -> dict:
-    """A hand-made summary.json of the retraining study (the shape lir_robust.study.summarize_study writes, as
+    """A hand-made summary.json of the retraining study (the shape lir_robust.studies.retraining.summarize_study writes, as
     tests/test_study.py::_summary builds one) on two collections: ``head`` retrained with and without injected
     negatives and swapped onto the maxsim-trained model, maxsim, and another head a card of ``head`` never shows.
     Every number of a row follows from its own ``level`` (so that a wrong row shows)."""
-    from lir_robust.study import variant_name
+    from lir_robust.studies.retraining import variant_name
 
     kinds = ("hard", "spike", "corpus", "gaussian")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lir_robust.diagnostics import hijack_rates
-from lir_robust.injection import (
+from lir_robust.scoring.diagnostics import hijack_rates
+from lir_robust.attacks.injection import (
     FlatCorpus,
     InjectionSettings,
     PatchSource,
@@ -28,8 +28,8 @@ from lir_robust.injection import (
     spike_patches,
     sweep_scores,
 )
-from lir_robust.pooling import PoolingHead, parse_head, top_k_values
-from lir_robust.scoring import pad_with_mask
+from lir_robust.scoring.pooling import PoolingHead, parse_head, top_k_values
+from lir_robust.scoring.scorer import pad_with_mask
 
 
 def _unit(*shape, seed=0):
@@ -268,7 +268,7 @@ def test_pooled_block_states_are_reused_across_document_subsets(toy):
 
 
 def test_heads_that_cannot_be_merged_run_by_brute_force(toy, caplog):
-    from lir_robust.pooling import PoolingHead, masked_fill_float32
+    from lir_robust.scoring.pooling import PoolingHead, masked_fill_float32
 
     @dataclass(frozen=True)
     class Median(PoolingHead):
@@ -364,7 +364,7 @@ def test_top_k_values_equal_torch_topk(shape, k):
 def test_a_document_scoring_minus_inf_keeps_its_place_before_padding_in_every_order():
     """A document without a valid patch scores -inf; in the kept lists it ranks after every real score and before
     padding (-1: the slots a query tile has not filled yet), in a block or through a merge."""
-    from lir_robust.ranked import RankedScores
+    from lir_robust.sweep.ranked import RankedScores
 
     minus_inf = -float("inf")
 

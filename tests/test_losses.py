@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lir_robust.losses import PooledInfoNCELoss, PooledPairwiseCELoss, pooled_logits
-from lir_robust.pooling import parse_head
-from lir_robust.scoring import pad_with_mask, score
+from lir_robust.scoring.losses import PooledInfoNCELoss, PooledPairwiseCELoss, pooled_logits
+from lir_robust.scoring.pooling import parse_head
+from lir_robust.scoring.scorer import pad_with_mask, score
 
 HEADS = ["maxsim", "topk:k=4", "softmax:tau=1.0", "lse:tau=0.1", "mean"]
 

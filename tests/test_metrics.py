@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lir_robust.metrics import evaluate, gold_in_top, hijack_budget, median_budget, retained_share, run_from_scores
+from lir_robust.scoring.metrics import evaluate, gold_in_top, hijack_budget, median_budget, retained_share, run_from_scores
 
 
 def test_hand_checked_values():

@@ -14,7 +14,7 @@ pytest.importorskip("colpali_engine")
 from tiny_colpali import build_tiny_colpali, build_tiny_colqwen2, tiny_images  # noqa: E402
 
 from lir_robust.patches import colpali as patches  # noqa: E402
-from lir_robust.scoring import score  # noqa: E402
+from lir_robust.scoring.scorer import score  # noqa: E402
 
 TRAINING_HEADS = ["maxsim", "topk:k=4", "softmax:tau=1.0", "lse:tau=0.1", "mean"]
 

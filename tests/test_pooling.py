@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lir_robust.pooling import HEADS, PoolingHead, _groups_pay_off, _top_k_by_groups, available_heads, parse_head, register_head
+from lir_robust.scoring.pooling import HEADS, PoolingHead, _groups_pay_off, _top_k_by_groups, available_heads, parse_head, register_head
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
              "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3"]
@@ -311,7 +311,7 @@ def test_exclusive_is_joint_and_ignores_masked_query_tokens():
 def test_top_candidates_equal_a_full_stable_sort_with_ties_and_padding(count):
     """SharedWork.top_candidates (topk, then equal values in patch order; rows tied at the boundary sorted in full)
     equals the reference: a full stable descending sort, -inf / -1 where padded."""
-    from lir_robust.pooling import SharedWork
+    from lir_robust.scoring.pooling import SharedWork
 
     generator = torch.Generator().manual_seed(3)
     similarities = torch.randint(-4, 5, (3, 5, 7, 30), generator=generator).float() / 4  # many exact ties

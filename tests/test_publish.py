@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from lir_robust import cli, hub
+from lir_robust import hub
 
+
+from lir_robust.commands import cli
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_lirRobustFakeToken0123456789abcdefXYZ"
 BASE_ID = "tiny-org/colqwen2-base"
@@ -41,10 +43,10 @@ def checkpoint(tmp_path_factory) -> Path:
     pytest.importorskip("colpali_engine")
     from peft import LoraConfig, get_peft_model
 
-    from lir_robust.files import write_json_atomic
+    from lir_robust.core.files import write_json_atomic
     from lir_robust.patches.colpali import load_colpali, lora_target_modules
-    from lir_robust.pooling import parse_head
-    from lir_robust.training import save_checkpoint
+    from lir_robust.scoring.pooling import parse_head
+    from lir_robust.training.common import save_checkpoint
     from tiny_colpali import save_tiny_colqwen2
 
     root = tmp_path_factory.mktemp("publish")

@@ -21,8 +21,8 @@ from tiny_text import save_tiny_bert  # noqa: E402
 
 from lir_robust.encoders.text_colbert import TextColBERT  # noqa: E402
 from lir_robust.patches import pylate as patches  # noqa: E402
-from lir_robust.pooling import parse_head  # noqa: E402
-from lir_robust.scoring import pad_with_mask, score  # noqa: E402
+from lir_robust.scoring.pooling import parse_head  # noqa: E402
+from lir_robust.scoring.scorer import pad_with_mask, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "mean"]
@@ -348,7 +348,7 @@ def test_the_sweep_encoder_reads_a_pylate_folder_with_its_head(tiny_pylate, tmp_
     import shutil
 
     from lir_robust.encoders.load import load_encoder
-    from lir_robust.pooling import save_pooling_json
+    from lir_robust.scoring.pooling import save_pooling_json
 
     folder = tmp_path / "with-head"
     shutil.copytree(tiny_pylate, folder)
@@ -534,7 +534,7 @@ def test_export_command_writes_a_base_encoder_that_pylate_reads_identically(tiny
     settings = json.loads((tmp_path / "pylate" / "config_sentence_transformers.json").read_text())
     assert settings["query_prefix"] == "[unused0]" and settings["do_query_expansion"] is False
     assert settings["document_length"] == 256
-    from lir_robust.cli import run_command
+    from lir_robust.commands.cli import run_command
 
     assert run_command(command.main, ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err

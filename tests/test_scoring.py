@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lir_robust.pooling import parse_head
-from lir_robust.scoring import (
+from lir_robust.scoring.pooling import parse_head
+from lir_robust.scoring.scorer import (
     as_multi_vectors,
     late_interaction_scores,
     pad_with_mask,

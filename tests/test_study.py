@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "eval"))
 import study as study_command  # noqa: E402
 
-from lir_robust import cli  # noqa: E402
-from lir_robust.results_doc import render_results  # noqa: E402
-from lir_robust.study import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
+from lir_robust.reporting.results_doc import render_results  # noqa: E402
+from lir_robust.studies.retraining import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name  # noqa: E402
 
 FINETUNE = ("--projection-dim 16 --projection-init svd --lora-r 4 --lora-alpha 8 --batch-size 4 --validation-pairs 0 "
             "--query-max-length 12 --train-document-max-length 24 --document-max-length 24 --save-every 1 --lr 5e-3 "

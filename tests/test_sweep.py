@@ -169,7 +169,7 @@ def _concatenated_scores(query: torch.Tensor, own: list[torch.Tensor], injected:
 def test_every_sweep_number_equals_an_independent_computation(cranfield_sweeps):
     """Every nDCG@10 (mean and per query) and every hijack budget of the real sweep equals the brute-force path: the
     injected documents built explicitly (PatchSource.patches_for()[:K] after the document's own patches), scored with
-    each head's plain formula (tied to lir_robust.scoring.score below), evaluated by pytrec_eval directly, budgets by
+    each head's plain formula (tied to lir_robust.scoring.scorer.score below), evaluated by pytrec_eval directly, budgets by
     their definition."""
     results, _, folder, cache = cranfield_sweeps
     with one_thread():
@@ -182,9 +182,9 @@ def _check_against_brute_force(results: dict, folder: Path, cache: Path) -> None
     from lir_robust.data import load_retrieval_set
     from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
     from lir_robust.encoders.load import load_encoder
-    from lir_robust.injection import InjectionSettings, PatchSource
-    from lir_robust.pooling import parse_head
-    from lir_robust.scoring import score
+    from lir_robust.attacks.injection import InjectionSettings, PatchSource
+    from lir_robust.scoring.pooling import parse_head
+    from lir_robust.scoring.scorer import score
 
     assert results["heads"] == [parse_head(head).spec() for head in EVERY_HEAD] and results["ks"] == SMALL_KS
     data = load_retrieval_set(str(folder))
@@ -259,7 +259,7 @@ def test_segments_do_not_change_any_number(cranfield_sweeps):
 def test_ranked_lists_do_not_depend_on_the_segments_even_when_ties_straddle_the_cut():
     """Many documents with exactly the same score (a hard patch that wins every query token of every injected
     document does that): the kept lists are the lowest document indices among the ties, whatever the segments."""
-    from lir_robust.ranked import RankedScores
+    from lir_robust.sweep.ranked import RankedScores
 
     generator = torch.Generator().manual_seed(0)
     n_documents, depth = 120, 8  # wider than 2 * depth + 32: the list is first cut with topk
@@ -501,8 +501,8 @@ def test_a_colpali_adapter_or_base_model_changed_in_place_is_encoded_again(tmp_p
     from peft import LoraConfig, get_peft_model
 
     from lir_robust.patches.colpali import load_colpali, lora_target_modules
-    from lir_robust.pooling import parse_head
-    from lir_robust.training import save_checkpoint
+    from lir_robust.scoring.pooling import parse_head
+    from lir_robust.training.common import save_checkpoint
     from tiny_colpali import save_tiny_colqwen2
 
     base = save_tiny_colqwen2(tmp_path / "base")

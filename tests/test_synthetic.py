@@ -1,4 +1,4 @@
-"""Tests for lir_robust.synthetic and the synthetic study (CPU, seconds)."""
+"""Tests for lir_robust.studies.concepts and the synthetic study (CPU, seconds)."""
 
 import json
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from lir_robust.diagnostics import hijack_rates
-from lir_robust.losses import PooledInfoNCELoss
-from lir_robust.pooling import parse_head
-from lir_robust.synthetic import (
+from lir_robust.scoring.diagnostics import hijack_rates
+from lir_robust.scoring.losses import PooledInfoNCELoss
+from lir_robust.scoring.pooling import parse_head
+from lir_robust.studies.concepts import (
     SyntheticConfig,
     evaluate_gradient_concentration,
     evaluate_injection,
@@ -18,7 +18,7 @@ from lir_robust.synthetic import (
     make_environment,
     train_and_evaluate,
 )
-from lir_robust.synthetic_study import StudySettings, preset, run_path, run_study
+from lir_robust.studies.synthetic import StudySettings, preset, run_path, run_study
 
 TINY = dict(
     epochs=2, eval_every=1, batch_size=16, num_train_queries=32, num_eval_queries=12, hard_negatives=2,

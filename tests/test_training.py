@@ -1,4 +1,4 @@
-"""lir_robust.training: training pairs (title copy stripped, never the evaluation queries), sampler, helpers."""
+"""lir_robust.training.common: training pairs (title copy stripped, never the evaluation queries), sampler, helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lir_robust import training
+from lir_robust.training import common as training
 from finetune_fixtures import save_dropout_bert, write_tiny_beir
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
@@ -115,7 +115,7 @@ def test_hard_negatives_exclude_the_positive():
 
 
 def test_svd_projection_is_orthonormal_and_collator_truncates(tmp_path):
-    from lir_robust.pooling import parse_head
+    from lir_robust.scoring.pooling import parse_head
 
     model = training.build_text_model(str(save_dropout_bert(tmp_path / "bert")), parse_head("maxsim"), 8, 4, 4, 0.0, None)
     texts = ["shock wave drag on a cone at high mach number .", "heat transfer to a flat plate in laminar flow ."]
@@ -141,7 +141,7 @@ def test_latest_checkpoint(tmp_path):
 
 def test_identity_projection_starts_as_the_raw_model(tmp_path):
     from lir_robust.encoders.text_colbert import TextColBERT
-    from lir_robust.pooling import parse_head
+    from lir_robust.scoring.pooling import parse_head
 
     bert = str(save_dropout_bert(tmp_path / "bert", dropout=0.0))
     model = training.build_text_model(bert, parse_head("maxsim"), 32, 4, 4, 0.0, None)  # hidden size 32

@@ -17,7 +17,7 @@ The file reads top to bottom: settings, model, data, optimiser, then the loop. A
 batches, wraps the model for several processes, handles mixed precision, gradient accumulation and checkpoints;
 everything else is written out below. With several processes every query sees the whole global batch of documents
 as negatives (gathered with gradients); each process's queries stay local. --injected-negatives adds, for each
-query, copies of non-gold batch documents carrying injected patches (lir_robust.defence) to its negatives.
+query, copies of non-gold batch documents carrying injected patches (lir_robust.training.defence) to its negatives.
 
 Writes to --output-dir: the model (save_pretrained folder: LoRA adapter, projection, tokenizer / processor,
 pooling.json with the head and this run's configuration), log.jsonl (loss, lr, gradient Gini on gold pairs, ...),
@@ -49,12 +49,16 @@ from transformers import get_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lir_robust import cli, defence, training  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
+
+from lir_robust.training import defence
+
+from lir_robust.training import common as training
 from lir_robust.data import locate_data  # noqa: E402
-from lir_robust.diagnostics import gold_pair_gradient_concentration  # noqa: E402
-from lir_robust.files import write_json_atomic  # noqa: E402
-from lir_robust.losses import PooledInfoNCELoss  # noqa: E402
-from lir_robust.pooling import HEADS, available_heads, parse_head  # noqa: E402
+from lir_robust.scoring.diagnostics import gold_pair_gradient_concentration  # noqa: E402
+from lir_robust.core.files import write_json_atomic  # noqa: E402
+from lir_robust.scoring.losses import PooledInfoNCELoss  # noqa: E402
+from lir_robust.scoring.pooling import HEADS, available_heads, parse_head  # noqa: E402
 
 logger = logging.getLogger("finetune")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lir_robust import cli  # noqa: E402
+from lir_robust.commands import cli  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """On-disk embedding cache and the one call that encodes a data set: a corpus is encoded once, every sweep reuses it.
 
 Key = sha256 of (encoder config, data fingerprint, role "queries" / "documents", format version). The encoder config
-holds a content fingerprint of the weights (:mod:`lir_robust.fingerprint`), so weights changed in place give a new
+holds a content fingerprint of the weights (:mod:`lir_robust.encoders.fingerprint`), so weights changed in place give a new
 key: a retrained model can never be answered with its predecessor's embeddings.
 
 One folder per key, ``<cache dir>/<key>/``, written atomically (a temporary folder renamed into place):
@@ -31,8 +31,8 @@ import torch
 
 from lir_robust.data import RetrievalSet
 from lir_robust.encoders.base import MultiVectorEncoder, barrier, is_main_process
-from lir_robust.files import atomic_folder, json_default
-from lir_robust.injection import FlatCorpus
+from lir_robust.core.files import atomic_folder, json_default
+from lir_robust.attacks.injection import FlatCorpus
 
 __all__ = ["EmbeddingCache", "CacheCorruptError", "default_cache_dir", "encode_retrieval_set", "CACHE_FORMAT"]
 

@@ -14,13 +14,13 @@ from typing import Any, Sequence
 import torch
 
 from lir_robust.encoders.base import MultiVectorEncoder
-from lir_robust.fingerprint import model_fingerprint
+from lir_robust.encoders.fingerprint import model_fingerprint
 
 __all__ = ["ColpaliEncoder", "checkpoint_fingerprint"]
 
 
 def checkpoint_fingerprint(name_or_path: str) -> str:
-    """Content fingerprint of a colpali-engine checkpoint (:func:`lir_robust.fingerprint.model_fingerprint`): every
+    """Content fingerprint of a colpali-engine checkpoint (:func:`lir_robust.encoders.fingerprint.model_fingerprint`): every
     file of a local folder by content, a Hub id by revision; for a LoRA adapter, its base model's too."""
     fingerprint = model_fingerprint(name_or_path)
     adapter_config = Path(name_or_path) / "adapter_config.json"

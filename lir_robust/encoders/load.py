@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lir_robust.encoders.base import MultiVectorEncoder
-from lir_robust.hub import resolve_model_spec
+from lir_robust.encoders.resolve import resolve_model_spec
 
 __all__ = ["load_encoder"]
 

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lir_robust.files import atomic_path, write_text_atomic
-from lir_robust.pooling import PoolingHead, load_pooling_json, parse_head, save_pooling_json
+from lir_robust.core.files import atomic_path, write_text_atomic
+from lir_robust.scoring.pooling import PoolingHead, load_pooling_json, parse_head, save_pooling_json
 
 __all__ = ["TextColBERT", "TextColBERTConfig", "default_model_path", "resolve_base_model", "MINILM_NAMES"]
 
@@ -308,7 +308,7 @@ class TextColBERT(nn.Module):
         if self.base_fingerprint is not None:
             identity["base_weights"] = self.base_fingerprint
         else:  # base weights by content too: a base folder rewritten in place gives a new cache key
-            from lir_robust.fingerprint import model_fingerprint
+            from lir_robust.encoders.fingerprint import model_fingerprint
 
             identity["base_weights"] = model_fingerprint(resolve_base_model(self.colbert_config.base_model))
         return identity

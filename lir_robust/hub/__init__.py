@@ -6,9 +6,9 @@
 
 One module per concern:
 
-- :mod:`~lir_robust.hub.connection`: the HubError every failure becomes, the offline switch, the endpoint, one Hub
+- :mod:`~lir_robust.core.huggingface`: the HubError every failure becomes, the offline switch, the endpoint, one Hub
   call whose failure is one line (the token scrubbed).
-- :mod:`~lir_robust.hub.resolve`: Hub ids, the local Hub cache, a published id -> its snapshot folder.
+- :mod:`~lir_robust.encoders.resolve`: Hub ids, the local Hub cache, a published id -> its snapshot folder.
 - :mod:`~lir_robust.hub.checkpoint`: a checkpoint on disk (family, layout, head, training configuration, base model).
 - :mod:`~lir_robust.hub.sweep_results`: the checkpoint's own sweep (found, checked, model-index entries).
 - :mod:`~lir_robust.hub.study_results`: the retraining study's rows for the checkpoint's head (section, entries).
@@ -48,10 +48,10 @@ from lir_robust.hub.checkpoint import (
     base_model_id,
     locate_checkpoint,
 )
-from lir_robust.hub.connection import DEFAULT_TIMEOUT_S, HubError
+from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError
 from lir_robust.hub.folder import FIGURE_FILE, prepare_publish_folder
 from lir_robust.hub.push import check_can_push, publish, push_folder
-from lir_robust.hub.resolve import cached_snapshot, is_hub_id, resolve_model_spec
+from lir_robust.encoders.resolve import cached_snapshot, is_hub_id, resolve_model_spec
 from lir_robust.hub.study_results import (
     STUDY_COLUMNS,
     StudyFile,
@@ -62,7 +62,7 @@ from lir_robust.hub.study_results import (
 )
 from lir_robust.hub.sweep_results import check_results_match, eval_results_from_sweep, find_results, load_sweep_results
 from lir_robust.hub.validate import CARD_FILE, validate_publish_folder
-from lir_robust.pooling import POOLING_FILE
+from lir_robust.scoring.pooling import POOLING_FILE
 
 __all__ = [
     "HubError",

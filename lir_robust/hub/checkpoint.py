@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lir_robust.hub.connection import HubError, one_line
-from lir_robust.hub.resolve import is_hub_id
-from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json
+from lir_robust.core.huggingface import HubError, one_line
+from lir_robust.encoders.resolve import is_hub_id
+from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json
 
 __all__ = [
     "Checkpoint",
@@ -171,7 +171,7 @@ def _saved_head(model_dir: Path) -> PoolingHead:
     if head is None:
         raise HubError(
             f"{model_dir} has no pooling head ({POOLING_FILE} missing or empty): a published checkpoint must say which "
-            "head it was trained with; write one with lir_robust.pooling.save_pooling_json(folder, parse_head('...'))"
+            "head it was trained with; write one with lir_robust.scoring.pooling.save_pooling_json(folder, parse_head('...'))"
         )
     return head
 

@@ -18,15 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from lir_robust.files import write_json_atomic, write_text_atomic
+from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.hub.card import build_model_card
 from lir_robust.hub.checkpoint import Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
-from lir_robust.hub.connection import HubError
-from lir_robust.hub.resolve import is_hub_id
+from lir_robust.core.huggingface import HubError
+from lir_robust.encoders.resolve import is_hub_id
 from lir_robust.hub.study_results import check_study_for
 from lir_robust.hub.sweep_results import check_results_match, find_results, load_sweep_results, public_results
 from lir_robust.hub.validate import CARD_FILE, validate_publish_folder
-from lir_robust.pooling import POOLING_FILE
+from lir_robust.scoring.pooling import POOLING_FILE
 
 __all__ = ["prepare_publish_folder", "FIGURE_FILE"]
 
@@ -70,7 +70,7 @@ def _write_pooling(checkpoint: Checkpoint, target: Path) -> None:
 def _write_figure(results: dict[str, Any], target: Path) -> str:
     """The sweep's figure (retained nDCG@10 against K), drawn again from the public results so that its title names
     the repo, not a local folder; returns its file name."""
-    from lir_robust.sweep import plot_retained
+    from lir_robust.sweep.pipeline import plot_retained
 
     plot_retained(results, target / FIGURE_FILE)
     return FIGURE_FILE

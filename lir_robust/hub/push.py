@@ -15,9 +15,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from lir_robust.hub.connection import DEFAULT_TIMEOUT_S, HubError, endpoint, hub_call, hub_offline, no_network
+from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError, endpoint, hub_call, hub_offline, no_network
 from lir_robust.hub.folder import prepare_publish_folder
-from lir_robust.pooling import load_pooling_json
+from lir_robust.scoring.pooling import load_pooling_json
 
 __all__ = ["check_can_push", "push_folder", "publish"]
 

@@ -1,6 +1,6 @@
 """The retraining study's numbers on a card (``--study PATH``), from either of two files:
 
-- the study's own ``summary.json`` (:func:`lir_robust.study.summarize_study`): ``{"plan", "rows", "targets",
+- the study's own ``summary.json`` (:func:`lir_robust.studies.retraining.summarize_study`): ``{"plan", "rows", "targets",
   "timings"}``, each row ``{collection, protocol, variant, head, seeds, ndcg10[kind][K], retained[kind][K],
   budget_median[kind], paired_vs_maxsim["kind|K"], ...}`` with ``{mean, std, n}`` over seeds (paired: ``{mean, se,
   n}`` over queries). The card shows the rows that concern the published checkpoint: protocol ``retrained`` for its
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lir_robust.files import is_finite_number
+from lir_robust.core.files import is_finite_number
 from lir_robust.hub.checkpoint import public_value
-from lir_robust.hub.connection import HubError
+from lir_robust.core.huggingface import HubError
 from lir_robust.hub.sweep_results import TASK_TYPE
-from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.scoring.pooling import PoolingHead, parse_head
 
 __all__ = ["StudyFile", "read_study", "study_rows_for", "study_section", "check_study_for", "eval_results_from_study",
            "CARD_KINDS", "CARD_KS", "STUDY_COLUMNS"]
@@ -96,8 +96,8 @@ def _spec(head: Any) -> str | None:
 
 
 def _is_defended(row: dict[str, Any]) -> bool:
-    """True for a row of a model trained with injected negatives (lir_robust.study.variant_name(head, True))."""
-    from lir_robust.study import variant_name
+    """True for a row of a model trained with injected negatives (lir_robust.studies.retraining.variant_name(head, True))."""
+    from lir_robust.studies.retraining import variant_name
 
     try:
         return row["variant"] == variant_name(row["head"], True)

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lir_robust.files import is_finite_number
+from lir_robust.core.files import is_finite_number
 from lir_robust.hub.checkpoint import TEXT, Checkpoint
-from lir_robust.hub.connection import HubError
-from lir_robust.hub.resolve import is_hub_id
+from lir_robust.core.huggingface import HubError
+from lir_robust.encoders.resolve import is_hub_id
 
 __all__ = ["find_results", "load_sweep_results", "check_results_match", "report_k", "eval_results_from_sweep",
            "public_results", "TASK_TYPE"]
@@ -53,7 +53,7 @@ def find_results(checkpoint: Checkpoint) -> Path | None:
 
 
 def load_sweep_results(path: str | os.PathLike) -> dict[str, Any]:
-    """A sweep's results.json (lir_robust.sweep.run_length_sweep), checked for the keys the card reads."""
+    """A sweep's results.json (lir_robust.sweep.pipeline.run_length_sweep), checked for the keys the card reads."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise HubError(f"--results {path}: no such file; pass a results.json written by eval/length_sweep.py")
@@ -99,7 +99,7 @@ def public_results(results: dict[str, Any], repo_id: str) -> dict[str, Any]:
 
 def report_k(results: dict[str, Any]) -> int:
     """The K the card reports: the sweep's REPORT_K when measured, else the largest K > 0 (0 when there is none)."""
-    from lir_robust.sweep import REPORT_K
+    from lir_robust.sweep.pipeline import REPORT_K
 
     ks = [int(k) for k in results["ks"]]
     return REPORT_K if REPORT_K in ks else max(k for k in ks if k > 0) if any(k > 0 for k in ks) else 0

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lir_robust.hub.checkpoint import COLPALI_LIBRARY, PYLATE_LIBRARY, TEXT
-from lir_robust.hub.connection import HubError, one_line
-from lir_robust.hub.resolve import is_hub_id
-from lir_robust.pooling import POOLING_FILE, load_pooling_json
+from lir_robust.core.huggingface import HubError, one_line
+from lir_robust.encoders.resolve import is_hub_id
+from lir_robust.scoring.pooling import POOLING_FILE, load_pooling_json
 
 __all__ = ["validate_publish_folder", "CARD_FILE"]
 

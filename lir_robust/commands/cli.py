@@ -1,7 +1,7 @@
 """Command-line plumbing shared by the entries in train/ and eval/: every argument is checked before anything loads,
 and a user error is one line (the problem and the fix) with exit status 2, a traceback only when asked for.
 
-    from lir_robust import cli
+    from lir_robust.commands import cli
 
     def parse_args(argv=None):
         parser = cli.ArgumentParser(description="...")           # adds --debug; a bad value raises cli.UserError
@@ -30,6 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lir_robust.core.errors import UserError
+from lir_robust.core.huggingface import env_flag
+
 __all__ = [
     "DEBUG_ENV",
     "UserError",
@@ -57,8 +60,6 @@ __all__ = [
 DEBUG_ENV = "LIR_ROBUST_DEBUG"
 
 
-class UserError(Exception):
-    """A mistake the user can fix (an option, a path, a folder's state); the message names the problem and the fix."""
 
 
 # Library errors that mean "the user can fix this", by module: only modules already imported can have raised them,
@@ -197,7 +198,7 @@ def dropout_probability(text: str) -> float:
 
 def head_spec(text: str) -> str:
     """An argparse type: a pooling head in text form (``topk:k=4``), returned in its canonical spelling."""
-    from lir_robust.pooling import parse_head
+    from lir_robust.scoring.pooling import parse_head
 
     try:
         return parse_head(text).spec()
@@ -208,7 +209,7 @@ def head_spec(text: str) -> str:
 def injection_name(text: str) -> str:
     """An argparse type: an injection kind (``gaussian``, ``corpus``, ``hard``, ``spike``) or a few-document attack
     ``hard@N`` / ``spike@N``."""
-    from lir_robust.injection import parse_injection
+    from lir_robust.attacks.injection import parse_injection
 
     try:
         kind, attacked = parse_injection(text.strip().lower())
@@ -219,8 +220,8 @@ def injection_name(text: str) -> str:
 
 def injected_negative(text: str) -> str:
     """An argparse type for ``--injected-negatives``: ``KIND:K`` with KIND spike or hard and K >= 1, returned as
-    ``kind:K`` (see lir_robust.defence)."""
-    from lir_robust.defence import parse_injected_negative
+    ``kind:K`` (see lir_robust.training.defence)."""
+    from lir_robust.training.defence import parse_injected_negative
 
     try:
         kind, count = parse_injected_negative(text)
@@ -294,7 +295,7 @@ def existing_folder(text: str) -> str:
 
 def injection_target(text: str) -> tuple[str, str]:
     """An argparse type for ``--target KIND=TARGET``: ``(kind, target)``."""
-    from lir_robust.injection import KINDS, TARGETS
+    from lir_robust.attacks.injection import KINDS, TARGETS
 
     kind, sep, target = str(text).partition("=")
     kind, target = kind.strip().lower(), target.strip().lower()
@@ -326,12 +327,6 @@ def check_data(spec: str, *, data_format: str = "auto", split: str = "test", lan
             f"--language {language} filters ViDoRe v2 queries, but {option} {spec} is {located.data_format} data: "
             "drop --language"
         )
-
-
-def env_flag(*names: str) -> bool:
-    """True when any of these environment variables is set to 1 / on / yes / true (any case), as huggingface_hub
-    reads HF_HUB_OFFLINE; read at each call, so a flag set after import counts."""
-    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in names)
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -25,8 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import parse_head
-from lir_robust.synthetic import SyntheticConfig, train_and_evaluate
+from lir_robust.scoring.pooling import parse_head
+from lir_robust.studies.concepts import SyntheticConfig, train_and_evaluate
 
 __all__ = ["StudySettings", "PRESETS", "preset", "run_study", "aggregate", "write_table", "write_figures", "PAPER"]
 
@@ -93,7 +93,7 @@ def preset(name: str, **config_overrides: Any) -> tuple[SyntheticConfig, tuple[i
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from lir_robust.files import write_bytes_atomic
+    from lir_robust.core.files import write_bytes_atomic
 
     write_bytes_atomic(path, data)
 
@@ -317,7 +317,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
         return line.get_color()
 
     def save(figure, name):
-        from lir_robust.files import save_figure_atomic
+        from lir_robust.core.files import save_figure_atomic
 
         path = Path(out) / name
         try:

@@ -166,7 +166,7 @@ class RankedScores:
     def save(self, path) -> None:
         from safetensors.torch import save_file
 
-        from lir_robust.files import atomic_path
+        from lir_robust.core.files import atomic_path
 
         with atomic_path(path) as temporary:
             save_file(self.state_dict(), str(temporary))

@@ -15,8 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from lir_robust.hub.connection import DEFAULT_TIMEOUT_S, HubError, cache_dir, endpoint, hub_call, hub_offline, one_line
-from lir_robust.pooling import POOLING_FILE
+from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError, cache_dir, endpoint, hub_call, hub_offline, one_line
+from lir_robust.scoring.pooling import POOLING_FILE
 
 __all__ = ["is_hub_id", "is_published_id", "cached_file", "cached_snapshot", "resolve_model_spec"]
 

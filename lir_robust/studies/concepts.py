@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lir_robust.diagnostics import gold_pair_gradient_concentration
-from lir_robust.losses import PooledInfoNCELoss
-from lir_robust.pooling import PoolingHead, parse_head
-from lir_robust.scoring import late_interaction_scores
+from lir_robust.scoring.diagnostics import gold_pair_gradient_concentration
+from lir_robust.scoring.losses import PooledInfoNCELoss
+from lir_robust.scoring.pooling import PoolingHead, parse_head
+from lir_robust.scoring.scorer import late_interaction_scores
 
 __all__ = [
     "SyntheticConfig",
@@ -322,7 +322,7 @@ def evaluate_gradient_concentration(encoder: ConceptEncoder, env: SyntheticEnvir
     The evaluation queries are split into batches of ``batch_size`` (query, gold document) pairs; the in-batch
     InfoNCE loss is differentiated with respect to the gold documents' patch embeddings. ``gini``, ``top1_share`` and
     ``effective_patches`` use each query's own loss term (scope "pair", PAPER.md's per-pair definition);
-    ``gini_batch`` differentiates the whole batch loss (see :func:`~lir_robust.diagnostics.gold_patch_gradient_norms`).
+    ``gini_batch`` differentiates the whole batch loss (see :func:`~lir_robust.scoring.diagnostics.gold_patch_gradient_norms`).
     """
     config = env.config
     queries = _encode(encoder, env.eval_queries)
@@ -357,7 +357,7 @@ def evaluate_injection(encoder: ConceptEncoder, env: SyntheticEnvironment, head:
 
     Returns ``{kind: {str(K): {"recall@1", "recall@5", "hijack_rate"}}}``. The hijack rate is the share of a query's
     tokens whose best-matching patch in a non-gold document is injected (the definition of
-    :func:`lir_robust.diagnostics.hijack_rates`), averaged over the query's non-gold documents, then over queries.
+    :func:`lir_robust.scoring.diagnostics.hijack_rates`), averaged over the query's non-gold documents, then over queries.
     The pooled scores use the head's ``partial`` / ``merge``: the original documents are summarised once and the
     injected patches (the same K for every non-gold document of a query) are merged in per budget.
     """

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import PoolingHead, parse_head
+from lir_robust.scoring.pooling import PoolingHead, parse_head
 
 __all__ = [
     "MultiVectors",

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lir_robust.pooling import PoolingHead, parse_head
-from lir_robust.scoring import late_interaction_scores, paired_scores, padding_mask_from_values
+from lir_robust.scoring.pooling import PoolingHead, parse_head
+from lir_robust.scoring.scorer import late_interaction_scores, paired_scores, padding_mask_from_values
 
 __all__ = ["PooledInfoNCELoss", "PooledPairwiseCELoss", "pooled_logits"]
 

@@ -25,9 +25,9 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from lir_robust.losses import PooledInfoNCELoss, PooledPairwiseCELoss
-from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head
-from lir_robust.scoring import padding_mask_from_values, score
+from lir_robust.scoring.losses import PooledInfoNCELoss, PooledPairwiseCELoss
+from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head
+from lir_robust.scoring.scorer import padding_mask_from_values, score
 
 __all__ = [
     "SUPPORTED_RANGE",
@@ -281,7 +281,7 @@ def _local_model_type(directory: Path) -> Optional[str]:
 
 
 def _local_head(directory: Path) -> Optional[PoolingHead]:
-    """The head saved in ``directory/pooling.json`` (see :func:`lir_robust.pooling.load_pooling_json`)."""
+    """The head saved in ``directory/pooling.json`` (see :func:`lir_robust.scoring.pooling.load_pooling_json`)."""
     return load_pooling_json(directory)
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from lir_robust.cli import env_flag
+from lir_robust.core.huggingface import env_flag
 
 __all__ = ["folder_fingerprint", "file_digest", "model_fingerprint", "FULL_HASH_BYTES"]
 
@@ -41,7 +41,7 @@ def _read_memo() -> dict[str, str]:
 
 
 def _write_memo(entry: str, digest: str) -> None:
-    from lir_robust.files import write_json_atomic
+    from lir_robust.core.files import write_json_atomic
 
     memo = _read_memo()
     memo[entry] = digest

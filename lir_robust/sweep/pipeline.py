@@ -7,7 +7,7 @@ Outputs in the output folder: ``results.json`` (full configuration, library vers
 
 Memory does not grow with the corpus: documents are read from the memory-mapped embedding cache, scored in
 segments of at most ``SEGMENT_DOCUMENTS`` documents, and each segment keeps only each query's best documents per
-(head, injection, K) (:class:`~lir_robust.injection.RankedScores`), which is all the metrics need.
+(head, injection, K) (:class:`~lir_robust.attacks.injection.RankedScores`), which is all the metrics need.
 
 Resuming: each finished segment is saved under ``partial/<run key>/segment_NNNN.safetensors`` (plain tensors:
 loading cannot run code) and skipped when the run starts again with the same configuration and embeddings.
@@ -35,11 +35,11 @@ from typing import Any, Sequence
 import torch
 
 from lir_robust.data import RetrievalSet, load_retrieval_set
-from lir_robust.diagnostics import pair_gradient_concentration
+from lir_robust.scoring.diagnostics import pair_gradient_concentration
 from lir_robust.encoders.base import barrier, is_main_process, world
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
-from lir_robust.files import save_figure_atomic, write_json_atomic, write_text_atomic
-from lir_robust.injection import (
+from lir_robust.core.files import save_figure_atomic, write_json_atomic, write_text_atomic
+from lir_robust.attacks.injection import (
     DEFAULT_KINDS,
     DEFAULT_KS,
     DEFAULT_POOL_BLOCKS,
@@ -52,7 +52,7 @@ from lir_robust.injection import (
     hard_patches_needed,
     parse_injection,
 )
-from lir_robust.metrics import (
+from lir_robust.scoring.metrics import (
     METRIC_NAMES,
     evaluate,
     gold_in_top_from_candidates,
@@ -61,9 +61,9 @@ from lir_robust.metrics import (
     retained_share,
     run_from_candidates,
 )
-from lir_robust.pooling import parse_head
-from lir_robust.ranked import ranked_key
-from lir_robust.scoring import pad_with_mask
+from lir_robust.scoring.pooling import parse_head
+from lir_robust.sweep.ranked import ranked_key
+from lir_robust.scoring.scorer import pad_with_mask
 
 __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries",
            "sweep_metrics", "SEGMENT_DOCUMENTS"]
@@ -122,7 +122,7 @@ def gold_pair_gini(
 ) -> dict[str, float]:
     """Mean gradient concentration over (query, gold document) pairs at K = 0: ``{"gini", "top1_share",
     "effective_patches", "pairs"}``. Per pair, ``g_j = ||d(-score)/d d_j||`` (any loss of that pair's score alone gives
-    the same concentration); computed by :func:`lir_robust.diagnostics.pair_gradient_concentration`."""
+    the same concentration); computed by :func:`lir_robust.scoring.diagnostics.pair_gradient_concentration`."""
     values = {"gini": [], "top1_share": [], "effective_patches": []}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
@@ -197,7 +197,7 @@ def _hard_indices(queries, corpus: FlatCorpus, gold, config: SweepConfig, ks: li
         return None
     from safetensors.torch import load_file, save_file
 
-    from lir_robust.files import atomic_path
+    from lir_robust.core.files import atomic_path
 
     path = partial_dir / f"hard_indices_{needed}.safetensors"
     if is_main_process() and not path.is_file():

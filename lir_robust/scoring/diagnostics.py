@@ -25,9 +25,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lir_robust.losses import PooledInfoNCELoss, pooled_logits
-from lir_robust.pooling import PoolingHead, parse_head
-from lir_robust.scoring import paired_scores
+from lir_robust.scoring.losses import PooledInfoNCELoss, pooled_logits
+from lir_robust.scoring.pooling import PoolingHead, parse_head
+from lir_robust.scoring.scorer import paired_scores
 
 __all__ = [
     "GradientConcentration",
@@ -209,7 +209,7 @@ def gold_patch_gradient_norms(
 ) -> torch.Tensor:
     """Gradient norms on every gold document's patches under in-batch InfoNCE: ``[B, Tq, D] x [B, Td, D] -> [B, Td]``.
 
-    Query i's gold document is ``documents[i]``; the loss is :class:`~lir_robust.losses.PooledInfoNCELoss` over the
+    Query i's gold document is ``documents[i]``; the loss is :class:`~lir_robust.scoring.losses.PooledInfoNCELoss` over the
     ``[B, B]`` scores (logits ``score / temperature``, divided by query length first if ``normalize_scores``), i.e.
     the loss the synthetic study trains with. ``scope`` says which part of the loss is differentiated:
 

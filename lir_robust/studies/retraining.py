@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lir_robust.files import write_json_atomic
-from lir_robust.pooling import parse_head
+from lir_robust.core.files import write_json_atomic
+from lir_robust.scoring.pooling import parse_head
 
 __all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "run_study", "summarize_study", "variant_name", "STUDY_KS",
            "STUDY_KINDS", "STUDY_HEADS"]
@@ -53,7 +53,7 @@ STUDY_HEADS = ("maxsim", "topk:k=4", "softmax:tau=0.1", "softmax:tau=1.0", "lse:
 STUDY_KINDS = ("gaussian", "corpus", "hard", "spike", "hard@10", "spike@10", "hard@50", "spike@50")
 STUDY_KS = (0, 1, 2, 4, 8, 16, 25, 50, 100, 400)
 DEFENCE = ("spike:4", "hard:4")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Hub ids of the offline defaults, for cards and reports (the weights are the same; only the name is local).
 MODEL_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -138,7 +138,7 @@ def _run_finetune(command: list[str], out: Path, data_root: str, threads: int) -
 
 
 def _sweep_config(plan: StudyPlan, model: str, collection: str, heads: Sequence[str], cache: Path):
-    from lir_robust.sweep import SweepConfig
+    from lir_robust.sweep.pipeline import SweepConfig
 
     return SweepConfig(model=model, data=collection, data_root=_data_root(plan), heads=list(heads), kinds=list(plan.kinds),
                        ks=list(plan.ks), cache_dir=str(cache))
@@ -157,7 +157,7 @@ def _sweep_done(out: Path, config) -> bool:
 
 
 def _run_sweep(config, out: Path, cache: Path, show_progress: bool) -> None:
-    from lir_robust.sweep import run_length_sweep
+    from lir_robust.sweep.pipeline import run_length_sweep
 
     run_length_sweep(config, out, show_progress=show_progress)
     shutil.rmtree(cache, ignore_errors=True)  # this model's embeddings are not needed once its sweep is written

@@ -12,15 +12,17 @@ import contextlib
 import os
 from typing import Any, Callable, Iterator
 
-from lir_robust.cli import UserError, env_flag
+from lir_robust.core.errors import HubError
 
-__all__ = ["HubError", "DEFAULT_TIMEOUT_S", "hub_offline", "endpoint", "cache_dir", "one_line", "hub_call", "no_network"]
+__all__ = ["HubError", "env_flag", "DEFAULT_TIMEOUT_S", "hub_offline", "endpoint", "cache_dir", "one_line", "hub_call", "no_network"]
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class HubError(UserError):
-    """Publishing or loading by Hub id cannot go on; the message names the problem and the fix (exit status 2)."""
+def env_flag(*names: str) -> bool:
+    """True when any of these environment variables is set to 1 / on / yes / true (any case), as huggingface_hub
+    reads HF_HUB_OFFLINE; read at each call, so a flag set after import counts."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in names)
 
 
 def hub_offline() -> bool:

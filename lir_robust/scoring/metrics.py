@@ -6,7 +6,7 @@
   by document id descending.
 - :func:`retained_share`: metric at K / metric at K = 0 (not capped: above 1 when injection *helps*).
 - :func:`hijack_budget`: per query, the smallest K of the grid at which no gold document is left in the top 10.
-- Hijack rate and gradient concentration live in :mod:`lir_robust.diagnostics`.
+- Hijack rate and gradient concentration live in :mod:`lir_robust.scoring.diagnostics`.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lir_robust.pooling import PoolingHead, SharedWork, parse_head
-from lir_robust.ranked import RANKED_DEPTH, RankedScores, ranked_key
-from lir_robust.scoring import pad_with_mask
+from lir_robust.scoring.pooling import PoolingHead, SharedWork, parse_head
+from lir_robust.sweep.ranked import RANKED_DEPTH, RankedScores, ranked_key
+from lir_robust.scoring.scorer import pad_with_mask
 
 __all__ = [
     "KINDS",
@@ -353,7 +353,7 @@ def inject(
     """Append ``patches[i] [K_i, D]`` (None = nothing) to ``documents[i] [L_i, D]``.
 
     Returns the new documents ``[L_i + K_i, D]`` and bool masks ``[L_i + K_i]`` marking the injected rows (for
-    :func:`lir_robust.diagnostics.hijack_rates`). The brute-force reference the sweep is tested against.
+    :func:`lir_robust.scoring.diagnostics.hijack_rates`). The brute-force reference the sweep is tested against.
     """
     out, marks = [], []
     for document, extra in zip(documents, patches):
@@ -914,7 +914,7 @@ class InjectionSweep:
 
     def _brute_force(self, head: PoolingHead, injection: str | None, k: int, first: int, stop: int, documents: list[int]) -> torch.Tensor:
         """Scores ``[q, n]`` of a head that cannot be merged: every (query, document) scored on the concatenation."""
-        from lir_robust.scoring import score
+        from lir_robust.scoring.scorer import score
 
         out = torch.empty(stop - first, len(documents))
         for local, query in enumerate(range(first, stop)):
@@ -1054,7 +1054,7 @@ def brute_force_scores(
 
     ``ks``: the sweep's budget grid (it fixes the blocks of gaussian / corpus patches); ``k``: the budget scored.
     """
-    from lir_robust.scoring import score
+    from lir_robust.scoring.scorer import score
 
     settings = settings or InjectionSettings()
     corpus = FlatCorpus.from_documents(documents)

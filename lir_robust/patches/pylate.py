@@ -13,7 +13,7 @@ This is the only module of lir-robust that imports ``pylate``, and it does so la
 
   Every contract pads with zero rows (PyLate's models and evaluator do); the callable masks them itself, together
   with any mask it is given, so padded rows never change a score, for every head. The formulas are the heads' own
-  (:mod:`lir_robust.pooling`), through :mod:`lir_robust.scoring`.
+  (:mod:`lir_robust.scoring.pooling`), through :mod:`lir_robust.scoring.scorer`.
 
 - :func:`load_pylate` reads a PyLate model (folder or Hub id) as the project's
   :class:`~lir_robust.encoders.text_colbert.TextColBERT`: the Transformer module is the backbone, the Dense layers the
@@ -27,7 +27,7 @@ This is the only module of lir-robust that imports ``pylate``, and it does so la
 
 Why the head travels in pooling.json and not in the model's config: ``model.similarity_fn_name`` accepts only
 "MaxSim" and is reset on reload; PyLate's ``rank.rerank``, ``retrieve.ColBERT`` and PLAID indexes compute MaxSim
-internally whatever the head (score with :func:`pooled_scores` or :func:`lir_robust.scoring.score` instead).
+internally whatever the head (score with :func:`pooled_scores` or :func:`lir_robust.scoring.scorer.score` instead).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lir_robust.files import replace_folder
-from lir_robust.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head, save_pooling_json
-from lir_robust.scoring import late_interaction_scores, pad_with_mask, padding_mask_from_values, paired_scores, score
+from lir_robust.core.files import replace_folder
+from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head, save_pooling_json
+from lir_robust.scoring.scorer import late_interaction_scores, pad_with_mask, padding_mask_from_values, paired_scores, score
 
 __all__ = [
     "SUPPORTED_RANGE",

@@ -602,7 +602,7 @@ def _exponentials_in_place(similarities: torch.Tensor, document_mask: torch.Tens
     One similarity-sized temporary, rewritten in place: a head that frees two or three such temporaries at once
     leaves more free memory at the top of the heap than glibc's trim threshold (twice the largest recently freed
     block), so every call gave it back and page-faulted it in again (about 1,000 page faults and twice the time per
-    4 MiB block of `lir_robust.scoring`; `make bench-scoring`)."""
+    4 MiB block of `lir_robust.scoring.scorer`; `make bench-scoring`)."""
     valid = _all_valid(document_mask)
     mask = None if valid else document_mask.to(torch.bool).unsqueeze(-2)
     work = similarities.float() * (1.0 / tau) if valid else similarities.float().masked_fill(~mask, -math.inf).mul_(1.0 / tau)
@@ -888,7 +888,7 @@ def save_pooling_json(directory: "str | os.PathLike", head: PoolingHead | None, 
         "spec": None if head is None else head.spec(),
         "training": training or {},
     }
-    from lir_robust.files import write_text_atomic
+    from lir_robust.core.files import write_text_atomic
 
     write_text_atomic(os.path.join(os.fspath(directory), POOLING_FILE), json.dumps(payload, indent=2, default=str) + "\n")
 

@@ -43,8 +43,8 @@ from lir_robust.data import (
     read_beir_queries,
     resolve_collection,
 )
-from lir_robust.files import atomic_folder, replace_folder
-from lir_robust.pooling import PoolingHead, save_pooling_json
+from lir_robust.core.files import atomic_folder, replace_folder
+from lir_robust.scoring.pooling import PoolingHead, save_pooling_json
 
 __all__ = [
     "VIDORE_TRAIN_SET",
@@ -764,7 +764,7 @@ def clear_run_folder(output_dir: str | os.PathLike) -> None:
 def truncate_log(path: str | os.PathLike, step: int) -> None:
     """Keep the records of ``log.jsonl`` up to optimizer step ``step`` (not the final record), atomically: a run
     resumed from the checkpoint of step N logs steps N+1... once, as an uninterrupted run does."""
-    from lir_robust.files import write_text_atomic
+    from lir_robust.core.files import write_text_atomic
 
     path = Path(path)
     if not path.is_file():
@@ -835,7 +835,7 @@ def peak_memory_mb() -> float:
 
 def validation_loss(embed_fn: Callable, loss_fn: nn.Module, batches: Sequence[dict]) -> dict[str, float]:
     """Mean in-batch loss and top-1 accuracy over held-out batches (no gradient)."""
-    from lir_robust.losses import pooled_logits
+    from lir_robust.scoring.losses import pooled_logits
 
     losses, correct, total = [], 0, 0
     with torch.no_grad():

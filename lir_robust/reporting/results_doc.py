@@ -1,7 +1,7 @@
 """docs/RESULTS.md, generated from the committed results files (never typed by hand): ``make results-doc``.
 
-Inputs: the retraining study's ``summary.json`` (:func:`lir_robust.study.summarize_study`) and the synthetic study's
-``results.json`` (:mod:`lir_robust.synthetic_study`); either may be missing (its section then says how to make it).
+Inputs: the retraining study's ``summary.json`` (:func:`lir_robust.studies.retraining.summarize_study`) and the synthetic study's
+``results.json`` (:mod:`lir_robust.studies.synthetic`); either may be missing (its section then says how to make it).
 Output: the Markdown text and the PNG figures beside it. The text depends on the inputs only (no dates, no
 machine), so regenerating from the same files gives the same document; a test checks the committed one is current.
 
@@ -122,7 +122,7 @@ def _figure(summary: dict[str, Any], collection: str, protocol: str, path: Path)
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from lir_robust.files import save_figure_atomic
+    from lir_robust.core.files import save_figure_atomic
 
     rows = _rows(summary, collection, protocol)
     if not rows:
@@ -294,7 +294,7 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
     if synthetic is None:
         lines += ["## Synthetic study", "", "No `results/synthetic/results.json` yet: run `make synth`.", ""]
     else:
-        from lir_robust.synthetic_study import render_table, write_figures
+        from lir_robust.studies.synthetic import render_table, write_figures
 
         lines += [render_table(synthetic, title="## Synthetic study (the paper's concept environment)").rstrip(), ""]
         if figures is not None:
@@ -308,7 +308,7 @@ def write_results_doc(study_path: Path | None, synthetic_path: Path | None, out:
     ``out.parent / 'figures'``."""
     import json
 
-    from lir_robust.files import write_text_atomic
+    from lir_robust.core.files import write_text_atomic
 
     study = json.loads(Path(study_path).read_text()) if study_path and Path(study_path).is_file() else None
     synthetic = json.loads(Path(synthetic_path).read_text()) if synthetic_path and Path(synthetic_path).is_file() else None
