@@ -11,64 +11,8 @@ lir_robust.patches.pylate.export_pylate (LoRA merged, pooling.json and card). ``
 ``--check-count`` documents and queries of a collection with both and reports the largest difference.
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-
-logger = logging.getLogger("export_pylate")
-
-
-def build_parser() -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="minilm", help="'minilm', a Hugging Face encoder folder, or a fine-tuned text checkpoint (or train/finetune.py output) folder")
-    p.add_argument("--out", required=True, type=cli.output_folder, help="the PyLate model folder to write: new, empty, or a PyLate model folder (replaced)")
-    p.add_argument("--check-data", default=None, help="a BEIR folder or collection name: compare embeddings of its first texts with PyLate's")
-    p.add_argument("--check-count", type=cli.positive_int, default=20, help="documents and queries compared by --check-data")
-    return p
-
-
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    cli.check_model(args.model)
-    if args.check_data:
-        cli.check_data(args.check_data, option="--check-data")
-    from lir_robust.patches.pylate import check_replaceable
-
-    try:
-        check_replaceable(args.out)
-    except ValueError as error:
-        raise cli.UserError(f"--out: {error}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust.encoders.text_colbert import TextColBERT
-    from lir_robust.patches.pylate import export_pylate, largest_difference, save_pylate
-
-    folder = Path(args.model).expanduser()
-    checkpoint = next((c for c in (folder, folder / "model") if (c / "colbert_config.json").is_file()), None)
-    if checkpoint is not None:
-        out = export_pylate(checkpoint, args.out)
-        model = TextColBERT.from_pretrained(checkpoint)
-    else:
-        model = TextColBERT.from_base(None if args.model.lower() == "minilm" else args.model)
-        out = save_pylate(model, args.out)
-    report = {"out": str(out)}
-    if args.check_data:
-        from lir_robust.data import load_retrieval_set
-
-        data = load_retrieval_set(args.check_data)
-        documents = data.document_texts()[: args.check_count]
-        queries = [data.queries[query] for query in data.query_ids[: args.check_count]]
-        report["largest_difference_documents"] = largest_difference(model, out, documents, is_query=False)
-        report["largest_difference_queries"] = largest_difference(model, out, queries, is_query=True)
-    logger.info("%s", report)
-    print(report)
-    return report
-
+from lir_robust.commands import cli
+from lir_robust.commands.export_pylate import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

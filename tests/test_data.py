@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lir_robust.data import DataError, HubUnreachableError, RetrievalSet, load_beir, load_retrieval_set
+from lir_robust.data import DataError, HubUnreachableError, RetrievalSet, data_root, load_beir, load_retrieval_set
 from retrieval_fixtures import write_beir, write_vidore_v1, write_vidore_v2
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,17 +37,24 @@ def test_bare_name_resolves_under_the_data_root(tmp_path, monkeypatch):
 def test_missing_data_root_is_explained(monkeypatch, tmp_path):
     monkeypatch.delenv("LIR_ROBUST_DATA_ROOT", raising=False)
     with pytest.raises(DataError, match="LIR_ROBUST_DATA_ROOT"):
-        load_retrieval_set("somecollection")  # under the project's ../shared/data, or no root at all
-    monkeypatch.setattr("lir_robust.data.PROJECT_DATA_ROOT", tmp_path / "absent")
-    with pytest.raises(DataError, match="no data root is set"):
+        load_retrieval_set("somecollection")  # under ../shared/data beside the checkout, or no root at all
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")  # no ../shared/data from here
+    with pytest.raises(DataError, match=r"no data root is set .*\.\./shared/data relative to the current folder"):
         load_retrieval_set("somecollection")
 
 
-def test_project_data_root_is_the_default(monkeypatch, tmp_path):
+def test_shared_data_beside_the_current_folder_is_the_default(monkeypatch, tmp_path):
+    """Without LIR_ROBUST_DATA_ROOT, ../shared/data relative to the current folder (not to the package's files)."""
     monkeypatch.delenv("LIR_ROBUST_DATA_ROOT", raising=False)
-    write_beir(tmp_path / "toy")
-    monkeypatch.setattr("lir_robust.data.PROJECT_DATA_ROOT", tmp_path)
+    write_beir(tmp_path / "shared" / "data" / "toy")
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
     assert load_retrieval_set("toy").name == "toy"
+    assert data_root() == (tmp_path / "shared" / "data").resolve()
+    monkeypatch.setenv("LIR_ROBUST_DATA_ROOT", str(tmp_path / "elsewhere"))  # the setting wins over the default
+    assert data_root() == tmp_path / "elsewhere"
+    assert data_root(tmp_path / "given") == tmp_path / "given"  # and --data-root / data_root= over both
 
 
 def test_malformed_beir_inputs_give_clear_errors(tmp_path):
@@ -161,8 +168,10 @@ def test_a_missing_path_that_cannot_be_a_hub_name_is_not_found(spec, tmp_path, m
 def _hub_error(monkeypatch, error: BaseException):
     """Online (HF_HUB_OFFLINE=0) with datasets.load_dataset raising ``error``."""
     import datasets
+    from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the one offline check reads both
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
 
     def load_dataset(*args, **kwargs):

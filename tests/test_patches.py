@@ -170,9 +170,25 @@ def test_colpali_losses_take_the_trainer_call_forms():
     assert patches.PooledColbertLoss().temperature == 0.02 and patches.PooledColbertPairwiseCELoss().temperature == 1.0
 
 
+def _installed(monkeypatch, version):
+    """colpali-engine ``version`` installed (None: not installed), as importlib.metadata reports it."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def installed(name):
+        if name != "colpali_engine":
+            return real(name)
+        if version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(importlib.metadata, "version", installed)
+
+
 @pytest.mark.parametrize("version", ["0.3.16", "0.2.0", "0.4.0", "1.0.0", "garbage"])
 def test_version_guard_rejects_unsupported_versions(monkeypatch, version):
-    monkeypatch.setattr(patches, "_installed_version", lambda: version)
+    _installed(monkeypatch, version)
     with pytest.raises(patches.ColpaliVersionError) as error:
         patches.check_colpali_version()
     message = str(error.value)
@@ -184,12 +200,12 @@ def test_version_guard_rejects_unsupported_versions(monkeypatch, version):
 
 @pytest.mark.parametrize("version", ["0.3.17", "0.3.18", "0.3.99.dev1"])
 def test_version_guard_accepts_supported_versions(monkeypatch, version):
-    monkeypatch.setattr(patches, "_installed_version", lambda: version)
+    _installed(monkeypatch, version)
     assert patches.check_colpali_version() == version
 
 
 def test_version_guard_when_not_installed(monkeypatch):
-    monkeypatch.setattr(patches, "_installed_version", lambda: None)
+    _installed(monkeypatch, None)
     with pytest.raises(patches.ColpaliVersionError, match="colpali-engine is not installed.*pip install --no-deps"):
         patches.check_colpali_version()
 

@@ -27,14 +27,7 @@ FAKE_TOKEN = "hf_lirRobustFakeToken0123456789abcdefXYZ"
 BASE_ID = "tiny-org/colqwen2-base"
 
 
-def _publish_module():
-    spec = importlib.util.spec_from_file_location("publish_script", ROOT / "train" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _publish_module()
+from lir_robust.commands import publish  # noqa: E402 - the command behind train/publish.py
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +183,8 @@ def test_a_push_without_network_ends_fast_with_one_message_and_changes_nothing(
 
 def test_the_command_line_push_with_an_unreachable_hub_is_one_line_and_never_shows_the_token(checkpoint, tmp_path):
     environment = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": FAKE_TOKEN,
-                   "HF_HOME": str(tmp_path / "hf-home"), "LIR_ROBUST_DEBUG": "0"}
+                   "HF_HOME": str(tmp_path / "hf-home"), "LIR_ROBUST_DEBUG": "0",
+                   "PYTHONPATH": str(ROOT)}  # the wrapper imports this checkout's package
     log = tmp_path / "publish.log"
     started = time.perf_counter()
     with log.open("w") as handle:

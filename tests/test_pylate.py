@@ -19,6 +19,8 @@ pytest.importorskip("pylate")
 from retrieval_fixtures import write_beir  # noqa: E402
 from tiny_text import save_tiny_bert  # noqa: E402
 
+from lir_robust.core.errors import UserError  # noqa: E402
+from lir_robust.encoders.text import load_text_checkpoint  # noqa: E402
 from lir_robust.encoders.text_colbert import TextColBERT  # noqa: E402
 from lir_robust.patches import pylate as patches  # noqa: E402
 from lir_robust.scoring.pooling import parse_head  # noqa: E402
@@ -115,14 +117,39 @@ def assert_same_embeddings(theirs, ours, atol=1e-5):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_version_guard(monkeypatch):
-    assert patches.check_pylate_version() == "1.6.0"
-    monkeypatch.setattr(patches, "_installed_version", lambda: "1.5.1")
-    with pytest.raises(patches.PylateVersionError, match=r"pylate 1\.5\.1 is installed.*pip install --no-deps pylate==1\.6\.0"):
+@pytest.mark.parametrize("installed, accepted", [
+    ("1.6.0", True), ("1.6.9", True), ("1.6.0rc1", True), ("v1.6.2", True),
+    ("1.5.9", False), ("1.7.0", False), ("1.7", False), ("2.0.0", False), ("0.1", False), ("dev", False),
+])
+def test_the_version_guard_accepts_exactly_the_supported_range(monkeypatch, installed, accepted):
+    """check_pylate_version (and every public entry, through it) takes >=1.6.0,<1.7, whatever is installed here."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed if name == "pylate" else real(name))
+    if accepted:
+        assert patches.check_pylate_version() == installed
+        return
+    with pytest.raises(patches.PylateVersionError) as error:
         patches.pooled_scores("maxsim")
-    monkeypatch.setattr(patches, "_installed_version", lambda: None)
-    with pytest.raises(patches.PylateVersionError, match="not installed"):
+    assert str(error.value) == (
+        f"pylate {installed} is installed, but lir_robust.patches.pylate supports pylate >=1.6.0,<1.7 (the stacked "
+        "ColBERTScores contract of its losses and its model folder layout). Fix: pip install --no-deps pylate==1.6.0"
+    )
+
+
+def test_the_version_guard_says_how_to_install_a_missing_pylate(monkeypatch):
+    import importlib.metadata
+
+    def version(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(patches.PylateVersionError) as error:
         patches.check_pylate_version()
+    assert str(error.value).startswith("pylate is not installed; lir_robust.patches.pylate needs pylate >=1.6.0,<1.7. "
+                                       "Fix: pip install --no-deps pylate==1.6.0 (after `make setup`")
+    assert isinstance(error.value, UserError) and isinstance(error.value, RuntimeError)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -442,7 +469,7 @@ def test_export_pylate_turns_a_checkpoint_folder_into_a_pylate_folder(tiny_pylat
     """A TextColBERT checkpoint on a PyLate base (LoRA + its Dense) -> export_pylate -> pylate encodes the same."""
     model = _trained_looking(patches.load_pylate(tiny_pylate, pooling="lse:tau=0.1").add_lora(r=2, alpha=4))
     checkpoint = model.save_pretrained(tmp_path / "checkpoint", training_config={"pooling": "lse:tau=0.1"})
-    reloaded = TextColBERT.from_pretrained(checkpoint)
+    reloaded = load_text_checkpoint(checkpoint)
     assert reloaded.colbert_config.query_expansion and reloaded.config == model.config
     expected = model.encode(QUERIES, is_query=True, show_progress=False)
     assert_same_embeddings(expected, reloaded.encode(QUERIES, is_query=True, show_progress=False))
@@ -507,7 +534,7 @@ def test_finetune_gives_a_pylate_folder_that_encodes_as_the_trained_model(base, 
     saved = json.loads((folder / "pooling.json").read_text())
     assert saved["spec"] == "topk:k=4" and saved["training"]["max_steps"] == 2
     # the checkpoint in model/ reloads to the same model
-    reloaded = TextColBERT.from_pretrained(output / "model")
+    reloaded = load_text_checkpoint(output / "model")
     assert_same_embeddings(expected_documents, reloaded.encode(DOCUMENTS, is_query=False, show_progress=False))
     if base == "pylate":  # its own Dense layer was trained on, not replaced
         assert json.loads((output / "config.json").read_text())["projection_init"] == "pylate"
@@ -522,10 +549,8 @@ def test_finetune_refuses_a_projection_option_for_a_pylate_model(tiny_pylate, tm
 
 
 def test_export_command_writes_a_base_encoder_that_pylate_reads_identically(tiny_bert, tmp_path, capsys):
-    """eval/export_pylate.py (the MiniLM command, here on the tiny BERT): identity Dense, checked against PyLate."""
-    spec = importlib.util.spec_from_file_location("export_pylate", ROOT / "eval" / "export_pylate.py")
-    command = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(command)
+    """lir_robust.commands.export_pylate (eval/export_pylate.py; the MiniLM command, here on the tiny BERT): identity Dense, checked against PyLate."""
+    from lir_robust.commands import export_pylate as command
     report = command.main(["--model", str(tiny_bert), "--out", str(tmp_path / "pylate"),
                            "--check-data", str(write_beir(tmp_path / "tiny")), "--check-count", "5"])
     assert report["largest_difference_documents"] == 0.0 and report["largest_difference_queries"] == 0.0

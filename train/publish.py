@@ -11,56 +11,8 @@ HF_TOKEN (never from the command line). --dry-run OUT writes exactly the folder 
 without touching the network.
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-
-
-def parse_args(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=cli.existing_folder,
-                        help="a train/finetune.py output folder (holding model/) or the model folder itself")
-    parser.add_argument("--repo", required=True, help="the model repo on the Hub, OWNER/NAME")
-    parser.add_argument("--license", required=True, help="licence of the published weights (usually the base model's), e.g. apache-2.0")
-    parser.add_argument("--base-model", default=None,
-                        help="Hub id of the base model when the checkpoint was trained on a local folder")
-    parser.add_argument("--results", default="auto",
-                        help="a length-sweep results.json measured on this checkpoint; 'auto': the one beside it; 'none': no results")
-    parser.add_argument("--study", default=None,
-                        help="the retraining study's summary.json (make study): its rows for the checkpoint's head (and "
-                             "defence) become a card section and model-index entries; a plain {title, rows} table is "
-                             "shown as it is")
-    parser.add_argument("--dry-run", default=None, metavar="OUT", type=cli.output_folder,
-                        help="write the folder that would be uploaded into OUT (new or empty) and stop; no network")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
-    parser.add_argument("--timeout", type=cli.positive_float, default=10.0,
-                        help="seconds to wait for the Hub to answer before giving up")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust import hub
-
-    results = None if str(args.results).lower() == "none" else args.results
-    where = hub.publish(
-        args.checkpoint, args.repo, license=args.license, dry_run=args.dry_run, base_model=args.base_model,
-        results=results, study=args.study, private=args.private, revision=args.revision,
-        commit_message=args.commit_message, create_pr=args.create_pr, timeout=args.timeout,
-    )
-    print(f"{'wrote' if args.dry_run else 'published'}: {where}")
-    return 0
-
+from lir_robust.commands import cli
+from lir_robust.commands.publish import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

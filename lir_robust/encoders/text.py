@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from lir_robust.encoders.base import MultiVectorEncoder
-from lir_robust.encoders.text_colbert import TextColBERT
+from lir_robust.encoders.text_colbert import CONFIG_NAME, TextColBERT
 
-__all__ = ["TextEncoder"]
+__all__ = ["TextEncoder", "load_text_checkpoint"]
+
+
+def load_text_checkpoint(directory: str | os.PathLike) -> TextColBERT:
+    """A fine-tuned TextColBERT checkpoint folder (colbert_config.json); one on a PyLate model (``base_format:
+    "pylate"``) gets that model, read by lir_robust.patches.pylate, as its backbone, tokenizer and projection."""
+    config_file = Path(directory) / CONFIG_NAME
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("base_format") == "pylate":
+        from lir_robust.patches.pylate import load_pylate
+
+        return TextColBERT.from_pretrained(directory, base=load_pylate(config["base_model"]))
+    return TextColBERT.from_pretrained(directory)
 
 
 class TextEncoder(MultiVectorEncoder):
@@ -30,11 +45,10 @@ class TextEncoder(MultiVectorEncoder):
         """``None`` / "minilm": MiniLM-L6 (raw 384-d); a folder with colbert_config.json: a fine-tuned checkpoint;
         a PyLate model folder or Hub id: that model (its prefixes, lengths, query expansion and skiplist; its
         pooling.json head); another folder or name: a base Hugging Face encoder with the identity projection."""
-        from pathlib import Path
-
-        if spec is not None and (Path(spec) / "colbert_config.json").is_file():
-            return cls(TextColBERT.from_pretrained(spec), **kwargs)
-        from lir_robust.patches.pylate import is_pylate_model, load_pylate
+        if spec is not None and (Path(spec) / CONFIG_NAME).is_file():
+            return cls(load_text_checkpoint(spec), **kwargs)
+        from lir_robust.core.huggingface import is_pylate_model
+        from lir_robust.patches.pylate import load_pylate
 
         if spec is not None and is_pylate_model(spec):
             return cls(load_pylate(spec), **kwargs)

@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lir_robust.core.errors import ModelLoadError
 from lir_robust.core.files import atomic_path, write_text_atomic
 from lir_robust.scoring.pooling import PoolingHead, load_pooling_json, parse_head, save_pooling_json
 
-__all__ = ["TextColBERT", "TextColBERTConfig", "default_model_path", "resolve_base_model", "MINILM_NAMES"]
+__all__ = ["TextColBERT", "TextColBERTConfig", "ModelLoadError", "default_model_path", "resolve_base_model", "MINILM_NAMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ CONFIG_NAME = "colbert_config.json"
 PROJECTION_NAME = "projection.safetensors"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
 
 
 def default_model_path() -> str:
@@ -260,8 +257,12 @@ class TextColBERT(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "TextColBERT":
-        """Load a checkpoint folder written by save_pretrained (base weights + adapter + projection + head)."""
+    def from_pretrained(cls, directory: str | os.PathLike, base: "TextColBERT | None" = None) -> "TextColBERT":
+        """Load a checkpoint folder written by save_pretrained (base weights + adapter + projection + head).
+
+        A checkpoint on a PyLate model (``base_format: "pylate"``) takes that model, already loaded, as ``base`` (its
+        backbone, tokenizer and Dense projection): :func:`lir_robust.encoders.text.load_text_checkpoint` loads it
+        through lir_robust.patches.pylate, which this module does not import."""
         directory = Path(directory)
         config_file = directory / CONFIG_NAME
         if not config_file.is_file():
@@ -272,9 +273,11 @@ class TextColBERT(nn.Module):
         config = TextColBERTConfig.from_dict(json.loads(config_file.read_text()))
         projection, base_fingerprint = None, None
         if config.base_format == "pylate":  # backbone, tokenizer and Dense projection come from the PyLate model
-            from lir_robust.patches.pylate import load_pylate
-
-            base = load_pylate(config.base_model)
+            if base is None:
+                raise ModelLoadError(
+                    f"{directory} is a checkpoint on the PyLate model {config.base_model!r}: load it with "
+                    "lir_robust.encoders.text.load_text_checkpoint (or load_encoder), which reads the PyLate base first"
+                )
             backbone, tokenizer, projection, base_fingerprint = base.backbone, base.tokenizer, base.projection, base.base_fingerprint
         else:
             backbone, tokenizer = _load_backbone(config.base_model)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lir_robust.core.huggingface import HubError, one_line
-from lir_robust.encoders.resolve import is_hub_id
+from lir_robust.core.huggingface import COLPALI_FAMILIES, HubError, infer_family, is_hub_id, one_line
 from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json
 
 __all__ = [
@@ -128,9 +127,7 @@ class Checkpoint:
 
 def _colpali_family(model_dir: Path, training: dict[str, Any]) -> str:
     """The colpali-engine family from the training configuration, else the processor class, else the base's name."""
-    from lir_robust.patches.colpali import FAMILIES, infer_family
-
-    if training.get("family") in FAMILIES:
+    if training.get("family") in COLPALI_FAMILIES:
         return training["family"]
     for name in ("processor_config.json", "preprocessor_config.json"):
         path = model_dir / name

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lir_robust.hub.checkpoint import COLPALI_LIBRARY, PYLATE_LIBRARY, TEXT
-from lir_robust.core.huggingface import HubError, one_line
-from lir_robust.encoders.resolve import is_hub_id
+from lir_robust.core.huggingface import HubError, is_hub_id, one_line
 from lir_robust.scoring.pooling import POOLING_FILE, load_pooling_json
 
 __all__ = ["validate_publish_folder", "CARD_FILE"]

