@@ -15,6 +15,8 @@ if str(TESTS) not in sys.path:
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Bare collection names (cranfield, med) resolve under the checkout's ../shared/data, whatever folder a test runs in.
+os.environ.setdefault("LIR_ROBUST_DATA_ROOT", str((TESTS.parent.parent / "shared" / "data").resolve()))
 
 
 @pytest.fixture(scope="session")

@@ -308,16 +308,45 @@ def test_from_pretrained_errors_are_classified_through_their_cause(online, monke
             patches.load_colpali("vidore/colqwen2-x")
 
 
-@pytest.mark.parametrize("value, expected", [("1", True), ("on", True), (" TRUE ", True), ("yes", True), ("0", False), ("", False), ("off", False)])
-def test_the_offline_flags_are_read_one_way_everywhere(monkeypatch, value, expected):
-    """cli, data, fingerprint and hub read HF_HUB_OFFLINE through env_flag, as huggingface_hub spells it, at each call."""
-    from lir_robust import data
-    from lir_robust.commands.cli import env_flag
+@pytest.mark.parametrize("value, offline", [("1", True), ("on", True), (" TRUE ", True), ("yes", True), ("0", False), ("", False), ("off", False)])
+def test_every_layer_obeys_the_offline_flag_as_huggingface_hub_spells_it(monkeypatch, tmp_path, value, offline):
+    """HF_HUB_OFFLINE, read at each call, stops every Hub reading of a name before any network call: the model check
+    of every command, data by Hub name, colpali-engine models, weights fingerprints. Each is observed through what it
+    does (refuses in one line, or goes on to the network, which is faked here), never through the flag reader."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from lir_robust.core.errors import DataError, HubError, UserError
+    from lir_robust.data import load_retrieval_set
+    from lir_robust.encoders.fingerprint import model_fingerprint
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    assert env_flag("HF_HUB_OFFLINE") is expected
-    assert env_flag("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") is expected
-    assert data._hub_offline() is expected
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert env_flag("HF_HUB_OFFLINE") is False
+    monkeypatch.chdir(tmp_path)
+    reached = []
+
+    def network(*args, **kwargs):
+        reached.append(args)
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", network, raising=False)
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", network)
+
+    # the commands' model check: offline, an uncached Hub id is refused at once; online it is left to the loaders
+    if offline:
+        with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+            cli.check_model("someone/not-cached-model")
+    else:
+        cli.check_model("someone/not-cached-model")
+    # data by Hub name: offline says so without asking; online it asks (and the faked network fails)
+    with pytest.raises((DataError, HubError)) as raised:
+        load_retrieval_set("someone/not-a-local-folder")
+    assert ("HF_HUB_OFFLINE" in str(raised.value)) is offline
+    # weights fingerprints of a Hub id: offline they never ask the Hub for a revision
+    reached.clear()
+    model_fingerprint("someone/not-cached-model")
+    assert (reached == []) or not offline
