@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lir_robust.scoring.pooling import HEADS, PoolingHead, _groups_pay_off, _top_k_by_groups, available_heads, parse_head, register_head
+from lir_robust.scoring.pooling import HEADS, PoolingHead, available_heads, parse_head, register_head
+from lir_robust.scoring.pooling.heads import _groups_pay_off, _top_k_by_groups
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
              "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3"]
