@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lir_robust.scoring.pooling import HEADS, PoolingHead, _groups_pay_off, _top_k_by_groups, available_heads, parse_head, register_head
+from lir_robust.scoring.pooling import HEADS, PoolingHead, available_heads, parse_head, register_head
+from lir_robust.scoring.pooling.heads import _groups_pay_off, _top_k_by_groups
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
              "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3"]
@@ -220,18 +221,25 @@ def test_the_grouped_inference_top_k_gives_the_values_of_torch_topk(width):
 
 
 def test_topk_between_1_and_the_length_is_the_mean_of_the_k_largest_valid_similarities():
-    """An independent formula: sort every row's valid similarities by hand, average the first k."""
+    """An independent formula: sort every row's valid similarities by hand, average the first k (all of them when the
+    document has fewer than k). Masked patches hold the largest similarities, so a head that reads them fails."""
     similarities = random_similarities(3, 4, 12, seed=7)
     mask = torch.rand(3, 12, generator=torch.Generator().manual_seed(8)) > 0.25
-    for k in (2, 3, 5, 7):
+    similarities = similarities.masked_fill(~mask.unsqueeze(1), 5.0)  # padding above every real similarity
+    valid_patches = [[j for j in range(12) if mask[b, j]] for b in range(3)]
+    ks = (2, 3, 5, 7)
+    # the data covers what the formula distinguishes: every document has padding and real patches; some have at
+    # least k real patches, one has fewer than k (its value is the mean of all of them, not a sum over k)
+    assert all(0 < len(valid) < 12 for valid in valid_patches)
+    assert any(len(valid) < k for valid in valid_patches for k in ks)
+    assert any(len(valid) >= max(ks) for valid in valid_patches)
+    for k in ks:
         value = parse_head(f"topk:k={k}")(similarities, mask)
-        for b in range(3):
-            valid = [float(s) for s, keep in zip(similarities[b, 0], mask[b]) if keep]
+        for b, valid in enumerate(valid_patches):
             for t in range(4):
-                row = sorted((float(similarities[b, t, j]) for j in range(12) if mask[b, j]), reverse=True)
+                row = sorted((float(similarities[b, t, j]) for j in valid), reverse=True)
                 expected = sum(row[:k]) / min(k, len(row))
                 assert value[b, t].item() == pytest.approx(expected, abs=1e-6), (k, b, t)
-            assert len(valid) >= 1
 
 
 def _greedy_reference(similarities, document_mask, query_mask, capacity, candidates):

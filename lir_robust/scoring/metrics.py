@@ -17,7 +17,6 @@ from typing import Mapping, Sequence
 import torch
 
 __all__ = [
-    "MEASURES",
     "METRIC_NAMES",
     "run_from_scores",
     "run_from_candidates",
@@ -29,10 +28,8 @@ __all__ = [
     "median_budget",
 ]
 
-# trec_eval measure -> our names
-MEASURES = {"ndcg_cut.5,10", "recall.1,5,10,100", "recip_rank"}
 METRIC_NAMES = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10")
-_RENAME = {
+_RENAME = {  # trec_eval measure -> our names
     "ndcg_cut_5": "ndcg@5",
     "ndcg_cut_10": "ndcg@10",
     "recall_1": "recall@1",
