@@ -97,3 +97,49 @@ def no_network() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = variable
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TEMP (superseded by H1): lir_robust.training's copies of the "path or Hub id" and model-family rules, verbatim, so
+# that the training branch runs before H1's consolidated versions land.
+# ----------------------------------------------------------------------------------------------------------------
+
+COLPALI_MODEL_TYPES = ("paligemma", "qwen2_vl", "qwen2_5_vl", "idefics3")
+COLPALI_NAME_HINTS = ("colpali", "colqwen", "colsmol", "colidefics", "paligemma")
+
+
+def looks_like_path(text: str) -> bool:
+    """True when ``text`` can only be a local path or a collection name, never a Hub id: it exists here, starts with
+    ``.``, ``/`` or ``~``, or holds no ``/`` (training's rule for its data)."""
+    from pathlib import Path
+
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or "/" not in text
+
+
+def is_pylate_model(model: str) -> bool:
+    """True for a PyLate model folder or Hub id (see lir_robust.patches.pylate.is_pylate_model; needs no pylate)."""
+    from lir_robust.patches.pylate import is_pylate_model as check
+
+    return check(model)
+
+
+def model_family(model: str) -> str:
+    """``"text"`` for BERT-like encoders and PyLate models (TextColBERT), else the colpali-engine family (colpali,
+    colqwen2, ...)."""
+    import json
+    from pathlib import Path
+
+    if is_pylate_model(model):
+        return "text"
+    local = Path(model).expanduser()
+    model_type = None
+    if (local / "config.json").is_file():
+        model_type = json.loads((local / "config.json").read_text()).get("model_type")
+    elif (local / "adapter_config.json").is_file():
+        base = json.loads((local / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+        return model_family(base) if base else "text"
+    if model_type in COLPALI_MODEL_TYPES or any(hint in str(model).lower() for hint in COLPALI_NAME_HINTS):
+        from lir_robust.patches.colpali import infer_family
+
+        return infer_family(str(model), model_type)
+    return "text"
