@@ -186,3 +186,17 @@ def test_sentence_pairs_remove_the_sentence_from_its_document(tmp_path):
     assert all("evalquery" not in pair.query for pair in data.pairs)
     with pytest.raises(ValueError, match="pseudo_queries must be one of"):
         training.load_training_pairs(str(folder), "queries")
+
+
+def test_finetune_config_has_the_command_defaults_and_round_trips_through_json():
+    """FinetuneConfig's defaults are the command's (parsed, before the checks fill in derived values), and a config
+    survives to_dict -> JSON -> from_dict (extra keys of config.json, such as training_pairs, are ignored)."""
+    from lir_robust.commands import finetune
+    from lir_robust.training.loop import FinetuneConfig
+
+    parsed = vars(finetune.build_parser().parse_args([]))
+    parsed.pop("debug")
+    assert FinetuneConfig.from_dict(parsed) == FinetuneConfig()
+    assert set(parsed) | {"head"} == set(FinetuneConfig().to_dict())
+    config = FinetuneConfig(pooling="topk:k=4", head="topk:k=4", injected_negatives=["spike:4"], max_steps=7, lora_target_modules=["query"])
+    assert FinetuneConfig.from_dict({**json.loads(json.dumps(config.to_dict())), "training_pairs": 10}) == config

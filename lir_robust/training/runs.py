@@ -41,6 +41,7 @@ __all__ = [
     "save_checkpoint",
     "JsonlLog",
     "peak_memory_mb",
+    "package_environment",
 ]
 
 PYLATE_DIR = "pylate"  # a text run's PyLate model folder, beside its model/ checkpoint
@@ -246,3 +247,13 @@ def peak_memory_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def package_environment() -> dict[str, str]:
+    """This process's environment with this copy of lir_robust first on PYTHONPATH, so that a subprocess running
+    ``-m lir_robust.commands.finetune`` fine-tunes with the same package (installed or a checkout)."""
+    import lir_robust
+
+    package_parent = str(Path(lir_robust.__file__).resolve().parents[1])
+    paths = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
