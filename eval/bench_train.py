@@ -11,90 +11,13 @@ to the first variant (maxsim), and the loss alone per head (eval/finetune_all.he
 results/bench-train/bench.json.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]  # a checkout, finetune_all
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from lir_robust.commands import cli  # noqa: E402
-
-from lir_robust.training import defence
-from lir_robust.core.files import write_json_atomic  # noqa: E402
-
-DEFAULT_VARIANTS = [
-    "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "exclusive",
-    "maxsim+spike:4,hard:4", "exclusive+spike:4,hard:4",
-]
-
-
-def variant_option(text: str) -> str:
-    """``HEAD`` or ``HEAD+KIND:K,KIND:K`` (the defence's --injected-negatives), checked (argparse type)."""
-    head, _, negatives = text.partition("+")
-    head = cli.head_spec(head)
-    if not negatives:
-        return head
-    items = [cli.injected_negative(item) for item in negatives.split(",")]
-    try:
-        defence.InjectedNegatives.parse(items)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
-    return f"{head}+{','.join(items)}"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    from finetune_all import RECIPE
-
-    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", type=variant_option, default=DEFAULT_VARIANTS,
-                        help="heads, optionally with the defence (HEAD+spike:4,hard:4); the first is the reference")
-    parser.add_argument("--data", default="cranfield", help="BEIR folder or name under the data root (training pairs)")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=RECIPE["batch_size"])
-    parser.add_argument("--rounds", type=cli.positive_int, default=5, help="counted rounds (one step per variant each)")
-    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=cli.output_folder, default="results/bench-train")
-    args = parser.parse_args(argv)
-    args.variants = list(dict.fromkeys(args.variants))
-    cli.check_data(args.data, data_format="beir", split="test")
-    args.out = Path(args.out)
-    args.recipe = RECIPE
-    return args
-
-
-def bench(args) -> dict:
-    from finetune_all import head_loss_cost, step_time_ratios
-
-    recipe = args.recipe
-    steps = step_time_ratios(args.variants, args.data, args.batch_size, args.rounds, recipe["train_document_max_length"],
-                             recipe["projection_dim"], recipe["pseudo_queries"], recipe["temperature"])
-    heads = list(dict.fromkeys(variant.partition("+")[0] for variant in args.variants))
-    loss = head_loss_cost(heads, rounds=args.rounds, dim=recipe["projection_dim"],
-                          document_length=recipe["train_document_max_length"], temperature=recipe["temperature"])
-    return {**steps, **loss, "threads": torch.get_num_threads(), "recipe": recipe, "data": args.data}
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = bench(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "bench.json", result)
-    reference = args.variants[0]
-    print(f"| variant | median step (s) | ratio to {reference} |\n|---|---|---|")
-    for variant in args.variants:
-        print(f"| {variant} | {result['median_step_s'][variant]:.2f} | {result[f'ratio_to_{reference}'][variant]:.3f}x |")
-    print("loss forward + backward alone (s): "
-          + ", ".join(f"{h} {s:.3f}" for h, s in result["loss_forward_backward_median_s"].items()))
-    print(f"wrote {args.out / 'bench.json'}")
-    return 0
-
+from lir_robust.commands.bench_train import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

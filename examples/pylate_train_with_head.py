@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     from lir_robust.data import load_retrieval_set
     from lir_robust.patches.pylate import pooled_scores
     from lir_robust.scoring.pooling import parse_head, save_pooling_json
-    from lir_robust.training.common import load_training_pairs
+    from lir_robust.training.pairs import load_training_pairs
 
     head = parse_head(args.head)
     model = models.ColBERT(model_name_or_path=args.model)

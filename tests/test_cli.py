@@ -56,7 +56,7 @@ def _forbid_loading(monkeypatch, scripts):
     def loaded(*args, **kwargs):
         raise AssertionError("the command loaded data or a model before refusing its arguments")
 
-    from lir_robust.training import common as training
+    import lir_robust.training as training
     from lir_robust.encoders.text_colbert import TextColBERT
 
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)

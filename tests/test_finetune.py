@@ -1,8 +1,7 @@
-"""train/finetune.py end to end on tiny random models: every head trains, loss falls, save / reload, resume, 2 processes."""
+"""lir_robust.commands.finetune / lir_robust.training.loop (train/finetune.py) end to end on tiny random models: every head trains, loss falls, save / reload, resume, 2 processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,19 +17,11 @@ from finetune_fixtures import save_dropout_bert, write_tiny_beir
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.scorer import score
 
+from lir_robust.commands import finetune
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "train" / "finetune.py"
+SCRIPT = ROOT / "train" / "finetune.py"  # the wrapper `accelerate launch train/finetune.py` runs
 HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.1", "lse:tau=0.1", "mean"]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("finetune_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = _load_script()
 
 
 @pytest.fixture(autouse=True)
@@ -241,7 +232,7 @@ def _first_batch_losses_by_hand(model_dir, data, head: str, temperature: float, 
     its injected negatives (``injected``: --injected-negatives, built by lir_robust.training.defence for the first
     micro-batch, key (seed 0, epoch 0, batch 0); test_defence checks how they are built)."""
     from lir_robust.training import defence
-    from lir_robust.training import common as training
+    import lir_robust.training as training
     from lir_robust.scoring.pooling import parse_head
 
     pairs = training.load_training_pairs(str(data), "title", 0).pairs
@@ -455,7 +446,7 @@ def test_rerun_of_a_finished_run_reports_it_and_another_configuration_stops(tiny
 
 
 def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
-    from lir_robust.training import common as training
+    import lir_robust.training as training
 
     for name, complete in (("step-3", True), ("step-7", False), (".step-9.partial", True), ("step-x", True)):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
@@ -466,9 +457,8 @@ def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
 
 
 def test_the_command_defaults_are_the_recorded_recipe(tiny_bert, tiny_beir, tmp_path):
-    spec = importlib.util.spec_from_file_location("finetune_all_entry", ROOT / "eval" / "finetune_all.py")
-    finetune_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune_all)
+    from lir_robust.studies import variants as finetune_all
+
     args = finetune.parse_args(["--data", str(tiny_beir), "--output-dir", str(tmp_path / "run")])  # MiniLM: 384-d
     assert {key: getattr(args, key) for key in finetune_all.RECIPE} == finetune_all.RECIPE
     assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.warmup_steps) == (32, 32, 0.1, 4)

@@ -1,26 +1,14 @@
-"""eval/finetune_all.py: the dev / held-out split of the test queries and the recipe guard (no training here)."""
+"""lir_robust.studies.variants (eval/finetune_all.py): the dev / held-out split of the test queries and the recipe guard (no training here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from lir_robust.commands import finetune_all as finetune_all_command
 from lir_robust.commands.cli import UserError, run_command
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("finetune_all", ROOT / "eval" / "finetune_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune_all = _load()
+from lir_robust.studies import variants as finetune_all
 
 
 def test_dev_and_held_out_halves_alternate_in_numeric_order():
@@ -44,7 +32,7 @@ def test_recipe_guard(tmp_path):
 
 
 def test_bad_options_fail_clearly(tmp_path, capsys):
-    assert run_command(finetune_all.main, ["--out", str(tmp_path), "--pseudo-queries", "queries"]) == 2
+    assert run_command(finetune_all_command.main, ["--out", str(tmp_path), "--pseudo-queries", "queries"]) == 2
     assert "invalid choice: 'queries'" in capsys.readouterr().err
 
 

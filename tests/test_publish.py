@@ -39,7 +39,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from lir_robust.core.files import write_json_atomic
     from lir_robust.patches.colpali import load_colpali, lora_target_modules
     from lir_robust.scoring.pooling import parse_head
-    from lir_robust.training.common import save_checkpoint
+    from lir_robust.training.runs import save_checkpoint
     from tiny_colpali import save_tiny_colqwen2
 
     root = tmp_path_factory.mktemp("publish")

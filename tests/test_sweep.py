@@ -502,7 +502,7 @@ def test_a_colpali_adapter_or_base_model_changed_in_place_is_encoded_again(tmp_p
 
     from lir_robust.patches.colpali import load_colpali, lora_target_modules
     from lir_robust.scoring.pooling import parse_head
-    from lir_robust.training.common import save_checkpoint
+    from lir_robust.training.runs import save_checkpoint
     from tiny_colpali import save_tiny_colqwen2
 
     base = save_tiny_colqwen2(tmp_path / "base")

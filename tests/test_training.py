@@ -1,4 +1,4 @@
-"""lir_robust.training.common: training pairs (title copy stripped, never the evaluation queries), sampler, helpers."""
+"""lir_robust.training (pairs, batching, models, runs): training pairs (title copy stripped, never the evaluation queries), sampler, helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lir_robust.training import common as training
+import lir_robust.training as training
 from finetune_fixtures import save_dropout_bert, write_tiny_beir
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
@@ -82,11 +82,17 @@ def test_cranfield_pairs():
     assert not queries & {pair.query for pair in data.pairs}
 
 
-def test_split_validation_is_disjoint_and_seeded():
+def test_split_validation_holds_out_the_seeded_draw_and_keeps_the_order():
+    """The held-out pairs are the seed's draw (pinned: it decides every run's training data), both parts keep the
+    input order and together are the input; another seed draws others; 0 holds out nothing."""
     pairs = [training.TrainingPair(f"q{i}", f"d{i}", str(i)) for i in range(20)]
     train, held = training.split_validation(pairs, 5, seed=3)
-    assert len(train) == 15 and len(held) == 5 and not {p.query for p in train} & {p.query for p in held}
-    assert [p.query for p in held] == [p.query for p in training.split_validation(pairs, 5, seed=3)[1]]
+    assert [pair.document_id for pair in held] == ["1", "3", "6", "7", "12"]
+    assert [pair.document_id for pair in train] == [str(i) for i in range(20) if i not in (1, 3, 6, 7, 12)]
+    assert [pair.document_id for pair in training.split_validation(pairs, 5, seed=4)[1]] == ["2", "5", "10", "14", "15"]
+    assert training.split_validation(pairs, 0, seed=3) == (pairs, [])
+    with pytest.raises(ValueError, match="cannot hold out 20"):
+        training.split_validation(pairs, 20, seed=3)
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
@@ -180,3 +186,17 @@ def test_sentence_pairs_remove_the_sentence_from_its_document(tmp_path):
     assert all("evalquery" not in pair.query for pair in data.pairs)
     with pytest.raises(ValueError, match="pseudo_queries must be one of"):
         training.load_training_pairs(str(folder), "queries")
+
+
+def test_finetune_config_has_the_command_defaults_and_round_trips_through_json():
+    """FinetuneConfig's defaults are the command's (parsed, before the checks fill in derived values), and a config
+    survives to_dict -> JSON -> from_dict (extra keys of config.json, such as training_pairs, are ignored)."""
+    from lir_robust.commands import finetune
+    from lir_robust.training.loop import FinetuneConfig
+
+    parsed = vars(finetune.build_parser().parse_args([]))
+    parsed.pop("debug")
+    assert FinetuneConfig.from_dict(parsed) == FinetuneConfig()
+    assert set(parsed) | {"head"} == set(FinetuneConfig().to_dict())
+    config = FinetuneConfig(pooling="topk:k=4", head="topk:k=4", injected_negatives=["spike:4"], max_steps=7, lora_target_modules=["query"])
+    assert FinetuneConfig.from_dict({**json.loads(json.dumps(config.to_dict())), "training_pairs": 10}) == config

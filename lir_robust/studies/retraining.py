@@ -16,7 +16,7 @@ its own patches) over the plan's budgets K.
 Layout of the output folder::
 
     plan.json                                  the plan (a rerun with another plan stops)
-    models/<collection>/<variant>/seed<k>/     train/finetune.py output folders (resumed when killed)
+    models/<collection>/<variant>/seed<k>/     fine-tuning output folders (resumed when killed)
     sweeps/<collection>/<variant>/seed<k>/     sweep reports (results.json, table.md, PNG); raw/ for the untrained
     timings/<part>.json                        seconds per finished step of each part (parts may run in parallel
                                                processes: `--parts a` and `--parts b` side by side, one thread each)
@@ -53,7 +53,6 @@ STUDY_HEADS = ("maxsim", "topk:k=4", "softmax:tau=0.1", "softmax:tau=1.0", "lse:
 STUDY_KINDS = ("gaussian", "corpus", "hard", "spike", "hard@10", "spike@10", "hard@50", "spike@50")
 STUDY_KS = (0, 1, 2, 4, 8, 16, 25, 50, 100, 400)
 DEFENCE = ("spike:4", "hard:4")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Hub ids of the offline defaults, for cards and reports (the weights are the same; only the name is local).
 MODEL_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -120,7 +119,7 @@ def _data_root(plan: StudyPlan) -> str:
 
 
 def _finetune_command(plan: StudyPlan, collection: str, head: str, seed: int, defended: bool, out: Path) -> list[str]:
-    command = [sys.executable, str(REPO_ROOT / "train" / "finetune.py"), "--model", plan.model, "--data", collection,
+    command = [sys.executable, "-m", "lir_robust.commands.finetune", "--model", plan.model, "--data", collection,
                "--pooling", head, "--seed", str(seed), "--output-dir", str(out),
                "--save-every", "10"]  # a checkpoint every 10 of the 40 steps: a killed run continues from it
     command += ["--injected-negatives", *(plan.defence if defended else ["none"])]  # explicit, whatever the default
@@ -128,11 +127,13 @@ def _finetune_command(plan: StudyPlan, collection: str, head: str, seed: int, de
 
 
 def _run_finetune(command: list[str], out: Path, data_root: str, threads: int) -> None:
+    from lir_robust.training.runs import package_environment
+
     out.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "LIR_ROBUST_DATA_ROOT": data_root, "OMP_NUM_THREADS": str(threads),
+    environment = {**package_environment(), "LIR_ROBUST_DATA_ROOT": data_root, "OMP_NUM_THREADS": str(threads),
                    "MKL_NUM_THREADS": str(threads)}
     with open(out / "finetune.log", "a") as log:
-        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     if finished.returncode != 0:
         raise RuntimeError(f"fine-tuning failed (exit {finished.returncode}); see {out / 'finetune.log'}: {' '.join(command)}")
 

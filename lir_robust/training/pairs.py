@@ -1,0 +1,306 @@
+"""Training pairs: where fine-tuning's (query, document) pairs come from, held-out validation pairs, and TF-IDF
+hard negatives.
+
+Training data (:func:`load_training_pairs`):
+
+- a BEIR folder with ``qrels/train.tsv``: its training queries and their relevant documents;
+- a BEIR folder without a train split: (title -> text) pairs built from the corpus, with the copy of the title that
+  starts many abstracts (Cranfield's all do) stripped, empty documents skipped; or inverse-cloze pairs (one sentence
+  of the abstract -> the title and the rest of it). ``queries.jsonl`` is never read, so the evaluation queries can
+  never leak into training; the caveat is that every corpus document is seen in training;
+- ``vidore/colpali_train_set`` (or any Hub dataset / ``datasets.save_to_disk`` folder with ``query`` and ``image``
+  columns) for colpali-engine models.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lir_robust.core.huggingface import looks_like_path
+from lir_robust.data import (
+    DATA_ROOT_ENV,
+    DataError,
+    data_root,
+    document_text,
+    load_hub_dataset,
+    load_local_dataset,
+    read_beir_corpus,
+    read_beir_qrels,
+    read_beir_queries,
+    resolve_collection,
+)
+
+__all__ = [
+    "VIDORE_TRAIN_SET",
+    "DataLoadError",
+    "TrainingPair",
+    "TrainingData",
+    "strip_title_copy",
+    "title_text_pairs",
+    "split_sentences",
+    "sentence_text_pairs",
+    "PSEUDO_QUERIES",
+    "resolve_beir_folder",
+    "training_document_text",
+    "load_training_pairs",
+    "split_validation",
+    "mine_hard_negatives",
+]
+
+VIDORE_TRAIN_SET = "vidore/colpali_train_set"
+
+
+class DataLoadError(DataError):
+    """Training data could not be found or loaded; the message says what was expected and where to get it.
+
+    A DataError, like the errors of :mod:`lir_robust.data` whose loaders it uses."""
+
+
+
+@dataclass
+class TrainingPair:
+    """One training example: a query (text), its positive document (text or PIL image), optional hard negatives."""
+
+    query: str
+    document: Any
+    document_id: str = ""
+    negatives: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class TrainingData:
+    """Pairs plus a one-line account of where they came from (saved in the training config)."""
+
+    pairs: list[TrainingPair]
+    source: str
+    kind: str  # "train-split" | "title-text" | "sentence-text" | "image-pairs"
+    documents_seen: int
+
+
+def strip_title_copy(title: str, text: str, min_match: float = 0.8) -> str:
+    """``text`` without the copy of ``title`` it starts with (if it does); otherwise ``text`` unchanged.
+
+    Titles and texts are compared ignoring case and whitespace. An exact prefix is cut; a near copy (Cranfield has
+    two, e.g. ``3.5 and 8.5`` in the title and ``3. 5 and 8 .5`` in the abstract) is cut when at least ``min_match``
+    of the title's characters align with the start of the text, at the end of the word where the aligned title ends.
+    """
+    title_chars = "".join(title.lower().split())
+    text = text.strip()
+    if not title_chars or not text:
+        return text
+    positions = [index for index, char in enumerate(text) if not char.isspace()]  # compact index -> text index
+    text_chars = "".join(text[index] for index in positions).lower()
+    window = text_chars[: len(title_chars) + 10]
+    if window.startswith(title_chars):
+        end = len(title_chars)
+    else:
+        blocks = [block for block in difflib.SequenceMatcher(None, title_chars, window, autojunk=False).get_matching_blocks() if block.size]
+        matched = sum(block.size for block in blocks)
+        if not blocks or blocks[0].b > 2 or matched < min_match * len(title_chars):
+            return text
+        last = blocks[-1]
+        end = min(last.b + last.size + (len(title_chars) - (last.a + last.size)), len(text_chars))
+    if end >= len(text_chars):
+        return ""
+    cut = positions[end - 1] + 1
+    while cut < len(text) and not text[cut].isspace():  # finish the word the copy ends in
+        cut += 1
+    rest = text[cut:].strip()
+    if "".join(rest.lower().split()).startswith(title_chars):  # the title repeated twice (one Cranfield abstract)
+        return strip_title_copy(title, rest, min_match)
+    return rest
+
+
+def title_text_pairs(corpus: dict[str, dict[str, str]]) -> list[TrainingPair]:
+    """(title -> text without the title copy) pairs from a BEIR corpus ``{id: {"title", "text"}}``.
+
+    Documents without a title or whose text is empty once the title copy is removed are skipped.
+    """
+    pairs = []
+    for document_id, document in corpus.items():
+        title = " ".join((document.get("title") or "").split())
+        text = strip_title_copy(title, " ".join((document.get("text") or "").split()))
+        if title and text:
+            pairs.append(TrainingPair(query=title, document=text, document_id=str(document_id)))
+    return pairs
+
+
+def split_sentences(text: str, min_words: int = 3) -> list[str]:
+    """``text`` cut after ``.``, ``?`` or ``!`` followed by whitespace; a piece with fewer than ``min_words`` words
+    that hold a letter joins the previous piece (so "mach 3. 5 was ..." or "fig. 2 shows ..." stay whole)."""
+    sentences: list[str] = []
+    for piece in re.split(r"(?<=[.?!])\s+", " ".join(text.split())):
+        if sentences and sum(any(char.isalpha() for char in word) for word in piece.split()) < min_words:
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        elif piece:
+            sentences.append(piece)
+    return sentences
+
+
+def sentence_text_pairs(corpus: dict[str, dict[str, str]], seed: int = 0, min_words: int = 5) -> list[TrainingPair]:
+    """Inverse-cloze pairs (Lee et al., 2019): one sentence of each abstract -> the title and the rest of it.
+
+    The sentence (drawn with ``seed`` among those of at least ``min_words`` words) is removed from its document, so
+    the pair is not solved by copying; the title copy is stripped first. A sentence reads more like a question of
+    a test collection than a title does. Documents with fewer than two sentences, or none long enough, give their
+    title -> text pair instead (skipped without a title); empty documents are skipped.
+    """
+    import random
+
+    generator = random.Random(seed)
+    pairs = []
+    for document_id, document in corpus.items():
+        title = " ".join((document.get("title") or "").split())
+        text = strip_title_copy(title, " ".join((document.get("text") or "").split()))
+        sentences = split_sentences(text)
+        candidates = [index for index, sentence in enumerate(sentences) if len(sentence.split()) >= min_words]
+        if len(sentences) >= 2 and candidates:
+            chosen = generator.choice(candidates)
+            rest = " ".join(sentence for index, sentence in enumerate(sentences) if index != chosen)
+            pairs.append(TrainingPair(query=sentences[chosen], document=f"{title} {rest}".strip(), document_id=str(document_id)))
+        elif title and text:
+            pairs.append(TrainingPair(query=title, document=text, document_id=str(document_id)))
+    return pairs
+
+
+# How training pairs are built from a corpus without a train split (load_training_pairs' pseudo_queries).
+PSEUDO_QUERIES = {"title": "title -> text", "sentence": "inverse cloze: a sentence -> title + the rest"}
+
+
+def resolve_beir_folder(data: str) -> Path | None:
+    """A BEIR folder (holding corpus.jsonl) from a path or a collection name under the data root; None otherwise."""
+    try:
+        folder = resolve_collection(data)
+    except DataError:
+        return None
+    return folder if (folder / "corpus.jsonl").is_file() else None
+
+
+def training_document_text(document: dict[str, Any]) -> str:
+    """The text of a corpus document as fine-tuning sees it: :func:`lir_robust.data.document_text` (``title + " " +
+    text``) with the copy of the title that starts the text removed (:func:`strip_title_copy`)."""
+    title = (document.get("title") or "").strip()
+    return document_text({"title": title, "text": strip_title_copy(title, document.get("text") or "")})
+
+
+def load_training_pairs(data: str, pseudo_queries: str = "title", seed: int = 0) -> TrainingData:
+    """Training pairs from a BEIR folder / collection name, a Hub image dataset or a saved ``datasets`` folder.
+
+    A BEIR folder without a train split gives pairs built from its corpus (never its queries): ``pseudo_queries``
+    ``"title"`` (title -> text) or ``"sentence"`` (inverse cloze, drawn with ``seed``; see sentence_text_pairs).
+    Raises :class:`DataLoadError` naming what was looked for; ``vidore/colpali_train_set`` fails at once offline.
+    """
+    if pseudo_queries not in PSEUDO_QUERIES:
+        raise ValueError(f"pseudo_queries must be one of {sorted(PSEUDO_QUERIES)}, got {pseudo_queries!r}")
+    folder = resolve_beir_folder(data)
+    if folder is not None:
+        corpus = read_beir_corpus(folder)
+        train_qrels = folder / "qrels" / "train.tsv"
+        if train_qrels.is_file():
+            qrels = read_beir_qrels(folder, "train")
+            queries = read_beir_queries(folder)
+            test_file = folder / "qrels" / "test.tsv"
+            test_queries = set(read_beir_qrels(folder, "test")) if test_file.is_file() else set()
+            overlap = test_queries & set(qrels)
+            if overlap:
+                raise DataLoadError(
+                    f"{train_qrels} shares {len(overlap)} query ids with qrels/test.tsv; refusing to train on "
+                    "evaluation queries"
+                )
+            pairs = [
+                TrainingPair(queries[query_id], training_document_text(corpus[document_id]), document_id)
+                for query_id, relevant in qrels.items()
+                for document_id, grade in relevant.items()
+                if grade > 0 and query_id in queries and document_id in corpus and training_document_text(corpus[document_id])
+            ]
+            kind = "train-split"
+        else:
+            pairs = title_text_pairs(corpus) if pseudo_queries == "title" else sentence_text_pairs(corpus, seed)
+            kind = "title-text" if pseudo_queries == "title" else "sentence-text"
+            if not pairs:
+                raise DataLoadError(
+                    f"{folder} has no qrels/train.tsv and no document with both a title and a text, so no training "
+                    "pairs can be built without using its (evaluation) queries"
+                )
+        return TrainingData(pairs, str(folder.resolve()), kind, len({pair.document_id for pair in pairs}))
+    return _load_image_pairs(data)
+
+
+def _load_image_pairs(data: str) -> TrainingData:
+    local = Path(data).expanduser()
+    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
+        dataset = load_local_dataset(local, "train")
+        source = str(local.resolve())
+    elif looks_like_path(data):  # a folder or a collection name that is not there, not a Hub id
+        raise DataLoadError(
+            f"no training data at {data!r}: expected a BEIR folder (corpus.jsonl [+ qrels/train.tsv]) given as a path "
+            f"or as a collection name under the data root {data_root()} (set ${DATA_ROOT_ENV}); a folder written "
+            f"by datasets' save_to_disk with query and image columns; or a Hub dataset id such as {VIDORE_TRAIN_SET}"
+        )
+    else:
+        how = f"`datasets.load_dataset({data!r}, split='train').save_to_disk('copy')` (then pass --data copy)"
+        try:
+            dataset = load_hub_dataset(data, None, "train", how)
+        except DataError as error:  # HubUnreachableError: same message, as this module's error
+            raise DataLoadError(str(error)) from None
+        source = f"hub:{data}"
+    columns = set(dataset.column_names)
+    if not {"query", "image"} <= columns:
+        raise DataLoadError(f"{data}: image training data needs 'query' and 'image' columns, found {sorted(columns)}")
+    pairs = [TrainingPair(row["query"], row["image"], str(index)) for index, row in enumerate(dataset) if row["query"]]
+    return TrainingData(pairs, source, "image-pairs", len(pairs))
+
+
+def split_validation(pairs: Sequence[TrainingPair], count: int, seed: int) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """``(train, validation)``: ``count`` pairs drawn with ``seed`` are held out (for the validation loss only)."""
+    if count <= 0:
+        return list(pairs), []
+    if count >= len(pairs):
+        raise ValueError(f"cannot hold out {count} validation pairs from {len(pairs)} pairs")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [pair for index, pair in enumerate(pairs) if index not in held], [pairs[index] for index in sorted(held)]
+
+
+def mine_hard_negatives(pairs: list[TrainingPair], count: int) -> list[TrainingPair]:
+    """Give every text pair the ``count`` documents (of the other pairs) most similar to its query under TF-IDF.
+
+    A cheap lexical miner, deterministic; documents of a pair's own text are never its negatives. Returns new pairs.
+    """
+    if count <= 0:
+        return pairs
+    if any(not isinstance(pair.document, str) for pair in pairs):
+        raise ValueError("hard-negative mining works on text documents only")
+    documents = [pair.document for pair in pairs]
+    vocabulary: dict[str, int] = {}
+    rows = [[vocabulary.setdefault(word, len(vocabulary)) for word in re.findall(r"\w+", text.lower())] for text in documents]
+    frequency = torch.zeros(len(vocabulary))
+    for row in rows:
+        frequency[list(set(row))] += 1
+    idf = torch.log((1 + len(documents)) / (1 + frequency)) + 1
+
+    def vectors(token_rows: list[list[int]]) -> torch.Tensor:
+        matrix = torch.zeros(len(token_rows), len(vocabulary))
+        for index, row in enumerate(token_rows):
+            if row:
+                matrix[index].index_add_(0, torch.tensor(row), torch.ones(len(row)))
+        return nn.functional.normalize(matrix * idf, dim=-1)
+
+    query_rows = [[vocabulary[word] for word in re.findall(r"\w+", pair.query.lower()) if word in vocabulary] for pair in pairs]
+    similarity = vectors(query_rows) @ vectors(rows).T
+    same = torch.tensor([[a.document == b for b in documents] for a in pairs])
+    similarity = similarity.masked_fill(same, -math.inf)
+    top = similarity.topk(min(count, len(pairs) - 1), dim=1).indices
+    return [
+        TrainingPair(pair.query, pair.document, pair.document_id, [documents[j] for j in top[i].tolist()])
+        for i, pair in enumerate(pairs)
+    ]
+
