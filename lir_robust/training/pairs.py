@@ -239,7 +239,7 @@ def _load_image_pairs(data: str) -> TrainingData:
     if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
         dataset = load_local_dataset(local, "train")
         source = str(local.resolve())
-    elif looks_like_path(data):  # a folder or a collection name that is not there, not a Hub id
+    elif local.exists() or looks_like_path(data) or "/" not in data:  # a path, or a bare collection name that is not there: never a Hub id (owner/name)
         raise DataLoadError(
             f"no training data at {data!r}: expected a BEIR folder (corpus.jsonl [+ qrels/train.tsv]) given as a path "
             f"or as a collection name under the data root {data_root()} (set ${DATA_ROOT_ENV}); a folder written "
