@@ -5,7 +5,7 @@ the judged test queries, and the step-time cost of each head (and of the trainin
     run_variants(args)        # args: lir_robust.commands.finetune_all.parse_args' result; writes results under args.out
 
 Each head's run is a subprocess, `accelerate launch -m lir_robust.commands.finetune` (timed; its summary holds the
-median step time and peak memory); the saved folder is reloaded with TextColBERT.from_pretrained and evaluated with
+median step time and peak memory); the saved folder is reloaded with encoders.text.load_text_checkpoint and evaluated with
 the head it was trained with. Every stage writes its JSON and is skipped when re-run.
 """
 
@@ -23,6 +23,7 @@ import torch
 from lir_robust.core.errors import UserError
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.encoders.text_colbert import TextColBERT
+from lir_robust.encoders.text import load_text_checkpoint
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.scoring.scorer import score
 from lir_robust.training import batching, models, pairs
@@ -269,7 +270,7 @@ def run_variants(args) -> str:
                 raise RuntimeError(f"the training run of {head} failed with exit status {finished.returncode}: {' '.join(command)}")
             write_json(run / "wall.json", {"train_wall_s": time.perf_counter() - started, "command": command})
         if not (run / "eval.json").exists():
-            model = TextColBERT.from_pretrained(run / "model")
+            model = load_text_checkpoint(run / "model")
             write_json(run / "eval.json", {"head": model.pooling.spec(), **evaluate(model, [model.pooling.spec()], collection)})
 
     bench_file = out / "step_time_bench.json"
