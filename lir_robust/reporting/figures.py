@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lir_robust.core.files import save_figure_atomic
+from lir_robust.reporting.format import injection_target
 
 __all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "plot_study_retained", "synthetic_figures",
            "STUDY_INJECTIONS"]
@@ -63,11 +64,6 @@ def retained_panel(axis, max_k: float, title: str, *, reference_style: str = "--
     axis.grid(alpha=0.3)
 
 
-def _target(results: dict[str, Any], injection: str) -> str:
-    """Where an injection's patches went (non-gold, all, attacked:N), as the results record it."""
-    return results["metrics"][results["heads"][0]][injection].get("target", "?")
-
-
 def plot_retained(results: dict[str, Any], path: Path) -> None:
     """PNG of a sweep (its results.json): retained nDCG@10 vs K (symlog x axis), one panel per kind, one line per
     head; 100 % marked."""
@@ -79,7 +75,7 @@ def plot_retained(results: dict[str, Any], path: Path) -> None:
         for head in results["heads"]:
             by_k = results["metrics"][head][kind]["by_k"]
             mean_band(axis, ks, [100 * by_k[str(k)]["retained"]["ndcg@10"] for k in ks], label=head)
-        retained_panel(axis, max(ks[-1], 1), f"{kind} ({_target(results, kind)})")
+        retained_panel(axis, max(ks[-1], 1), f"{kind} ({injection_target(results, kind)})")
     axes[0][0].set_ylabel("retained nDCG@10 (%)")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle(f"{results['config']['model']} on {results['data']['name']}", fontsize=10)

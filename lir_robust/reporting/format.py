@@ -20,7 +20,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 __all__ = ["real_value", "spread", "percent", "number", "budget", "percent_stats", "number_stats", "budget_stats",
-           "paired", "signed", "table_header", "table_row", "target_cells"]
+           "paired", "signed", "table_header", "table_row", "target_cells", "injection_target"]
 
 Stats = Mapping[str, Any]
 
@@ -134,3 +134,8 @@ def target_cells(target: Mapping[str, Any]) -> list[str]:
         budget_pair("spike") + _check(target, "budget_spike_at_least_twice_maxsim"),
         "**yes**" if target.get("reached") else "no",
     ]
+
+
+def injection_target(results: Mapping[str, Any], injection: str) -> str:
+    """Where a sweep's injection put its patches (non-gold, all, attacked:N), as its results.json records it."""
+    return results["metrics"][results["heads"][0]][injection].get("target", "?")

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lir_robust.core.files import write_text_atomic
-from lir_robust.reporting.figures import _target, plot_retained
-from lir_robust.reporting.format import budget, number, percent, table_header, table_row
+from lir_robust.reporting.figures import plot_retained
+from lir_robust.reporting.format import budget, injection_target, number, percent, table_header, table_row
 
 __all__ = ["markdown_table", "write_sweep_report", "TABLE_FILE", "FIGURE_FILE"]
 
@@ -30,7 +30,7 @@ def markdown_table(results: dict[str, Any], report_k: int) -> str:
     lines = [
         f"Data: {results['data']['name']} ({results['evaluated_queries']} queries, {results['data']['documents']} documents); "
         f"model: {results['config']['model']} ({results['embedding_dim']}-d); retained = nDCG@10 at K = {k} / at K = 0 "
-        "(not capped); targets: " + ", ".join(f"{kind} -> {_target(results, kind)}" for kind in kinds) + ".",
+        "(not capped); targets: " + ", ".join(f"{kind} -> {injection_target(results, kind)}" for kind in kinds) + ".",
         "",
         *table_header(["head", "nDCG@10 K=0", *(f"retained {kind} K={k}" for kind in kinds),
                        *(f"hijack {kind} K={k}" for kind in kinds), *(f"budget {kind}" for kind in kinds), "gradient Gini"]),
