@@ -3,37 +3,8 @@
     python eval/results_doc.py          # = make results-doc
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=Path, default=Path("results/study/summary.json"), help="the study's summary.json")
-    parser.add_argument("--synthetic", type=Path, default=Path("results/synthetic/results.json"), help="the synthetic study's results.json")
-    parser.add_argument("--out", type=cli.output_file, default=Path("docs/RESULTS.md"))
-    args = parser.parse_args(argv)
-    if not args.study.is_file() and not args.synthetic.is_file():
-        raise cli.UserError(f"neither {args.study} nor {args.synthetic} exists: run `make study` and / or `make synth` first")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust.reporting.results_doc import write_results_doc
-
-    path = write_results_doc(args.study, args.synthetic, args.out)
-    logging.getLogger("results_doc").info("wrote %s", path)
-
+from lir_robust.commands import cli
+from lir_robust.commands.results_doc import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

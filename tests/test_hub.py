@@ -448,7 +448,7 @@ def test_study_section_renders_the_rows_it_finds(tmp_path, checkpoints):
         {"head": "maxsim", "kind": "gaussian", "K": 25, "retained_mean": 0.97},
     ]}))
     section = hub.study_section(study)
-    assert "| topk:k=4 | retrain | cranfield | hard | 100 | 41.2 % ± 2.3 | 3 | 0.371 |" in section
+    assert "| topk:k=4 | retrain | cranfield | hard | 100 | 41.2 ± 2.3 % | 3 | 0.371 |" in section  # the form of docs/RESULTS.md
     assert "| maxsim | n/a | n/a | gaussian | 25 | 97.0 % | n/a | n/a |" in section
     assert "ignored" not in section
     (tmp_path / "list.json").write_text(json.dumps([]))

@@ -147,13 +147,8 @@ def test_quick_study_writes_every_artefact_and_resumes(tmp_path):
 
 
 def test_cli_quick_preset_with_small_override(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from lir_robust.commands import synthetic as module
 
-    script = Path(__file__).resolve().parents[1] / "eval" / "synthetic_study.py"
-    spec = importlib.util.spec_from_file_location("synthetic_study_cli", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     threads = torch.get_num_threads()
     try:
         module.main(["--preset", "quick", "--out", str(tmp_path), "--heads", "maxsim", "--seeds", "0",

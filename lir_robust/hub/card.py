@@ -21,6 +21,7 @@ from lir_robust.hub.checkpoint import TEXT, Checkpoint, public_value
 from lir_robust.encoders.resolve import is_hub_id
 from lir_robust.hub.study_results import StudyFile, eval_results_from_study, study_section
 from lir_robust.hub.sweep_results import eval_results_from_sweep, report_k
+from lir_robust.reporting.sweep_report import markdown_table
 from lir_robust.scoring.pooling import PoolingHead
 
 __all__ = ["build_model_card", "PAPER_BIBTEX"]
@@ -90,8 +91,6 @@ def _training_section(checkpoint: Checkpoint, base_model: str) -> str:
 
 
 def _results_section(results: dict[str, Any], head: PoolingHead, figure: str | None) -> str:
-    from lir_robust.sweep.pipeline import markdown_table
-
     data = results.get("data") or {}
     lines = [
         "## Robustness to document length and injected patches", "",

@@ -26,13 +26,14 @@ from lir_robust.encoders.resolve import is_hub_id
 from lir_robust.hub.study_results import check_study_for
 from lir_robust.hub.sweep_results import check_results_match, find_results, load_sweep_results, public_results
 from lir_robust.hub.validate import CARD_FILE, validate_publish_folder
+from lir_robust.reporting.figures import plot_retained
+from lir_robust.reporting.sweep_report import FIGURE_FILE
 from lir_robust.scoring.pooling import POOLING_FILE
 
 __all__ = ["prepare_publish_folder", "FIGURE_FILE"]
 
 logger = logging.getLogger(__name__)
 
-FIGURE_FILE = "retained_ndcg10.png"
 
 
 def _copy_tree(source: Path, target: Path, skip: Iterable[str] = ()) -> None:
@@ -70,8 +71,6 @@ def _write_pooling(checkpoint: Checkpoint, target: Path) -> None:
 def _write_figure(results: dict[str, Any], target: Path) -> str:
     """The sweep's figure (retained nDCG@10 against K), drawn again from the public results so that its title names
     the repo, not a local folder; returns its file name."""
-    from lir_robust.sweep.pipeline import plot_retained
-
     plot_retained(results, target / FIGURE_FILE)
     return FIGURE_FILE
 

@@ -25,10 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lir_robust.core.files import is_finite_number
 from lir_robust.hub.checkpoint import public_value
 from lir_robust.core.huggingface import HubError
 from lir_robust.hub.sweep_results import TASK_TYPE
+from lir_robust.reporting.format import (
+    budget_stats,
+    number,
+    number_stats,
+    paired,
+    percent,
+    percent_stats,
+    real_value,
+    table_row,
+    target_cells,
+)
 from lir_robust.scoring.pooling import PoolingHead, parse_head
 
 __all__ = ["StudyFile", "read_study", "study_rows_for", "study_section", "check_study_for", "eval_results_from_study",
@@ -134,7 +144,7 @@ def study_rows_for(study: StudyFile, head: PoolingHead | str, injected_negatives
     return chosen
 
 
-# -- formatting (the same forms as docs/RESULTS.md) -----------------------------------------------------------------
+# -- the numbers (printed by lir_robust.reporting.format, as docs/RESULTS.md prints them) --------------------------------------------------------------
 
 
 def _stats(row: dict[str, Any], table: str, kind: str, k: int | None = None) -> dict[str, Any] | None:
@@ -142,40 +152,6 @@ def _stats(row: dict[str, Any], table: str, kind: str, k: int | None = None) -> 
     if not isinstance(entry, dict):
         return None
     return entry.get(str(k)) if k is not None else entry
-
-
-def _mean(stats: dict[str, Any] | None) -> float | None:
-    value = (stats or {}).get("mean")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) else None
-
-
-def _percent(stats: dict[str, Any] | None) -> str:
-    mean = _mean(stats)
-    if mean is None:
-        return "n/a"
-    if stats.get("n", 1) > 1 and is_finite_number(stats.get("std")):
-        return f"{100 * mean:.1f} ± {100 * stats['std']:.1f} %"
-    return f"{100 * mean:.1f} %"
-
-
-def _number(stats: dict[str, Any] | None) -> str:
-    mean = _mean(stats)
-    if mean is None:
-        return "n/a"
-    if stats.get("n", 1) > 1 and is_finite_number(stats.get("std")):
-        return f"{mean:.3f} ± {stats['std']:.3f}"
-    return f"{mean:.3f}"
-
-
-def _budget(stats: dict[str, Any] | None) -> str:
-    mean = _mean(stats)
-    return "n/a" if mean is None else "never" if math.isinf(mean) else f"{mean:g}"
-
-
-def _paired(stats: dict[str, Any] | None) -> str:
-    if _mean(stats) is None or not stats.get("n"):
-        return "-"
-    return f"{stats['mean']:+.4f} ± {stats['se']:.4f}"
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -200,30 +176,8 @@ def _seed_count(row: dict[str, Any]) -> int:
     return len([seed for seed in row.get("seeds") or [] if seed is not None])
 
 
-def _check(target: dict[str, Any], name: str) -> str:
-    value = (target.get("checks") or {}).get(name)
-    return "" if value is None else " ok" if value else " no"
-
-
 def _target_line(target: dict[str, Any]) -> str:
-    budgets = target.get("budgets") or {}
-
-    def budget(kind: str) -> str:
-        ours, maxsim = (list(budgets.get(kind) or []) + [None, None])[:2]
-        return f"{_budget({'mean': ours})} ({_budget({'mean': maxsim})})"
-
-    gap = target.get("clean_ndcg10_gap")
-    cells = [
-        target.get("collection", "n/a"),
-        (f"{gap:+.3f}" if is_finite_number(gap) else "n/a") + _check(target, "clean_within_0.01"),
-        _percent({"mean": target.get("spike_k4_retained")}) + _check(target, "spike_k4_retained_at_least_50pct"),
-        f"{_percent({'mean': target.get('hard_k4_retained')})} ({_percent({'mean': target.get('hard_k4_retained_maxsim')})})"
-        + _check(target, "hard_k4_15_points_above_maxsim"),
-        budget("hard") + _check(target, "budget_hard_at_least_twice_maxsim"),
-        budget("spike") + _check(target, "budget_spike_at_least_twice_maxsim"),
-        "**yes**" if target.get("reached") else "no",
-    ]
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+    return table_row([target.get("collection", "n/a"), *target_cells(target)])
 
 
 # -- the card section -----------------------------------------------------------------------------------------------
@@ -262,9 +216,9 @@ def _summary_section(study: StudyFile, head: PoolingHead | str, injected_negativ
     ]
     for label, row in chosen:
         lines.append(
-            f"| {row['protocol']} | {row['collection']} | {label} | {_seed_count(row)} | {_number(_clean(row))} | "
-            + " | ".join(_percent(_stats(row, "retained", kind, k)) for kind, k in kinds_ks) + " | "
-            + " | ".join(_budget(_stats(row, "budget_median", kind)) for kind in ATTACK_KINDS) + " |"
+            f"| {row['protocol']} | {row['collection']} | {label} | {_seed_count(row)} | {number_stats(_clean(row))} | "
+            + " | ".join(percent_stats(_stats(row, "retained", kind, k)) for kind, k in kinds_ks) + " | "
+            + " | ".join(budget_stats(_stats(row, "budget_median", kind)) for kind in ATTACK_KINDS) + " |"
         )
     paired_points = [(kind, k) for kind in ATTACK_KINDS for k in CARD_KS]
     lines += [
@@ -276,9 +230,9 @@ def _summary_section(study: StudyFile, head: PoolingHead | str, injected_negativ
     for label, row in chosen:
         if label.startswith("maxsim, retrained"):
             continue
-        paired = row.get("paired_vs_maxsim") or {}
-        lines.append(f"| {row['protocol']} | {row['collection']} | {label} | {_paired(_paired_clean(row))} | "
-                     + " | ".join(_paired(paired.get(f"{kind}|{k}")) for kind, k in paired_points) + " |")
+        paired_differences = row.get("paired_vs_maxsim") or {}
+        lines.append(f"| {row['protocol']} | {row['collection']} | {label} | {paired(_paired_clean(row))} | "
+                     + " | ".join(paired(paired_differences.get(f"{kind}|{k}")) for kind, k in paired_points) + " |")
     retrained = {(row["collection"], row["variant"]) for label, row in chosen if label.startswith("trained")}
     targets = [target for target in study.summary.get("targets") or []
                if (target.get("collection"), target.get("variant")) in retrained]
@@ -306,13 +260,9 @@ def _table_section(study: StudyFile) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in study.rows:
-        mean = row.get("retained_mean")
-        retained = f"{100 * mean:.1f} %" if is_finite_number(mean) else "n/a"
-        if is_finite_number(row.get("retained_std")):
-            retained += f" ± {100 * row['retained_std']:.1f}"
-        clean = row.get("clean_ndcg_at_10")
         cells = [str(row.get(key, "n/a")) for key in ("head", "protocol", "collection", "kind", "K")]
-        cells += [retained, str(row.get("seeds", "n/a")), f"{clean:.3f}" if is_finite_number(clean) else "n/a"]
+        cells += [percent(row.get("retained_mean"), row.get("retained_std")), str(row.get("seeds", "n/a")),
+                  number(row.get("clean_ndcg_at_10"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])
 
@@ -369,11 +319,11 @@ def eval_results_from_study(
         if label.startswith("maxsim, retrained"):
             continue
         collection, protocol = str(row["collection"]), str(row["protocol"])
-        clean = _mean(_clean(row))
+        clean = real_value((_clean(row) or {}).get("mean"))
         for kind in CARD_KINDS:
             for k in CARD_KS:
                 stats = _stats(row, "retained", kind, k)
-                mean = _mean(stats)
+                mean = real_value((stats or {}).get("mean"))
                 if mean is None or math.isinf(mean):
                     continue
                 entries.append(EvalResult(

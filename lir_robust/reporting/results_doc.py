@@ -14,51 +14,26 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["render_results", "write_results_doc", "PAPER_REAL"]
+from lir_robust.reporting.figures import plot_study_retained, synthetic_figures
+from lir_robust.reporting.format import (
+    budget_stats,
+    number,
+    number_stats,
+    paired,
+    percent_stats,
+    real_value,
+    table_row,
+    target_cells,
+)
 
-# The paper's real-data numbers (PAPER.md): ColQwen2.5 on ViDoRe v2 biomedical, heads swapped at inference time.
-PAPER_REAL = {
-    "retained_hard_k100": {"maxsim": 0.278, "topk:k=4": 0.293, "softmax:tau=1.0": 0.676},
-    "gini": {"maxsim": 0.983, "topk:k=4": 0.951, "softmax:tau=1.0": 0.883},
-    "gaussian_retained": 0.97,
-}
+__all__ = ["render_results", "write_results_doc"]
+
 ATTACKS = ("hard", "spike")
 GROWTH = ("corpus", "gaussian")
 
 
 def _nan(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _pct(stats: dict[str, Any] | None, digits: int = 1) -> str:
-    if not stats or _nan(stats.get("mean")):
-        return "n/a"
-    if stats.get("n", 1) > 1:
-        return f"{100 * stats['mean']:.{digits}f} ± {100 * stats['std']:.{digits}f} %"
-    return f"{100 * stats['mean']:.{digits}f} %"
-
-
-def _num(stats: dict[str, Any] | None, digits: int = 3) -> str:
-    if not stats or _nan(stats.get("mean")):
-        return "n/a"
-    if stats.get("n", 1) > 1:
-        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f}"
-
-
-def _budget(stats: dict[str, Any] | None) -> str:
-    if not stats or _nan(stats.get("mean")):
-        return "n/a"
-    mean = stats["mean"]
-    if math.isinf(mean):
-        return "never"
-    return f"{mean:g}" if float(mean).is_integer() else f"{mean:.1f}"  # a mean over seeds of medians: 10.7, not 10.6667
-
-
-def _paired(stats: dict[str, Any] | None) -> str:
-    if not stats or _nan(stats.get("mean")) or stats.get("n", 0) == 0:
-        return "-"
-    return f"{stats['mean']:+.4f} ± {stats['se']:.4f}"
+    return real_value(value) is None
 
 
 def _rows(summary: dict[str, Any], collection: str, protocol: str) -> list[dict[str, Any]]:
@@ -85,10 +60,10 @@ def _table_clean_and_attacks(rows: list[dict[str, Any]], k: int) -> list[str]:
     for row in rows:
         seeds = len([seed for seed in row["seeds"] if seed is not None]) or 1
         lines.append(
-            f"| {_label(row)} | {seeds} | {_num(_get(row, 'ndcg10', 'hard', 0))} | {_paired(row['paired_vs_maxsim'].get('hard|0'))} | "
-            + " | ".join(_pct(_get(row, "retained", a, k)) for a in ATTACKS) + " | "
-            + " | ".join(_paired(row["paired_vs_maxsim"].get(f"{a}|{k}")) for a in ATTACKS) + " | "
-            + " | ".join(_budget(_get(row, "budget_median", a)) for a in ATTACKS) + " |"
+            f"| {_label(row)} | {seeds} | {number_stats(_get(row, 'ndcg10', 'hard', 0))} | {paired(row['paired_vs_maxsim'].get('hard|0'))} | "
+            + " | ".join(percent_stats(_get(row, "retained", a, k)) for a in ATTACKS) + " | "
+            + " | ".join(paired(row["paired_vs_maxsim"].get(f"{a}|{k}")) for a in ATTACKS) + " | "
+            + " | ".join(budget_stats(_get(row, "budget_median", a)) for a in ATTACKS) + " |"
         )
     return lines
 
@@ -100,9 +75,9 @@ def _table_far(rows: list[dict[str, Any]], k: int) -> list[str]:
     for row in rows:
         before = row.get("gini_before")
         lines.append(
-            f"| {_label(row)} | " + " | ".join(_pct(_get(row, "retained", i, k)) for i in (*ATTACKS, *GROWTH)) + " | "
-            + " | ".join(_num(_get(row, "hijack_rate_top10", a, k), 2) for a in ATTACKS) + " | "
-            + ("n/a" if _nan(before) else f"{before:.3f}") + f" | {_num(row.get('gini_after'))} |"
+            f"| {_label(row)} | " + " | ".join(percent_stats(_get(row, "retained", i, k)) for i in (*ATTACKS, *GROWTH)) + " | "
+            + " | ".join(number_stats(_get(row, "hijack_rate_top10", a, k), 2) for a in ATTACKS) + " | "
+            + number(before) + f" | {number_stats(row.get('gini_after'))} |"
         )
     return lines
 
@@ -111,47 +86,14 @@ def _table_few_documents(rows: list[dict[str, Any]], injections: Sequence[str], 
     columns = [(injection, k) for injection in injections for k in ks]
     lines = ["| head | " + " | ".join(f"{i} K={k}" for i, k in columns) + " |", "|---" * (1 + len(columns)) + "|"]
     for row in rows:
-        lines.append(f"| {_label(row)} | " + " | ".join(_pct(_get(row, "retained", i, k)) for i, k in columns) + " |")
+        lines.append(f"| {_label(row)} | " + " | ".join(percent_stats(_get(row, "retained", i, k)) for i, k in columns) + " |")
     return lines
 
 
 def _figure(summary: dict[str, Any], collection: str, protocol: str, path: Path) -> Path | None:
     """Retained nDCG@10 vs K (mean over seeds, ± std band), one panel per injection, one line per head."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from lir_robust.core.files import save_figure_atomic
-
-    rows = _rows(summary, collection, protocol)
-    if not rows:
-        return None
-    injections = [i for i in ("spike", "hard", "spike@10", "hard@10", "corpus", "gaussian") if i in rows[0]["retained"]]
-    figure, axes = plt.subplots(1, len(injections), figsize=(3.3 * len(injections), 3.2), sharey=True, squeeze=False)
-    for axis, injection in zip(axes[0], injections):
-        for row in rows:
-            curve = row["retained"][injection]
-            ks = sorted(int(k) for k in curve)
-            means = [100 * curve[str(k)]["mean"] for k in ks]
-            stds = [100 * curve[str(k)]["std"] for k in ks]
-            style = "--" if row["variant"].endswith("+defence") else "-"
-            line, = axis.plot(ks, means, style, marker="o", markersize=2.5, label=_label(row))
-            axis.fill_between(ks, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                              alpha=0.12, color=line.get_color())
-        axis.axhline(100, color="gray", linewidth=0.8, linestyle=":")
-        axis.set_xscale("symlog", linthresh=1)
-        axis.set_xlim(0, max(ks) * 1.3)
-        axis.set_title(injection, fontsize=9)
-        axis.set_xlabel("injected patches K")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("retained nDCG@10 (%)")
-    axes[0][-1].legend(fontsize=6)
-    figure.suptitle(f"{collection}, protocol {protocol}", fontsize=10)
-    figure.tight_layout()
-    save_figure_atomic(figure, path, dpi=110)
-    plt.close(figure)
-    return path
+    rows = [(_label(row), row) for row in _rows(summary, collection, protocol)]
+    return plot_study_retained(rows, f"{collection}, protocol {protocol}", path)
 
 
 def _findings(summary: dict[str, Any]) -> list[str]:
@@ -252,18 +194,8 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
                   "| collection | variant | nDCG@10 gap | spike K=4 retained | hard K=4 retained (maxsim) | budget hard (maxsim) "
                   "| budget spike (maxsim) | reached |", "|---|---|---|---|---|---|---|---|"]
         for target in study.get("targets", []):
-            budgets = target["budgets"]
-            marks = target["checks"]
             lines.append(
-                f"| {target['collection']} | {target['variant']} | {target['clean_ndcg10_gap']:+.3f} "
-                f"{'ok' if marks['clean_within_0.01'] else 'no'} | {100 * target['spike_k4_retained']:.1f} % "
-                f"{'ok' if marks['spike_k4_retained_at_least_50pct'] else 'no'} | {100 * target['hard_k4_retained']:.1f} % "
-                f"({100 * target['hard_k4_retained_maxsim']:.1f} %) {'ok' if marks['hard_k4_15_points_above_maxsim'] else 'no'} | "
-                f"{_budget({'mean': budgets['hard'][0]})} ({_budget({'mean': budgets['hard'][1]})}) "
-                f"{'ok' if marks['budget_hard_at_least_twice_maxsim'] else 'no'} | {_budget({'mean': budgets['spike'][0]})} "
-                f"({_budget({'mean': budgets['spike'][1]})}) {'ok' if marks['budget_spike_at_least_twice_maxsim'] else 'no'} | "
-                f"{'**yes**' if target['reached'] else 'no'} |"
-            )
+            table_row([target["collection"], target["variant"], *target_cells(target)]))
         lines.append("")
         for collection in plan["collections"]:
             for protocol in ("retrained", "swap", "raw"):
@@ -294,11 +226,11 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
     if synthetic is None:
         lines += ["## Synthetic study", "", "No `results/synthetic/results.json` yet: run `make synth`.", ""]
     else:
-        from lir_robust.studies.synthetic import render_table, write_figures
+        from lir_robust.studies.synthetic import render_table
 
         lines += [render_table(synthetic, title="## Synthetic study (the paper's concept environment)").rstrip(), ""]
         if figures is not None:
-            for path in write_figures(synthetic, figures):
+            for path in synthetic_figures(synthetic, figures):
                 lines += [f"![{path.stem}]({figures_link}/{path.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -1,4 +1,5 @@
-"""The controlled concept environment of the study (PAPER.md, "Synthetic environment"), its encoder and training.
+"""The controlled concept environment of the synthetic concept study (PAPER.md, "Synthetic environment"), its
+encoder and training; :mod:`lir_robust.studies.synthetic` runs it over heads and seeds.
 
 The world:
 

@@ -1,4 +1,6 @@
-"""The synthetic study: train every pooling head on several seeds, aggregate, plot, and compare with the paper.
+"""The synthetic concept study (PAPER.md's environment, :mod:`lir_robust.studies.concepts`): train every pooling head
+on several seeds, aggregate, plot, and compare with the paper. Its command: ``lir_robust.commands.synthetic``
+(``make synth``); docs/RESULTS.md shows its table and figures.
 
 ``run_study(StudySettings(...))`` writes under ``out/``:
 
@@ -25,6 +27,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lir_robust.core.naming import head_folder_name
+from lir_robust.reporting.format import number as format_number, percent as format_percent
+from lir_robust.reporting.figures import synthetic_figures
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.studies.concepts import SyntheticConfig, train_and_evaluate
 
@@ -104,8 +109,7 @@ def _atomic_write_json(path: Path, value: Any) -> None:
 
 def run_path(out: Path, head: str, seed: int) -> Path:
     """``out/runs/<head>__seed<k>.json`` with the head spec made file-name safe (``topk-k4``)."""
-    slug = head.replace(":", "-").replace("=", "").replace(",", "_")
-    return Path(out) / "runs" / f"{slug}__seed{seed}.json"
+    return Path(out) / "runs" / f"{head_folder_name(head)}__seed{seed}.json"
 
 
 def versions() -> dict[str, str]:
@@ -223,12 +227,8 @@ def aggregate(settings: StudySettings, runs: dict[tuple[str, int], dict[str, Any
 
 
 def _fmt(stats: dict[str, Any], percent: bool = False) -> str:
-    mean, std = stats["mean"], stats["std"]
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    if percent:
-        return f"{100 * mean:.1f} ± {100 * std:.1f} %"
-    return f"{mean:.3f} ± {std:.3f}"
+    """Mean ± sample std over seeds (the std shown whatever the number of seeds)."""
+    return (format_percent if percent else format_number)(stats["mean"], stats["std"])
 
 
 def write_table(results: dict[str, Any], out: Path) -> str:
@@ -260,7 +260,7 @@ def render_table(results: dict[str, Any], title: str = "# Synthetic study: ours 
         final = summary[head]["final"]
         lines.append(
             f"| {head} | {_fmt(final['gini'])} | {PAPER['gini'].get(head, '-')} | {_fmt(final['gini_batch'])} | "
-            f"{_fmt(final['top1_share'])} | {final['effective_patches']['mean']:.1f} | {_fmt(final['recall@1'])} | "
+            f"{_fmt(final['top1_share'])} | {format_number(final['effective_patches']['mean'], digits=1)} | {_fmt(final['recall@1'])} | "
             f"{PAPER['recall@1'].get(head, '-')} | {_fmt(final['recall@5'])} |"
         )
     lengths = list(summary[heads[0]]["length_sweep"])
@@ -299,67 +299,5 @@ def render_table(results: dict[str, Any], title: str = "# Synthetic study: ours 
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[Path]:
-    """The four PNG figures (mean line, shaded ± std band over seeds). Returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    summary, heads, config = results["aggregate"], results["heads"], results["config"]
-    written = []
-
-    def band(axis, xs, stats, label, style="-", color=None):
-        means = [s["mean"] for s in stats]
-        stds = [s["std"] for s in stats]
-        line, = axis.plot(xs, means, style, marker="o", markersize=3, label=label, color=color)
-        axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                          alpha=0.15, color=line.get_color())
-        return line.get_color()
-
-    def save(figure, name):
-        from lir_robust.core.files import save_figure_atomic
-
-        path = Path(out) / name
-        try:
-            save_figure_atomic(figure, path, dpi=120, bbox_inches="tight")
-        finally:
-            plt.close(figure)
-        written.append(path)
-
-    for metric, name, ylabel in (("gini", "gini_vs_epoch.png", "gradient Gini on gold pairs"),
-                                 ("recall@1", "recall1_vs_epoch.png", "Recall@1")):
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for head in heads:
-            band(axis, summary[head]["epochs"], summary[head]["history"][metric], head)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(ylabel)
-        axis.set_title(f"{ylabel} during training (M = {config['train_length']})")
-        axis.legend(fontsize=8)
-        save(figure, name)
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for head in heads:
-        sweep = summary[head]["length_sweep"]
-        band(axis, [int(m) for m in sweep], [sweep[m]["recall@1"] for m in sweep], head)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("document length M (patches)")
-    axis.set_ylabel("Recall@1")
-    axis.set_title(f"Recall@1 vs document length (trained at M = {config['train_length']})")
-    axis.legend(fontsize=8)
-    save(figure, "recall1_vs_length.png")
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    styles = {"hard": "-", "spike": ":", "gaussian": "--"}
-    for head in heads:
-        color = None
-        for kind, per_budget in summary[head]["injection"].items():
-            color = band(axis, [int(k) for k in per_budget], [per_budget[k]["retained_recall@1"] for k in per_budget],
-                         f"{head} ({kind})", styles.get(kind, "-."), color)
-    axis.set_xscale("symlog", linthresh=25)
-    axis.set_xlabel("injected patches K per non-gold document")
-    axis.set_ylabel("retained Recall@1 (R@1 at K / R@1 at 0)")
-    axis.set_title("Injection: hard (solid), spike (dotted), Gaussian control (dashed)")
-    axis.legend(fontsize=6, ncol=2)
-    save(figure, "retained_vs_injection.png")
-    return written
-
+    """The four PNG figures (mean line, shaded ± std band over seeds): :func:`lir_robust.reporting.figures.synthetic_figures`."""
+    return synthetic_figures(results, out)

@@ -38,7 +38,7 @@ from lir_robust.data import RetrievalSet, load_retrieval_set
 from lir_robust.scoring.diagnostics import pair_gradient_concentration
 from lir_robust.encoders.base import barrier, is_main_process, world
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
-from lir_robust.core.files import save_figure_atomic, write_json_atomic, write_text_atomic
+from lir_robust.core.files import write_json_atomic
 from lir_robust.attacks.injection import (
     DEFAULT_KINDS,
     DEFAULT_KS,
@@ -371,81 +371,9 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
         },
     }
     write_json_atomic(out_dir / "results.json", results)
-    write_text_atomic(out_dir / "table.md", markdown_table(results))
-    plot_retained(results, out_dir / "retained_ndcg10.png")
+    from lir_robust.reporting.sweep_report import write_sweep_report
+
+    write_sweep_report(results, out_dir, REPORT_K)  # table.md and retained_ndcg10.png
     logger.info("wrote %s", out_dir / "results.json")
     return results
 
-
-def _percent(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"
-
-
-def _target(results: dict[str, Any], injection: str) -> str:
-    """Where an injection's patches went (non-gold, all, attacked:N), as the results record it."""
-    return results["metrics"][results["heads"][0]][injection].get("target", "?")
-
-
-def markdown_table(results: dict[str, Any], report_k: int = REPORT_K) -> str:
-    """nDCG@10 at K = 0, retained nDCG@10 at K = report_k per kind, hijack rate / budget, gradient Gini per head."""
-    ks = results["ks"]
-    k = report_k if report_k in ks else ks[-1]
-    kinds = results["config"]["kinds"]
-    lines = [
-        f"Data: {results['data']['name']} ({results['evaluated_queries']} queries, {results['data']['documents']} documents); "
-        f"model: {results['config']['model']} ({results['embedding_dim']}-d); retained = nDCG@10 at K = {k} / at K = 0 "
-        "(not capped); targets: " + ", ".join(f"{kind} -> {_target(results, kind)}" for kind in kinds) + ".",
-        "",
-        "| head | nDCG@10 K=0 | " + " | ".join(f"retained {kind} K={k}" for kind in kinds)
-        + " | " + " | ".join(f"hijack {kind} K={k}" for kind in kinds)
-        + " | " + " | ".join(f"budget {kind}" for kind in kinds) + " | gradient Gini |",
-        "|---" * (2 + 3 * len(kinds) + 1) + "|",
-    ]
-    for head in results["heads"]:
-        by_kind = results["metrics"][head]
-        base = by_kind[kinds[0]]["by_k"]["0"]["mean"]["ndcg@10"]
-        retained = [_percent(by_kind[kind]["by_k"][str(k)]["retained"]["ndcg@10"]) for kind in kinds]
-        hijack = [f"{by_kind[kind]['by_k'][str(k)].get('hijack_rate_top10', float('nan')):.2f}" for kind in kinds]
-        budgets = []
-        for kind in kinds:
-            median = by_kind[kind]["hijack_budget"]["median"]
-            budgets.append(f"> {ks[-1]}" if math.isinf(median) else f"{median:g}")
-        gini = results["gradient_concentration_gold_pairs"][head]["gini"]
-        lines.append(f"| {head} | {base:.3f} | " + " | ".join(retained) + " | " + " | ".join(hijack) + " | "
-                     + " | ".join(budgets) + f" | {gini:.3f} |")
-    lines += ["", "Retained nDCG@10 at every K:", ""]
-    lines.append("| head | kind | " + " | ".join(f"K={value}" for value in ks) + " |")
-    lines.append("|---" * (2 + len(ks)) + "|")
-    for head in results["heads"]:
-        for kind in kinds:
-            by_k = results["metrics"][head][kind]["by_k"]
-            lines.append(f"| {head} | {kind} | " + " | ".join(_percent(by_k[str(value)]["retained"]["ndcg@10"]) for value in ks) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_retained(results: dict[str, Any], path: Path) -> None:
-    """PNG: retained nDCG@10 vs K (symlog x axis), one panel per kind, one line per head; 100 % marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = results["config"]["kinds"]
-    ks = results["ks"]
-    figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), sharey=True, squeeze=False)
-    for axis, kind in zip(axes[0], kinds):
-        for head in results["heads"]:
-            by_k = results["metrics"][head][kind]["by_k"]
-            axis.plot(ks, [100 * by_k[str(k)]["retained"]["ndcg@10"] for k in ks], marker="o", markersize=3, label=head)
-        axis.axhline(100, color="gray", linewidth=0.8, linestyle="--")
-        axis.set_xscale("symlog", linthresh=1)
-        axis.set_xlim(0, max(ks[-1], 1) * 1.3)  # symlog would otherwise show an empty negative range
-        axis.set_xlabel("injected patches K")
-        axis.set_title(f"{kind} ({_target(results, kind)})")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("retained nDCG@10 (%)")
-    axes[0][-1].legend(fontsize=7)
-    figure.suptitle(f"{results['config']['model']} on {results['data']['name']}", fontsize=10)
-    figure.tight_layout()
-    save_figure_atomic(figure, path, dpi=120)
-    plt.close(figure)

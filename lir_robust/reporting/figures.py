@@ -1,0 +1,160 @@
+"""Every figure the project draws, in one style: headless (Agg), a mean line with markers, a shaded ± std band over
+seeds, retained shares in percent against K on a symlog axis with 100 % marked, saved atomically
+(:func:`lir_robust.core.files.save_figure_atomic`) and closed.
+
+    plot_retained(results, "out/retained_ndcg10.png")         # a sweep's results.json: sweep folders, model cards
+    plot_study_retained([(label, row), ...], "cranfield, protocol swap", path)   # docs/RESULTS.md, per protocol
+    synthetic_figures(results, "results/synthetic")           # the synthetic concept study's four figures
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from lir_robust.core.files import save_figure_atomic
+from lir_robust.reporting.format import injection_target
+
+__all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "plot_study_retained", "synthetic_figures",
+           "STUDY_INJECTIONS"]
+
+# The injections a study figure shows, in this order, when the rows hold them.
+STUDY_INJECTIONS = ("spike", "hard", "spike@10", "hard@10", "corpus", "gaussian")
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(figure, path: str | Path, **savefig_options: Any) -> Path:
+    """Write ``figure`` to ``path`` atomically and close it."""
+    try:
+        save_figure_atomic(figure, path, **savefig_options)
+    finally:
+        pyplot().close(figure)
+    return Path(path)
+
+
+def mean_band(axis, xs: Sequence[float], means: Sequence[float], stds: Sequence[float] | None = None, *, label: str,
+              style: str = "-", color=None, markersize: float = 3, alpha: float = 0.15):
+    """A mean line with markers and, given ``stds``, a shaded mean ± std band in the line's colour; returns the colour."""
+    line, = axis.plot(xs, means, style, marker="o", markersize=markersize, label=label, color=color)
+    if stds is not None:
+        axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                          alpha=alpha, color=line.get_color())
+    return line.get_color()
+
+
+def retained_panel(axis, max_k: float, title: str, *, reference_style: str = "--", title_size: float | None = None) -> None:
+    """A panel of retained share (%) against injected patches K: 100 % marked, symlog K axis from 0, grid."""
+    axis.axhline(100, color="gray", linewidth=0.8, linestyle=reference_style)
+    axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlim(0, max_k * 1.3)  # symlog would otherwise show an empty negative range
+    axis.set_xlabel("injected patches K")
+    if title_size is None:
+        axis.set_title(title)
+    else:
+        axis.set_title(title, fontsize=title_size)
+    axis.grid(alpha=0.3)
+
+
+def plot_retained(results: dict[str, Any], path: Path) -> None:
+    """PNG of a sweep (its results.json): retained nDCG@10 vs K (symlog x axis), one panel per kind, one line per
+    head; 100 % marked."""
+    plt = pyplot()
+    kinds = results["config"]["kinds"]
+    ks = results["ks"]
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), sharey=True, squeeze=False)
+    for axis, kind in zip(axes[0], kinds):
+        for head in results["heads"]:
+            by_k = results["metrics"][head][kind]["by_k"]
+            mean_band(axis, ks, [100 * by_k[str(k)]["retained"]["ndcg@10"] for k in ks], label=head)
+        retained_panel(axis, max(ks[-1], 1), f"{kind} ({injection_target(results, kind)})")
+    axes[0][0].set_ylabel("retained nDCG@10 (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(f"{results['config']['model']} on {results['data']['name']}", fontsize=10)
+    figure.tight_layout()
+    save(figure, path, dpi=120)
+
+
+def plot_study_retained(rows: Sequence[tuple[str, dict[str, Any]]], title: str, path: Path) -> Path | None:
+    """PNG of the retraining study's rows of one collection and protocol (``[(label, row), ...]``, rows of
+    summary.json): retained nDCG@10 vs K (mean over seeds, ± std band), one panel per injection, one line per row
+    (dashed: trained with injected negatives). None (nothing written) without rows."""
+    if not rows:
+        return None
+    plt = pyplot()
+    injections = [i for i in STUDY_INJECTIONS if i in rows[0][1]["retained"]]
+    figure, axes = plt.subplots(1, len(injections), figsize=(3.3 * len(injections), 3.2), sharey=True, squeeze=False)
+    for axis, injection in zip(axes[0], injections):
+        for label, row in rows:
+            curve = row["retained"][injection]
+            ks = sorted(int(k) for k in curve)
+            means = [100 * curve[str(k)]["mean"] for k in ks]
+            stds = [100 * curve[str(k)]["std"] for k in ks]
+            style = "--" if row["variant"].endswith("+defence") else "-"
+            mean_band(axis, ks, means, stds, label=label, style=style, markersize=2.5, alpha=0.12)
+        retained_panel(axis, max(ks), injection, reference_style=":", title_size=9)
+    axes[0][0].set_ylabel("retained nDCG@10 (%)")
+    axes[0][-1].legend(fontsize=6)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return save(figure, path, dpi=110)
+
+
+def synthetic_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """The synthetic concept study's four PNG figures (its results.json; mean line, shaded ± std band over seeds):
+    gini_vs_epoch, recall1_vs_epoch, recall1_vs_length, retained_vs_injection. Returns their paths."""
+    plt = pyplot()
+    summary, heads, config = results["aggregate"], results["heads"], results["config"]
+    written = []
+
+    def band(axis, xs, stats, label, style="-", color=None):
+        return mean_band(axis, xs, [s["mean"] for s in stats], [s["std"] for s in stats], label=label, style=style,
+                         color=color)
+
+    def save_as(figure, name):
+        written.append(save(figure, Path(out) / name, dpi=120, bbox_inches="tight"))
+
+    for metric, name, ylabel in (("gini", "gini_vs_epoch.png", "gradient Gini on gold pairs"),
+                                 ("recall@1", "recall1_vs_epoch.png", "Recall@1")):
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for head in heads:
+            band(axis, summary[head]["epochs"], summary[head]["history"][metric], head)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
+        axis.set_title(f"{ylabel} during training (M = {config['train_length']})")
+        axis.legend(fontsize=8)
+        save_as(figure, name)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for head in heads:
+        sweep = summary[head]["length_sweep"]
+        band(axis, [int(m) for m in sweep], [sweep[m]["recall@1"] for m in sweep], head)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("document length M (patches)")
+    axis.set_ylabel("Recall@1")
+    axis.set_title(f"Recall@1 vs document length (trained at M = {config['train_length']})")
+    axis.legend(fontsize=8)
+    save_as(figure, "recall1_vs_length.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    styles = {"hard": "-", "spike": ":", "gaussian": "--"}
+    for head in heads:
+        color = None
+        for kind, per_budget in summary[head]["injection"].items():
+            color = band(axis, [int(k) for k in per_budget], [per_budget[k]["retained_recall@1"] for k in per_budget],
+                         f"{head} ({kind})", styles.get(kind, "-."), color)
+    axis.set_xscale("symlog", linthresh=25)
+    axis.set_xlabel("injected patches K per non-gold document")
+    axis.set_ylabel("retained Recall@1 (R@1 at K / R@1 at 0)")
+    axis.set_title("Injection: hard (solid), spike (dotted), Gaussian control (dashed)")
+    axis.legend(fontsize=6, ncol=2)
+    save_as(figure, "retained_vs_injection.png")
+    return written
