@@ -1,4 +1,4 @@
-"""docs/RESULTS.md from the committed results files (thin entry; the logic is lir_robust.reporting.results_doc).
+"""docs/RESULTS.md from the committed results files (thin entry; the logic is lir_robust.studies.results_doc).
 
     python eval/results_doc.py          # = make results-doc
 """

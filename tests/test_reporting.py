@@ -38,7 +38,7 @@ def test_the_card_and_results_doc_print_the_study_alike(tmp_path):
     """The same summary.json row reads the same on the model card and in docs/RESULTS.md (a budget of 32/3 is 10.7 in
     both, never 10.6667 on the card)."""
     from lir_robust.hub.study_results import study_section
-    from lir_robust.reporting.results_doc import render_results
+    from lir_robust.studies.results_doc import render_results
 
     summary = json.loads(SUMMARY.read_text())
     card = study_section(SUMMARY, head="softmax:tau=1.0")

@@ -13,7 +13,7 @@ from finetune_fixtures import save_dropout_bert, write_tiny_beir
 
 from lir_robust.commands import cli
 from lir_robust.commands import study as study_command
-from lir_robust.reporting.results_doc import render_results
+from lir_robust.studies.results_doc import render_results
 from lir_robust.studies.retraining import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name
 
 ROOT = Path(__file__).resolve().parents[1]

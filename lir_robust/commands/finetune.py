@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from lir_robust.commands import cli  # noqa: E402
 from lir_robust.core.huggingface import is_pylate_model, model_family  # noqa: E402
+from lir_robust.core.naming import head_folder_name  # noqa: E402
 from lir_robust.data import locate_data  # noqa: E402
 from lir_robust.scoring.pooling import HEADS, available_heads, parse_head  # noqa: E402
 from lir_robust.training import models, pairs, runs  # noqa: E402
@@ -194,7 +195,7 @@ def check_args(args: argparse.Namespace) -> None:
                 f"micro-batch of {documents} documents holds (batch size / accumulation); lower it"
             )
     if args.output_dir is None:
-        args.output_dir = "runs/finetune-" + args.head.replace(":", "-").replace("=", "").replace(",", "-")
+        args.output_dir = "runs/finetune-" + head_folder_name(args.head)
         try:
             cli.output_folder(args.output_dir)
         except argparse.ArgumentTypeError as error:

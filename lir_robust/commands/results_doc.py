@@ -1,4 +1,4 @@
-"""docs/RESULTS.md from the committed results files (the logic is lir_robust.reporting.results_doc).
+"""docs/RESULTS.md from the committed results files (the logic is lir_robust.studies.results_doc).
 
     python eval/results_doc.py          # = make results-doc
 """
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust.reporting.results_doc import write_results_doc
+    from lir_robust.studies.results_doc import write_results_doc
 
     path = write_results_doc(args.study, args.synthetic, args.out)
     logging.getLogger("results_doc").info("wrote %s", path)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lir_robust.core.files import write_json_atomic
+from lir_robust.core.naming import head_folder_name
 from lir_robust.scoring.pooling import parse_head
 
 __all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "run_study", "summarize_study", "variant_name", "STUDY_KS",
@@ -95,7 +96,7 @@ class StudyPlan:
 
 def variant_name(head: str, defended: bool = False) -> str:
     """Folder-safe name of a trained variant: ``topk-k4``, ``maxsim+defence``."""
-    name = parse_head(head).spec().replace(":", "-").replace("=", "").replace(",", "-")
+    name = head_folder_name(parse_head(head).spec())
     return name + ("+defence" if defended else "")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lir_robust.core.errors import UserError
+from lir_robust.core.naming import head_folder_name
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.encoders.text import load_text_checkpoint
@@ -39,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 def slug(head: str) -> str:
-    return head.replace(":", "-").replace("=", "").replace(",", "-")
+    """The run folder name of a head (lir_robust.core.naming.head_folder_name)."""
+    return head_folder_name(head)
 
 
 def load_collection(name: str):
