@@ -4,7 +4,7 @@ one line on stderr (the problem and the fix), exit status 2 and no traceback (un
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -18,28 +18,29 @@ from lir_robust.commands import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(relative: str):
-    spec = importlib.util.spec_from_file_location("cli_" + Path(relative).stem, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPTS = {
-    "length_sweep": "eval/length_sweep.py",
-    "finetune": "train/finetune.py",
-    "synthetic_study": "eval/synthetic_study.py",
-    "finetune_all": "eval/finetune_all.py",
-    "bench_scoring": "eval/bench_scoring.py",
-    "bench_sweep": "eval/bench_sweep.py",
-    "bench_train": "eval/bench_train.py",
-    "pool_blocks_check": "eval/pool_blocks_check.py",
+# test name -> (the module of lir_robust.commands that runs it, the checkout's script wrapping it: its errors' prog)
+COMMANDS = {
+    "length_sweep": ("sweep", "eval/length_sweep.py"),
+    "finetune": ("finetune", "train/finetune.py"),
+    "synthetic_study": ("synthetic", "eval/synthetic_study.py"),
+    "finetune_all": ("finetune_all", "eval/finetune_all.py"),
+    "bench_scoring": ("bench_scoring", "eval/bench_scoring.py"),
+    "bench_sweep": ("bench_sweep", "eval/bench_sweep.py"),
+    "bench_train": ("bench_train", "eval/bench_train.py"),
+    "pool_blocks_check": ("pool_blocks_check", "eval/pool_blocks_check.py"),
+    "results_doc": ("results_doc", "eval/results_doc.py"),
+}
+SCRIPTS = {name: script for name, (_, script) in COMMANDS.items()}
+# Commands whose refusals are tested in their own test file instead of BAD_INPUTS below.
+REFUSALS_TESTED_ELSEWHERE = {
+    "study": "test_study.py", "publish": "test_publish.py", "export_pylate": "test_pylate.py",
+    "bench_scale": "test_sweep.py",
 }
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    return {name: _load(path) for name, path in SCRIPTS.items()}
+    return {name: importlib.import_module(f"lir_robust.commands.{module}") for name, (module, _) in COMMANDS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,9 @@ def _forbid_loading(monkeypatch, scripts):
     def loaded(*args, **kwargs):
         raise AssertionError("the command loaded data or a model before refusing its arguments")
 
-    import lir_robust.training as training
     from lir_robust.encoders.text_colbert import TextColBERT
+    from lir_robust.studies import variants
+    from lir_robust.training import models, pairs
 
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
     monkeypatch.setattr(scripts["synthetic_study"], "run_study", loaded)
@@ -66,9 +68,10 @@ def _forbid_loading(monkeypatch, scripts):
     for name in ("bench_sweep", "pool_blocks_check"):
         monkeypatch.setattr(scripts[name], "load_retrieval_set", loaded)
         monkeypatch.setattr(scripts[name], "load_encoder", loaded)
-    monkeypatch.setattr(scripts["finetune_all"], "load_collection", loaded)
-    for name in ("load_training_pairs", "build_text_model", "build_colpali_model"):
-        monkeypatch.setattr(training, name, loaded)
+    monkeypatch.setattr(variants, "load_collection", loaded)
+    monkeypatch.setattr(pairs, "load_training_pairs", loaded)
+    for name in ("build_text_model", "build_colpali_model"):
+        monkeypatch.setattr(models, name, loaded)
     monkeypatch.setattr(TextColBERT, "from_base", loaded)
 
 
@@ -78,6 +81,10 @@ def _fill(argv, files):
 
 # (command, arguments, what the one line must say). {beir}, {bert}, {file} are fixture paths.
 BAD_INPUTS = [
+    # eval/results_doc.py
+    ("results_doc", ["--study", "missing-study.json", "--synthetic", "missing-synthetic.json"],
+     "neither missing-study.json nor missing-synthetic.json exists: run `make study` and / or `make synth` first"),
+    ("results_doc", ["--out", "{beir}"], "argument --out: "),
     # eval/length_sweep.py
     ("length_sweep", ["--poolings", "maxsim", "topk:k=0"], "argument --poolings: pooling head 'topk': k must be an integer >= 1, got 0"),
     ("length_sweep", ["--poolings", "median"], "argument --poolings: unknown pooling head 'median'; valid heads: maxsim"),
@@ -158,8 +165,18 @@ def test_a_bad_input_is_refused_in_one_line_before_anything_loads(command, argv,
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_there_are_at_least_twenty_bad_inputs_across_every_command():
-    assert len(BAD_INPUTS) >= 20 and {command for command, _, _ in BAD_INPUTS} == set(SCRIPTS)
+def test_every_installed_command_has_its_refusals_tested():
+    """Each subcommand of ``lir-robust`` (lir_robust.commands.main.COMMANDS) has bad inputs in BAD_INPUTS or a refusal
+    test in the file named for it: a new command added without one fails here."""
+    from lir_robust.commands.main import COMMANDS as INSTALLED
+
+    modules = {module for module, _, _ in INSTALLED.values()}
+    covered = {COMMANDS[command][0] for command, _, _ in BAD_INPUTS}
+    assert modules - covered == set(REFUSALS_TESTED_ELSEWHERE)
+    for module, test_file in REFUSALS_TESTED_ELSEWHERE.items():
+        text = (Path(__file__).parent / test_file).read_text()
+        assert f"lir_robust.commands import {module}" in text or f"lir_robust.commands.{module}" in text, (module, test_file)
+        assert "error: " in text or "UserError" in text, test_file
 
 
 def test_debug_shows_the_traceback(scripts, monkeypatch):

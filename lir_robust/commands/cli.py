@@ -83,9 +83,8 @@ def run_command(main: Callable[[list[str]], Any], argv: Sequence[str] | None = N
     ``main`` may return an int (its exit status); any other return value means success.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if prog is None:
-        module = sys.modules.get(getattr(main, "__module__", ""), None)
-        prog = Path(getattr(module, "__file__", None) or sys.argv[0] or "lir-robust").name
+    if prog is None:  # the name the user typed, as argparse takes it: eval/length_sweep.py -> length_sweep.py
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lir-robust"
     try:
         result = main(argv)
     except KeyboardInterrupt:
