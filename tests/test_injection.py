@@ -11,25 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from lir_robust.scoring.diagnostics import hijack_rates
-from lir_robust.attacks.injection import (
-    FlatCorpus,
-    InjectionSettings,
-    PatchSource,
-    brute_force_scores,
-    corpus_patches,
-    gaussian_patches,
-    InjectionSweep,
-    hard_negative_patches,
-    inject,
-    RankedScores,
-    parse_injection,
-    parse_pool_blocks,
-    shared_partials,
-    spike_patches,
-    sweep_scores,
-)
+from lir_robust.attacks.generators import corpus_patches, gaussian_patches, hard_negative_patches, inject, spike_patches
+from lir_robust.attacks.kinds import InjectionSettings, parse_injection
+from lir_robust.attacks.sources import PatchSource
+from lir_robust.commands.cli import pool_blocks_count
+from lir_robust.encoders.flat_corpus import FlatCorpus
+from lir_robust.sweep.engine import InjectionSweep, sweep_scores
+from lir_robust.sweep.merging import shared_partials
+from lir_robust.sweep.ranked import RankedScores
 from lir_robust.scoring.pooling import PoolingHead, parse_head, top_k_values
 from lir_robust.scoring.scorer import pad_with_mask
+from reference import brute_force_scores
 
 
 def _unit(*shape, seed=0):
@@ -242,9 +234,9 @@ def test_pooled_document_patches(toy):
                     assert not any(torch.equal(row, own_row) for row in drawn for own_row in own), (pool_blocks, d)
     with pytest.raises(ValueError, match="pool_blocks"):
         InjectionSettings(pool_blocks=0)
-    assert parse_pool_blocks("none") is None and parse_pool_blocks("16") == 16
+    assert pool_blocks_count("none") is None and pool_blocks_count("16") == 16
     with pytest.raises(argparse.ArgumentTypeError, match="integer >= 1 or 'none'"):
-        parse_pool_blocks("0")
+        pool_blocks_count("0")
 
 
 def test_pooled_block_states_are_reused_across_document_subsets(toy):

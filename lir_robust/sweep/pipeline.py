@@ -7,7 +7,7 @@ Outputs in the output folder: ``results.json`` (full configuration, library vers
 
 Memory does not grow with the corpus: documents are read from the memory-mapped embedding cache, scored in
 segments of at most ``SEGMENT_DOCUMENTS`` documents, and each segment keeps only each query's best documents per
-(head, injection, K) (:class:`~lir_robust.attacks.injection.RankedScores`), which is all the metrics need.
+(head, injection, K) (:class:`~lir_robust.sweep.ranked.RankedScores`), which is all the metrics need.
 
 Resuming: each finished segment is saved under ``partial/<run key>/segment_NNNN.safetensors`` (plain tensors:
 loading cannot run code) and skipped when the run starts again with the same configuration and embeddings.
@@ -39,19 +39,18 @@ from lir_robust.scoring.diagnostics import pair_gradient_concentration
 from lir_robust.encoders.base import barrier, is_main_process, world
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.core.files import save_figure_atomic, write_json_atomic, write_text_atomic
-from lir_robust.attacks.injection import (
+from lir_robust.attacks.generators import hard_negative_patches
+from lir_robust.attacks.kinds import (
     DEFAULT_KINDS,
     DEFAULT_KS,
     DEFAULT_POOL_BLOCKS,
     DEFAULT_TARGETS,
-    FlatCorpus,
     InjectionSettings,
-    InjectionSweep,
-    RankedScores,
-    hard_negative_patches,
     hard_patches_needed,
     parse_injection,
 )
+from lir_robust.encoders.flat_corpus import FlatCorpus
+from lir_robust.sweep.engine import InjectionSweep
 from lir_robust.scoring.metrics import (
     METRIC_NAMES,
     evaluate,
@@ -62,7 +61,7 @@ from lir_robust.scoring.metrics import (
     run_from_candidates,
 )
 from lir_robust.scoring.pooling import parse_head
-from lir_robust.sweep.ranked import ranked_key
+from lir_robust.sweep.ranked import RankedScores, ranked_key
 from lir_robust.scoring.scorer import pad_with_mask
 
 __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries",

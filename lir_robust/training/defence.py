@@ -48,7 +48,8 @@ from typing import Sequence
 
 import torch
 
-from lir_robust.attacks.injection import InjectionSettings, spike_patches
+from lir_robust.attacks.generators import spike_patches
+from lir_robust.attacks.kinds import InjectionSettings
 
 __all__ = [
     "INJECTED_NEGATIVE_KINDS",
