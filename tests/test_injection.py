@@ -11,25 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from lir_robust.scoring.diagnostics import hijack_rates
-from lir_robust.attacks.injection import (
-    FlatCorpus,
-    InjectionSettings,
-    PatchSource,
-    brute_force_scores,
-    corpus_patches,
-    gaussian_patches,
-    InjectionSweep,
-    hard_negative_patches,
-    inject,
-    RankedScores,
-    parse_injection,
-    parse_pool_blocks,
-    shared_partials,
-    spike_patches,
-    sweep_scores,
-)
+from lir_robust.attacks.generators import corpus_patches, gaussian_patches, hard_negative_patches, inject, spike_patches
+from lir_robust.attacks.kinds import InjectionSettings, parse_injection
+from lir_robust.attacks.sources import PatchSource
+from lir_robust.commands.cli import pool_blocks_count
+from lir_robust.encoders.flat_corpus import FlatCorpus
+from lir_robust.sweep.engine import InjectionSweep, sweep_scores
+from lir_robust.sweep.merging import shared_partials
+from lir_robust.sweep.ranked import RankedScores
 from lir_robust.scoring.pooling import PoolingHead, parse_head, top_k_values
 from lir_robust.scoring.scorer import pad_with_mask
+from reference import brute_force_scores, injected_patches_by_definition, scores_of_injected_documents
 
 
 def _unit(*shape, seed=0):
@@ -100,7 +92,7 @@ HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.5", "lse:tau=0.1", "lse:tau=0.1,le
 @pytest.mark.parametrize("kind", ["gaussian", "corpus", "hard", "spike", "hard@2", "spike@3"])
 @pytest.mark.parametrize("target", ["non-gold", "all"])
 @pytest.mark.parametrize("tile_elements,pool_blocks", [(1 << 19, 64), (50, 3), (50, None)])  # tiles of a few tokens too
-def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements, pool_blocks):
+def test_merged_sweep_equals_the_injected_documents_scored_one_by_one(toy, kind, target, tile_elements, pool_blocks):
     queries, documents, gold = toy
     if "@" in kind and (target == "all" or pool_blocks != 64):
         pytest.skip("a few-document attack has its own target and no pools")
@@ -108,10 +100,13 @@ def test_merged_sweep_equals_brute_force(toy, kind, target, tile_elements, pool_
     ks = [0, 1, 3, 6]
     result = sweep_scores(queries, documents, gold, HEADS, [kind], ks, settings, document_batch_size=4, show_progress=False,
                           token_tile_elements=tile_elements, merge_tile_elements=tile_elements)
+    # the patches every document must receive, by the kinds' definitions (not PatchSource's code), then scored plainly
+    source = PatchSource(kind, ks, settings, queries, FlatCorpus.from_documents(documents), gold)
+    patches = injected_patches_by_definition(kind, ks, settings, queries, documents, gold, source)
     for head in HEADS:
         spec = parse_head(head).spec()
         for k in ks:
-            expected = brute_force_scores(queries, documents, gold, head, kind, k, ks, settings)
+            expected = scores_of_injected_documents(queries, documents, patches, head, k)
             assert torch.allclose(result.scores[spec][kind][k], expected, atol=1e-5), (head, k)
         if target == "non-gold":
             for query, indices in enumerate(gold):
@@ -242,9 +237,9 @@ def test_pooled_document_patches(toy):
                     assert not any(torch.equal(row, own_row) for row in drawn for own_row in own), (pool_blocks, d)
     with pytest.raises(ValueError, match="pool_blocks"):
         InjectionSettings(pool_blocks=0)
-    assert parse_pool_blocks("none") is None and parse_pool_blocks("16") == 16
+    assert pool_blocks_count("none") is None and pool_blocks_count("16") == 16
     with pytest.raises(argparse.ArgumentTypeError, match="integer >= 1 or 'none'"):
-        parse_pool_blocks("0")
+        pool_blocks_count("0")
 
 
 def test_pooled_block_states_are_reused_across_document_subsets(toy):

@@ -22,10 +22,10 @@ import torch
 from retrieval_fixtures import write_beir, write_vidore_v2
 from tiny_text import save_tiny_bert
 
+from lir_robust.commands import sweep as sweep_command
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "eval" / "length_sweep.py"
-sys.path.insert(0, str(ROOT / "eval"))
-import length_sweep  # noqa: E402
+SCRIPT = ROOT / "eval" / "length_sweep.py"  # the wrapper users run (python / torchrun): run as a subprocess only
 
 
 def test_cli_end_to_end_text_and_resume(tmp_path, caplog):
@@ -34,7 +34,7 @@ def test_cli_end_to_end_text_and_resume(tmp_path, caplog):
     argv = ["--model", str(bert), "--data", str(data), "--ks", "0", "1", "4", "--kinds", "gaussian", "corpus", "hard", "spike",
             "--poolings", "maxsim", "softmax:tau=1.0", "--segments", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
             "--quiet"]
-    length_sweep.main(argv)
+    sweep_command.main(argv)
     results = json.loads((out / "results.json").read_text())
     assert (out / "table.md").read_text().count("| maxsim |") == 1 + 4  # summary row + one row per kind
     assert (out / "retained_ndcg10.png").stat().st_size > 1000
@@ -53,7 +53,7 @@ def test_cli_end_to_end_text_and_resume(tmp_path, caplog):
     segments[1].unlink()
     (out / "results.json").unlink()
     caplog.set_level("INFO")
-    length_sweep.main(argv)
+    sweep_command.main(argv)
     assert "resumed" in caplog.text
     again = json.loads((out / "results.json").read_text())
     assert again["metrics"]["maxsim"]["hard"]["by_k"]["4"]["mean"] == hard["by_k"]["4"]["mean"]
@@ -62,7 +62,7 @@ def test_cli_end_to_end_text_and_resume(tmp_path, caplog):
 def test_cli_end_to_end_tiny_colpali(tiny_colqwen2_dir, tmp_path):
     data = write_vidore_v2(tmp_path / "pages_v2", pages=4)
     out = tmp_path / "out"
-    length_sweep.main(["--model", str(tiny_colqwen2_dir), "--data", str(data), "--language", "english", "--ks", "0", "2",
+    sweep_command.main(["--model", str(tiny_colqwen2_dir), "--data", str(data), "--language", "english", "--ks", "0", "2",
                        "--kinds", "gaussian", "hard", "--poolings", "maxsim", "topk:k=2", "--out", str(out),
                        "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--quiet"])
     results = json.loads((out / "results.json").read_text())
@@ -119,7 +119,7 @@ def write_cranfield_subset(source: Path, folder: Path, queries: int = 20, docume
 
 @pytest.fixture(scope="module")
 def cranfield_sweeps(tmp_path_factory):
-    """The real command (eval/length_sweep.py main) on 300 Cranfield documents and 20 queries, every head, every kind,
+    """The real command (lir_robust.commands.sweep main) on 300 Cranfield documents and 20 queries, every head, every kind,
     K in {0, 4, 25}: ``(results with the default segments, results with --segments 3, data folder, cache dir)``.
     MiniLM encodes once; both runs read the embedding cache."""
     from lir_robust.data import data_root
@@ -138,8 +138,8 @@ def cranfield_sweeps(tmp_path_factory):
     common = ["--model", "minilm", "--data", str(folder), "--poolings", *EVERY_HEAD, "--kinds", *EVERY_KIND,
               "--ks", *map(str, SMALL_KS), "--cache-dir", str(base / "cache"), "--quiet"]
     with one_thread():
-        length_sweep.main([*common, "--out", str(base / "default")])
-        length_sweep.main([*common, "--out", str(base / "three"), "--segments", "3"])
+        sweep_command.main([*common, "--out", str(base / "default")])
+        sweep_command.main([*common, "--out", str(base / "three"), "--segments", "3"])
     default = json.loads((base / "default" / "results.json").read_text())
     three = json.loads((base / "three" / "results.json").read_text())
     return default, three, folder, base / "cache"
@@ -182,7 +182,8 @@ def _check_against_brute_force(results: dict, folder: Path, cache: Path) -> None
     from lir_robust.data import load_retrieval_set
     from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
     from lir_robust.encoders.load import load_encoder
-    from lir_robust.attacks.injection import InjectionSettings, PatchSource
+    from lir_robust.attacks.kinds import InjectionSettings
+    from lir_robust.attacks.sources import PatchSource
     from lir_robust.scoring.pooling import parse_head
     from lir_robust.scoring.scorer import score
 
@@ -303,7 +304,7 @@ def tiny_sweep(tmp_path_factory):
     bert, data = save_tiny_bert(base / "bert"), write_beir(base / "tiny", documents_per_topic=12)
     options = ["--model", str(bert), "--data", str(data), *TINY_GRID]
     with one_thread():
-        length_sweep.main([*options, "--cache-dir", str(base / "cache"), "--out", str(base / "uninterrupted")])
+        sweep_command.main([*options, "--cache-dir", str(base / "cache"), "--out", str(base / "uninterrupted")])
     return options, base, json.loads((base / "uninterrupted" / "results.json").read_text())
 
 
@@ -392,7 +393,7 @@ def test_a_damaged_segment_file_is_scored_again_and_never_unpickled(tmp_path, ca
     out = tmp_path / "out"
     argv = ["--model", str(bert), "--data", str(data), "--ks", "0", "1", "4", "--kinds", "gaussian", "hard", "--poolings",
             "maxsim", "lse:tau=0.1", "--segments", "3", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
-    length_sweep.main(argv)
+    sweep_command.main(argv)
     expected = json.loads((out / "results.json").read_text())
     segments = sorted(out.glob("partial/*/segment_*.safetensors"))
     assert len(segments) == 3
@@ -411,7 +412,7 @@ def test_a_damaged_segment_file_is_scored_again_and_never_unpickled(tmp_path, ca
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     caplog.set_level("INFO")
-    length_sweep.main(argv)
+    sweep_command.main(argv)
     assert not marker.exists()
     damaged = [record.getMessage() for record in caplog.records if "is damaged" in record.getMessage()]
     assert len(damaged) == 2 and str(segments[0]) in damaged[0] + damaged[1] and str(segments[1]) in damaged[0] + damaged[1]
@@ -446,7 +447,7 @@ def _sweep_reads_cache(caplog, argv) -> tuple[dict, bool]:
     """Run the sweep; return its results and whether it took the document embeddings from the cache."""
     caplog.clear()
     caplog.set_level("INFO")
-    length_sweep.main(argv)
+    sweep_command.main(argv)
     out = Path(argv[argv.index("--out") + 1])
     return json.loads((out / "results.json").read_text()), "items from cache" in caplog.text
 

@@ -191,7 +191,7 @@ def head_spec(text: str) -> str:
 def injection_name(text: str) -> str:
     """An argparse type: an injection kind (``gaussian``, ``corpus``, ``hard``, ``spike``) or a few-document attack
     ``hard@N`` / ``spike@N``."""
-    from lir_robust.attacks.injection import parse_injection
+    from lir_robust.attacks.kinds import parse_injection
 
     try:
         kind, attacked = parse_injection(text.strip().lower())
@@ -277,7 +277,7 @@ def existing_folder(text: str) -> str:
 
 def injection_target(text: str) -> tuple[str, str]:
     """An argparse type for ``--target KIND=TARGET``: ``(kind, target)``."""
-    from lir_robust.attacks.injection import KINDS, TARGETS
+    from lir_robust.attacks.kinds import KINDS, TARGETS
 
     kind, sep, target = str(text).partition("=")
     kind, target = kind.strip().lower(), target.strip().lower()
@@ -337,3 +337,16 @@ def check_model(spec: str, option: str = "--model") -> None:
             "HF_HUB_OFFLINE is set; pass an existing model folder (or 'minilm'), or unset HF_HUB_OFFLINE on a machine "
             "with Hub access"
         )
+
+
+def pool_blocks_count(text: str) -> int | None:
+    """An argparse type for ``--pool-blocks``: an integer >= 1, or ``none`` / ``private`` (private draws per document)."""
+    if text.strip().lower() in ("none", "private"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'none', got {text!r}")
+    return value

