@@ -11,13 +11,8 @@ to the first variant (maxsim), and the loss alone per head (eval/finetune_all.he
 results/bench-train/bench.json.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-from lir_robust.commands.bench_train import main  # noqa: E402
+from lir_robust.commands import cli
+from lir_robust.commands.bench_train import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

@@ -21,13 +21,8 @@ with a message instead of mixing runs. A user error (a bad option, a missing col
 is one line and exit status 2, before anything loads (--debug shows the traceback).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-from lir_robust.commands.finetune_all import main  # noqa: E402
+from lir_robust.commands import cli
+from lir_robust.commands.finetune_all import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

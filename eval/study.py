@@ -9,13 +9,8 @@ defended head), sweep each, summarise. Resumable: rerun the same command after a
 Then `make results-doc` turns results/study/summary.json (and the synthetic study's results) into docs/RESULTS.md.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-from lir_robust.commands.study import main  # noqa: E402
+from lir_robust.commands import cli
+from lir_robust.commands.study import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

@@ -14,10 +14,6 @@ queries); put your own ``datasets.Dataset`` of (query, positive[, negative]) col
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -29,12 +29,12 @@ COMMANDS = {
     "bench_train": ("bench_train", "eval/bench_train.py"),
     "pool_blocks_check": ("pool_blocks_check", "eval/pool_blocks_check.py"),
     "results_doc": ("results_doc", "eval/results_doc.py"),
+    "bench_scale": ("bench_scale", "eval/bench_scale.py"),
 }
 SCRIPTS = {name: script for name, (_, script) in COMMANDS.items()}
 # Commands whose refusals are tested in their own test file instead of BAD_INPUTS below.
 REFUSALS_TESTED_ELSEWHERE = {
     "study": "test_study.py", "publish": "test_publish.py", "export_pylate": "test_pylate.py",
-    "bench_scale": "test_sweep.py",
 }
 
 
@@ -68,6 +68,7 @@ def _forbid_loading(monkeypatch, scripts):
     for name in ("bench_sweep", "pool_blocks_check"):
         monkeypatch.setattr(scripts[name], "load_retrieval_set", loaded)
         monkeypatch.setattr(scripts[name], "load_encoder", loaded)
+    monkeypatch.setattr(scripts["bench_scale"], "make_corpus", loaded)
     monkeypatch.setattr(variants, "load_collection", loaded)
     monkeypatch.setattr(pairs, "load_training_pairs", loaded)
     for name in ("build_text_model", "build_colpali_model"):
@@ -81,6 +82,9 @@ def _fill(argv, files):
 
 # (command, arguments, what the one line must say). {beir}, {bert}, {file} are fixture paths.
 BAD_INPUTS = [
+    # eval/bench_scale.py
+    ("bench_scale", ["--sizes", "3000", "1000"], "--sizes 3000 1000: give distinct sizes, smallest first"),
+    ("bench_scale", ["--sizes", "10"], "argument --sizes: "),
     # eval/results_doc.py
     ("results_doc", ["--study", "missing-study.json", "--synthetic", "missing-synthetic.json"],
      "neither missing-study.json nor missing-synthetic.json exists: run `make study` and / or `make synth` first"),

@@ -8,7 +8,6 @@ the id is neither cached nor reachable.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -54,10 +53,9 @@ HEADS = {"text": "lse:tau=0.1", "colqwen2": "topk:k=2", "colpali": "softmax:tau=
 
 
 def _finetune_module():
-    spec = importlib.util.spec_from_file_location("finetune_script_hub", ROOT / "train" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from lir_robust.commands import finetune
+
+    return finetune
 
 
 def _train(argv: list[str]) -> None:
@@ -714,8 +712,7 @@ def test_the_length_sweep_command_runs_on_a_published_id_from_the_cache(checkpoi
 
     from retrieval_fixtures import write_vidore_v2
 
-    sys.path.insert(0, str(ROOT / "eval"))
-    import length_sweep
+    from lir_robust.commands import sweep as length_sweep
 
     built = checkpoints("colqwen2")
     put_in_hub_cache(hub_cache, BASE_IDS["colqwen2"], built["base"])

@@ -487,8 +487,7 @@ def test_export_pylate_turns_a_checkpoint_folder_into_a_pylate_folder(tiny_pylat
 
 
 def test_length_sweep_on_a_pylate_folder(tiny_pylate, tmp_path):
-    sys.path.insert(0, str(ROOT / "eval"))
-    import length_sweep
+    from lir_robust.commands import sweep as length_sweep
 
     out = tmp_path / "out"
     length_sweep.main(["--model", str(tiny_pylate), "--data", str(write_beir(tmp_path / "tiny")), "--ks", "0", "2",
@@ -501,9 +500,8 @@ def test_length_sweep_on_a_pylate_folder(tiny_pylate, tmp_path):
 
 
 def _finetune_script():
-    spec = importlib.util.spec_from_file_location("finetune_script", ROOT / "train" / "finetune.py")
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    from lir_robust.commands import finetune
+
     return finetune
 
 

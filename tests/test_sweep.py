@@ -466,13 +466,8 @@ def fresh_accelerate_state():
 
 
 def test_a_fine_tuned_text_adapter_changed_in_place_is_encoded_again(tmp_path, caplog, fresh_accelerate_state):
-    import importlib.util
-
     from finetune_fixtures import save_dropout_bert, write_tiny_beir
-
-    spec = importlib.util.spec_from_file_location("finetune_script", ROOT / "train" / "finetune.py")
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    from lir_robust.commands import finetune
     bert, data = save_dropout_bert(tmp_path / "bert", dropout=0.0), write_tiny_beir(tmp_path / "beir", documents=8)
     run = tmp_path / "run"
     finetune.train(finetune.parse_args([

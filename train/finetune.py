@@ -27,13 +27,8 @@ the weights of an uninterrupted run); a finished run is reported, not retrained;
 folder stops with a message (--overwrite replaces it).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from lir_robust.commands import cli  # noqa: E402
-from lir_robust.commands.finetune import main, parse_args, train  # noqa: E402,F401 (parse_args / train: callers that load this file)
+from lir_robust.commands import cli
+from lir_robust.commands.finetune import main
 
 if __name__ == "__main__":
     raise SystemExit(cli.run_command(main))

@@ -55,8 +55,8 @@ TIME_EXPONENT_TARGET = 1.1
 MEMORY_RATIO_TARGET = 1.5
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The options, every one checked before any corpus is made."""
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=cli.int_at_least(20), default=[10_000, 30_000, 100_000],
                         help="corpus sizes (documents), smallest first")
@@ -71,7 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "100k documents take about 4 GB)")
     parser.add_argument("--out", type=cli.output_folder, default="results/bench-scale")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every one checked before any corpus is made."""
+    args = build_parser().parse_args(argv)
     if args.worker is not None:
         return args
     if sorted(set(args.sizes)) != args.sizes:

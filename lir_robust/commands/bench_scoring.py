@@ -48,7 +48,8 @@ def method_option(text: str) -> str:
     return text if text in ("colpali-engine", "floor") else cli.head_spec(text)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=cli.positive_int, default=64)
     parser.add_argument("--query-tokens", type=cli.positive_int, default=20)
@@ -64,7 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", type=method_option, default=METHODS, help=f"any of {METHODS} or other head specs")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=cli.output_file, default=None, help="also write the results here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     args.methods = list(dict.fromkeys(args.methods))
     if "colpali-engine" in args.methods:  # a missing or unsupported colpali-engine: one line, before any work
         from lir_robust.patches.colpali import check_colpali_version

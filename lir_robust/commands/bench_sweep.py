@@ -47,8 +47,8 @@ from lir_robust.sweep.pipeline import (
 from lir_robust.sweep.ranked import RankedScores
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The options, every one checked before anything loads."""
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="cranfield")
@@ -62,7 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="gaussian / corpus blocks per budget interval ('none': private draws per document)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch and faiss threads (default: their choice)")
     parser.add_argument("--out", type=cli.output_folder, default="results/bench-sweep")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every one checked before anything loads."""
+    args = build_parser().parse_args(argv)
     args.poolings = list(dict.fromkeys(args.poolings))
     cli.check_data(args.data)
     cli.check_model(args.model)

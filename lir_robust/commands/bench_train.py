@@ -45,7 +45,8 @@ def variant_option(text: str) -> str:
     return f"{head}+{','.join(items)}"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", type=variant_option, default=DEFAULT_VARIANTS,
                         help="heads, optionally with the defence (HEAD+spike:4,hard:4); the first is the reference")
@@ -54,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=cli.positive_int, default=5, help="counted rounds (one step per variant each)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=cli.output_folder, default="results/bench-train")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     args.variants = list(dict.fromkeys(args.variants))
     cli.check_data(args.data, data_format="beir", split="test")
     args.out = Path(args.out)

@@ -37,7 +37,8 @@ from lir_robust.studies.variants import RECIPE, check_recipe, recipe_of, run_var
 from lir_robust.training import pairs  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--heads", nargs="+", type=cli.head_spec, default=["maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1"])
     parser.add_argument("--data", default="cranfield", help="a BEIR collection (folder or name under $LIR_ROBUST_DATA_ROOT) with qrels/test.tsv")
@@ -54,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--skip-start", action="store_true", help="skip evaluating the untrained start")
     parser.add_argument("finetune_args", nargs="*", help="extra arguments for train/finetune.py / lir_robust.commands.finetune (after --)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     args.heads = list(dict.fromkeys(args.heads))
     cli.check_data(args.data, data_format="beir", split="test")
     for head in args.heads:  # every run's options, checked by the fine-tuning command's own parser before anything trains

@@ -33,8 +33,8 @@ from lir_robust.sweep.engine import InjectionSweep
 from lir_robust.sweep.pipeline import DEFAULT_HEADS, document_segments, judged_queries, write_json_atomic
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The options, every one checked before anything loads."""
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="cranfield")
@@ -45,7 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=cli.non_negative_int, default=[0, 1])
     parser.add_argument("--segments", type=cli.positive_int, default=8, help="documents scored in this many parts (bounds memory)")
     parser.add_argument("--out", type=cli.output_folder, default="results/pool-blocks-check")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every one checked before anything loads."""
+    args = build_parser().parse_args(argv)
     args.poolings = list(dict.fromkeys(args.poolings))
     cli.check_data(args.data)
     cli.check_model(args.model)

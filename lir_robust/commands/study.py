@@ -35,7 +35,8 @@ def collection_seeds(text: str) -> tuple[str, list[int]]:
     return name, values
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> cli.ArgumentParser:
+    """The options; each ``type=`` checks its value (cross-checks in parse_args)."""
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=cli.output_folder, default="results/study")
     parser.add_argument("--parts", nargs="+", default=None, help="named parts to run (default: all); see --list-parts")
@@ -59,7 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch threads of this process's sweeps (default: torch's choice); two study processes on "
                         "different --parts with --threads 1 use a 2-core machine best")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     try:
         args.plan = StudyPlan(model=args.model, collections=dict(args.collections), heads=args.heads,
                               defended_heads=args.defended_heads, defence=args.defence, kinds=args.kinds, ks=args.ks,
