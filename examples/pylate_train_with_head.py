@@ -14,6 +14,7 @@ queries); put your own ``datasets.Dataset`` of (query, positive[, negative]) col
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
