@@ -1,8 +1,8 @@
-"""Length / injection sweep on a real collection (thin entry; the logic is lir_robust.sweep.pipeline).
+"""Length / injection sweep of a model over a collection: `python eval/length_sweep.py [options]` = `lir-robust sweep [options]`.
 
-    python eval/length_sweep.py                       # MiniLM ColBERT on $LIR_ROBUST_DATA_ROOT/cranfield, default heads
-    python eval/length_sweep.py --model path/to/finetuned --kinds hard spike --ks 0 25 100
-    torchrun --nproc_per_node 2 eval/length_sweep.py ...   # corpus encoding split over processes
+The options and the logic live in lir_robust.commands.sweep (`python eval/length_sweep.py --help`); this file only runs it.
+
+    torchrun --nproc_per_node 2 eval/length_sweep.py ...   # encoding and scoring split over processes
 """
 
 from lir_robust.commands import cli

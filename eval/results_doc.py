@@ -1,6 +1,6 @@
-"""docs/RESULTS.md from the committed results files (thin entry; the logic is lir_robust.studies.results_doc).
+"""Docs/RESULTS.md and its figures from the committed results: `python eval/results_doc.py [options]` = `lir-robust results-doc [options]`.
 
-    python eval/results_doc.py          # = make results-doc
+The options and the logic live in lir_robust.commands.results_doc (`python eval/results_doc.py --help`); this file only runs it.
 """
 
 from lir_robust.commands import cli

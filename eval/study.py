@@ -1,12 +1,6 @@
-"""The retraining study (thin entry; the logic is lir_robust.studies.retraining): fine-tune one model per head and seed (and per
-defended head), sweep each, summarise. Resumable: rerun the same command after a kill.
+"""The retraining study: heads x seeds x collections, resumable: `python eval/study.py [options]` = `lir-robust study [options]`.
 
-    python eval/study.py                          # everything: make study
-    python eval/study.py --list-parts             # the named parts and what each holds
-    python eval/study.py --parts raw:cranfield cranfield:seed0
-    python eval/study.py --summarize-only         # rebuild summary.json from the finished sweeps
-
-Then `make results-doc` turns results/study/summary.json (and the synthetic study's results) into docs/RESULTS.md.
+The options and the logic live in lir_robust.commands.study (`python eval/study.py --help`); this file only runs it.
 """
 
 from lir_robust.commands import cli

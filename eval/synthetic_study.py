@@ -1,9 +1,6 @@
-"""Synthetic study of PAPER.md, reproduced and extended: `python eval/synthetic_study.py --preset full --out DIR`.
+"""The paper's synthetic concept study: `python eval/synthetic_study.py [options]` = `lir-robust synthetic [options]`.
 
-Trains the concept-environment encoder with every pooling head on several seeds, then runs the document-length and
-injection sweeps; writes results.json, four PNG figures and table.md under --out. Rerunning resumes: finished
-(head, seed) runs in DIR/runs/ are kept. Thin entry: the command is lir_robust.commands.synthetic, the logic lir_robust.studies.concepts and
-lir_robust.studies.synthetic.
+The options and the logic live in lir_robust.commands.synthetic (`python eval/synthetic_study.py --help`); this file only runs it.
 """
 
 from lir_robust.commands import cli

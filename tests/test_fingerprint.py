@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 from lir_robust.encoders import fingerprint
 from lir_robust.encoders.colpali import checkpoint_fingerprint

@@ -708,8 +708,6 @@ def test_a_cached_snapshot_is_used_when_the_hub_is_unreachable(checkpoints, dry_
 def test_the_length_sweep_command_runs_on_a_published_id_from_the_cache(checkpoints, dry_runs, hub_cache, tmp_path):
     """`make eval-length-sweep MODEL=alice/robust-colqwen2` offline: the id's cached snapshot (and its base) load, and the
     sweep adds the checkpoint's own head, as it does for the checkpoint folder."""
-    import sys
-
     from retrieval_fixtures import write_vidore_v2
 
     from lir_robust.commands import sweep as length_sweep

@@ -5,7 +5,6 @@ options reach the Hub API, and a token set in HF_TOKEN is never printed, logged 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os

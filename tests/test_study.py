@@ -4,7 +4,6 @@ docs/RESULTS.md generated from results files."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

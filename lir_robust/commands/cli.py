@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lir_robust.core.errors import UserError
-from lir_robust.core.huggingface import env_flag, hub_offline, in_hub_cache, looks_like_path
+from lir_robust.core.huggingface import hub_offline, in_hub_cache, looks_like_path
 
 __all__ = [
     "DEBUG_ENV",

@@ -128,8 +128,8 @@ def step_time_ratios(variants, data: str, batch_size: int, rounds: int, train_do
     torch.manual_seed(0)
     model = models.build_text_model("minilm", parse_head("maxsim"), projection_dim, 32, 32, 0.1, None)
     model.train()
-    pairs = pairs.load_training_pairs(data, pseudo_queries).pairs[:batch_size]
-    batch = batching.TextPairCollator(model, 32, train_document_max_length)(pairs)
+    batch_pairs = pairs.load_training_pairs(data, pseudo_queries).pairs[:batch_size]
+    batch = batching.TextPairCollator(model, 32, train_document_max_length)(batch_pairs)
     optimizer = torch.optim.AdamW(models.trainable_parameters(model), lr=1e-5)
     steps = {}
     for variant in variants:
@@ -249,8 +249,8 @@ def run_variants(args) -> str:
         start = models.build_text_model("minilm", parse_head("maxsim"), args.projection_dim, 32, 32, 0.1, None)
         kept = None
         if args.projection_init == "svd":
-            pairs, _ = pairs.split_validation(pairs.load_training_pairs(args.data, args.pseudo_queries).pairs, 64, 0)
-            kept = models.init_projection_svd(start, [pair.document for pair in pairs[:64]])
+            training_pairs, _ = pairs.split_validation(pairs.load_training_pairs(args.data, args.pseudo_queries).pairs, 64, 0)
+            kept = models.init_projection_svd(start, [pair.document for pair in training_pairs[:64]])
         elif args.projection_init == "identity":
             models.init_projection_identity(start)
         write_json(start_file, {**evaluate(start.eval(), heads, collection), "projection": f"{args.projection_dim}-d {args.projection_init}", "kept": kept})

@@ -150,7 +150,7 @@ class PoolingHead:
             return self(similarities, document_mask, query_mask)
         return self(similarities, document_mask)
 
-    def partial_shared(self, work: "SharedWork") -> State:  # SharedWork: lir_robust.scoring.pooling.shared
+    def partial_shared(self, work: "SharedWork") -> State:  # noqa: F821 (SharedWork: lir_robust.scoring.pooling.shared)
         """``partial`` over the last axis of ``work.similarities [..., L]``, each leading position one (query token,
         document) pair; the state has leading shape ``[...]``.
 
