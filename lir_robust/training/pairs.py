@@ -314,9 +314,11 @@ def _corpus_pairs(folder: Path, corpus: dict[str, dict[str, str]], pseudo_querie
     builders = {"title": lambda: title_text_pairs(corpus), "sentence": lambda: sentence_text_pairs(corpus, seed),
                 "crop": lambda: crop_pairs(corpus, seed)}
     pairs = builders[pseudo_queries]()
+    if pairs and (pseudo_queries == "crop" or len(pairs) >= len(corpus) / 2):  # no census needed (it costs a pass)
+        return pairs, PAIR_KINDS[pseudo_queries]
     census = _corpus_census(corpus)
     if pairs:
-        if pseudo_queries != "crop" and len(pairs) < census["croppable"] / 2:
+        if len(pairs) < census["croppable"] / 2:
             logger.warning("%s: --pseudo-queries %s builds pairs for %d documents only (%s); --pseudo-queries crop "
                            "would use %d", folder, pseudo_queries, len(pairs), _census_line(census), census["croppable"])
         return pairs, PAIR_KINDS[pseudo_queries]
