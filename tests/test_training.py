@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import lir_robust.training as training
 from finetune_fixtures import save_dropout_bert, write_tiny_beir
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
+# sha1 of the default recipe's Cranfield pairs (inverse cloze, seed 0) as main built them before crops existed
+PINNED_CRANFIELD_SENTENCE_PAIRS = "f6cf149c8049f1ff65efd81fa8b6913f60cd3b33"
 
 
 @pytest.mark.parametrize(
@@ -200,3 +203,154 @@ def test_finetune_config_has_the_command_defaults_and_round_trips_through_json()
     assert set(parsed) | {"head"} == set(FinetuneConfig().to_dict())
     config = FinetuneConfig(pooling="topk:k=4", head="topk:k=4", injected_negatives=["spike:4"], max_steps=7, lora_target_modules=["query"])
     assert FinetuneConfig.from_dict({**json.loads(json.dumps(config.to_dict())), "training_pairs": 10}) == config
+
+
+# ------------------------------------------------------------------ independent crops: corpora without titles or sentences
+
+
+def write_untitled_one_sentence_beir(directory: Path, documents: int = 10) -> Path:
+    """A BEIR folder shaped like the collection the recipe could not train on: no titles, each document one
+    unpunctuated sentence of 12-29 words; plus an empty document and a 5-word one; evaluation queries hold
+    'evalquery secret'."""
+    import random
+
+    from finetune_fixtures import CONTENT_WORDS
+
+    (directory / "qrels").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(CONTENT_WORDS) for _ in range(rng.randrange(12, 30)))}
+              for i in range(documents)]
+    corpus += [{"_id": "empty", "title": "", "text": ""}, {"_id": "short", "title": "", "text": "shock wave drag on cones"}]
+    (directory / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    queries = [{"_id": f"q{i}", "text": f"evalquery secret {CONTENT_WORDS[i]}"} for i in range(3)]
+    (directory / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries))
+    (directory / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3)))
+    return directory
+
+
+def _contiguous_in(span: list[str], words: list[str]) -> bool:
+    return any(words[start:start + len(span)] == span for start in range(len(words) - len(span) + 1))
+
+
+def test_crop_span_lengths_follow_the_ratio_with_a_floor_and_stay_inside():
+    import random
+
+    generator = random.Random(0)
+    ratios = []
+    for length in [4, 5, 7, 8, 9, 20, 40, 100, 300] * 40:
+        start, end = training.crop_span(list(range(length)), generator)
+        assert 0 <= start < end <= length
+        assert min(length, 4) <= end - start <= max(4, int(0.5 * length))
+        ratios.append((end - start) / length)
+    long = [ratio for ratio, length in zip(ratios, [4, 5, 7, 8, 9, 20, 40, 100, 300] * 40) if length == 300]
+    assert 0.1 <= min(long) < 0.15 and 0.45 < max(long) <= 0.5  # the ratio spans Contriever's 10-50 %
+
+
+def test_crop_pairs_on_an_untitled_one_sentence_corpus(tmp_path):
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir")
+    (folder / "queries.jsonl").unlink()  # never read
+    data = training.load_training_pairs(str(folder), "crop", seed=0)
+    assert data.kind == "independent-crops" and data.documents_seen == 10  # the empty and the 5-word one are skipped
+    corpus = {row["_id"]: row for row in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
+    for pair in data.pairs:
+        words = corpus[pair.document_id]["text"].split()
+        for span in (pair.query.split(), pair.document.split()):  # both spans are runs of the document's words
+            assert 4 <= len(span) <= len(words) // 2 and _contiguous_in(span, words)
+        assert "evalquery" not in pair.query + pair.document and "secret" not in pair.query + pair.document
+    again = training.load_training_pairs(str(folder), "crop", seed=0).pairs
+    other = training.load_training_pairs(str(folder), "crop", seed=1).pairs
+    assert [(p.query, p.document) for p in again] == [(p.query, p.document) for p in data.pairs]
+    assert [p.query for p in other] != [p.query for p in data.pairs]
+    assert [p.document for p in other] != [p.document for p in data.pairs]
+
+
+def test_crops_start_from_the_document_as_training_sees_it(tmp_path):
+    """A titled document is cropped from title + text with the copy of the title removed (training_document_text)."""
+    corpus = {"1": {"title": "shock wave drag .", "text": "shock wave drag . " + " ".join(["heat transfer to a flat plate"] * 4)}}
+    spans = {(pair.query, pair.document) for seed in range(30) for pair in training.crop_pairs(corpus, seed)}
+    words = training.training_document_text(corpus["1"]).split()
+    assert words.count("shock") == 1
+    assert all(_contiguous_in(q.split(), words) and _contiguous_in(d.split(), words) for q, d in spans)
+    assert any(q.startswith("shock wave drag") for q, _ in spans)  # the title can be cropped
+
+
+def test_sentence_pairs_fall_back_to_crops_with_a_warning_naming_why(tmp_path, caplog):
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir")
+    with caplog.at_level("WARNING", logger="lir_robust.training.pairs"):
+        data = training.load_training_pairs(str(folder), "sentence", seed=3)
+    assert data.kind == "independent-crops"
+    assert [(p.query, p.document) for p in data.pairs] == [(p.query, p.document) for p in training.load_training_pairs(str(folder), "crop", seed=3).pairs]
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert "inverse cloze (--pseudo-queries sentence) builds no training pair" in message
+    assert "of its 12 documents: 0 with a title and a text, 0 with two or more sentences, 10 with 8+ words" in message
+    assert "independent crops of 10 documents" in message and "--pseudo-queries crop" in message
+
+
+def test_title_pairs_on_an_untitled_corpus_stop_naming_the_reason_and_the_fix(tmp_path):
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir")
+    with pytest.raises(training.DataLoadError, match=r"--pseudo-queries title builds no training pair \(of its 12 "
+                       r"documents: 0 with a title and a text, 0 with two or more sentences, 10 with 8\+ words\); "
+                       r"pass --pseudo-queries crop$"):
+        training.load_training_pairs(str(folder), "title")
+
+
+def test_when_nothing_can_be_built_the_message_names_the_real_reason(tmp_path):
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir", documents=0)  # an empty and a 5-word document
+    for kind in ("sentence", "title", "crop"):
+        with pytest.raises(training.DataLoadError, match=r"no training pair can be built from its corpus without its "
+                           r"\(evaluation\) queries: of its 2 documents 1 are empty, none has a title and a text or two "
+                           r"sentences, and the longest has 5 words \(cropping needs 8\); add training queries as qrels/train.tsv"):
+            training.load_training_pairs(str(folder), kind)
+    short_titled = [{"_id": "1", "title": "wing theory .", "text": "lift ."}]  # 5 words
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in short_titled))
+    with pytest.raises(training.DataLoadError, match=r"--pseudo-queries crop builds no training pair .*pass --pseudo-queries title or sentence$"):
+        training.load_training_pairs(str(folder), "crop")
+
+
+def test_a_kind_that_covers_few_documents_warns_and_is_kept(tmp_path, caplog):
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir")
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    corpus[0]["title"] = "wing theory ."
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    with caplog.at_level("WARNING", logger="lir_robust.training.pairs"):
+        data = training.load_training_pairs(str(folder), "sentence")
+    assert data.kind == "sentence-text" and len(data.pairs) == 1
+    assert "--pseudo-queries sentence builds pairs for 1 documents only" in caplog.text and "crop would use 10" in caplog.text
+
+
+@pytest.mark.skipif(not CRANFIELD.is_dir(), reason="../shared/data/cranfield is not on this machine")
+def test_cranfield_crop_pairs_and_unchanged_sentence_pairs():
+    import hashlib
+
+    data = training.load_training_pairs(str(CRANFIELD), "crop", seed=0)
+    assert data.kind == "independent-crops" and len(data.pairs) == 1398  # the 2 empty documents are skipped
+    queries = {json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()}
+    assert not queries & {pair.query for pair in data.pairs}
+    sentence = training.load_training_pairs(str(CRANFIELD), "sentence", seed=0)
+    digest = hashlib.sha1(json.dumps([[p.query, p.document, p.document_id] for p in sentence.pairs]).encode()).hexdigest()
+    assert sentence.kind == "sentence-text" and digest == PINNED_CRANFIELD_SENTENCE_PAIRS  # the default recipe's data
+
+
+def test_two_step_finetune_on_an_untitled_one_sentence_corpus(tmp_path):
+    """The recipe's default command (inverse cloze, exclusive head) trains on the collection it used to refuse."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from lir_robust.commands import finetune
+
+    folder = write_untitled_one_sentence_beir(tmp_path / "beir")
+    bert = save_dropout_bert(tmp_path / "bert")
+    arguments = [
+        "--model", str(bert), "--data", str(folder), "--output-dir", str(tmp_path / "run"), "--lora-r", "4",
+        "--lora-alpha", "8", "--batch-size", "4", "--validation-pairs", "2", "--log-every", "1", "--max-steps", "2",
+        "--query-max-length", "12", "--train-document-max-length", "24", "--document-max-length", "24", "--save-every", "0",
+    ]
+    try:
+        finetune.main(arguments)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_kind"] == "independent-crops" and config["pseudo_queries"] == "sentence" and config["head"].startswith("exclusive")
+    assert config["training_pairs"] == 8 and config["validation_pairs_held_out"] == 2
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [record["step"] for record in steps] == [1, 2] and all(math.isfinite(record["loss"]) for record in steps)

@@ -6,8 +6,11 @@ Training data (:func:`load_training_pairs`):
 - a BEIR folder with ``qrels/train.tsv``: its training queries and their relevant documents;
 - a BEIR folder without a train split: (title -> text) pairs built from the corpus, with the copy of the title that
   starts many abstracts (Cranfield's all do) stripped, empty documents skipped; or inverse-cloze pairs (one sentence
-  of the abstract -> the title and the rest of it). ``queries.jsonl`` is never read, so the evaluation queries can
-  never leak into training; the caveat is that every corpus document is seen in training;
+  of the abstract -> the title and the rest of it); or independent crops (Contriever's: two random spans of each
+  document, one the query and one the positive), which any corpus of documents of a few words allows. Inverse cloze
+  (the default) falls back to crops, with a logged warning, on a corpus where it builds no pair (no title, no
+  document of two sentences). ``queries.jsonl`` is never read, so the evaluation queries can never leak into
+  training; the caveat is that every corpus document is seen in training;
 - ``vidore/colpali_train_set`` (or any Hub dataset / ``datasets.save_to_disk`` folder with ``query`` and ``image``
   columns) for colpali-engine models.
 """
@@ -15,7 +18,9 @@ Training data (:func:`load_training_pairs`):
 from __future__ import annotations
 
 import difflib
+import logging
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +52,13 @@ __all__ = [
     "title_text_pairs",
     "split_sentences",
     "sentence_text_pairs",
+    "CROP_SPAN_RATIO",
+    "CROP_MIN_SPAN_WORDS",
+    "CROP_MIN_WORDS",
+    "crop_span",
+    "crop_pairs",
     "PSEUDO_QUERIES",
+    "PAIR_KINDS",
     "resolve_beir_folder",
     "training_document_text",
     "load_training_pairs",
@@ -56,6 +67,8 @@ __all__ = [
 ]
 
 VIDORE_TRAIN_SET = "vidore/colpali_train_set"
+
+logger = logging.getLogger(__name__)
 
 
 class DataLoadError(DataError):
@@ -81,7 +94,7 @@ class TrainingData:
 
     pairs: list[TrainingPair]
     source: str
-    kind: str  # "train-split" | "title-text" | "sentence-text" | "image-pairs"
+    kind: str  # "train-split" | "title-text" | "sentence-text" | "independent-crops" | "image-pairs"
     documents_seen: int
 
 
@@ -153,8 +166,6 @@ def sentence_text_pairs(corpus: dict[str, dict[str, str]], seed: int = 0, min_wo
     a test collection than a title does. Documents with fewer than two sentences, or none long enough, give their
     title -> text pair instead (skipped without a title); empty documents are skipped.
     """
-    import random
-
     generator = random.Random(seed)
     pairs = []
     for document_id, document in corpus.items():
@@ -171,8 +182,52 @@ def sentence_text_pairs(corpus: dict[str, dict[str, str]], seed: int = 0, min_wo
     return pairs
 
 
-# How training pairs are built from a corpus without a train split (load_training_pairs' pseudo_queries).
-PSEUDO_QUERIES = {"title": "title -> text", "sentence": "inverse cloze: a sentence -> title + the rest"}
+# Independent cropping (Izacard et al. 2021, Contriever): each span is ratio x the document's words, the ratio drawn
+# uniformly in CROP_SPAN_RATIO (Contriever's ratio_min / ratio_max, on 256-token chunks); a span has at least
+# CROP_MIN_SPAN_WORDS words (10 % of a 20-word abstract would be 2 words, too few to name a topic), and a document
+# needs CROP_MIN_WORDS words (twice that) to be cropped, so that a query span is at most half of its document.
+CROP_SPAN_RATIO = (0.1, 0.5)
+CROP_MIN_SPAN_WORDS = 4
+CROP_MIN_WORDS = 8
+
+
+def crop_span(words: Sequence[str], generator: random.Random, ratio: tuple[float, float] = CROP_SPAN_RATIO,
+              min_words: int = CROP_MIN_SPAN_WORDS) -> tuple[int, int]:
+    """``(start, end)`` of a random span of ``words``: ``max(min_words, int(len(words) * r))`` words (at most all of
+    them), ``r`` uniform in ``ratio``, the start uniform over the positions where the span fits (Contriever's
+    randomcrop, with a floor on the length)."""
+    length = min(len(words), max(min_words, int(len(words) * generator.uniform(*ratio))))
+    start = generator.randint(0, len(words) - length)
+    return start, start + length
+
+
+def crop_pairs(corpus: dict[str, dict[str, str]], seed: int = 0, min_words: int = CROP_MIN_WORDS) -> list[TrainingPair]:
+    """Independent-cropping pairs (Contriever): two spans of each document, cropped independently with ``seed`` (see
+    :func:`crop_span`), one the query and the other the positive.
+
+    The document is :func:`training_document_text` (title + text, the title copy stripped) cut into words at
+    whitespace; the spans may overlap (as in Contriever) and keep the words' order. Documents of fewer than
+    ``min_words`` words (empty ones included) are skipped. Needs neither titles nor punctuation.
+    """
+    generator = random.Random(seed)
+    pairs = []
+    for document_id, document in corpus.items():
+        words = training_document_text(document).split()
+        if len(words) < min_words:
+            continue
+        (query_start, query_end), (start, end) = crop_span(words, generator), crop_span(words, generator)
+        pairs.append(TrainingPair(" ".join(words[query_start:query_end]), " ".join(words[start:end]), str(document_id)))
+    return pairs
+
+
+# How training pairs are built from a corpus without a train split (load_training_pairs' pseudo_queries), and the
+# kind each records (TrainingData.kind, the run's data_kind).
+PSEUDO_QUERIES = {
+    "title": "title -> text",
+    "sentence": "inverse cloze: a sentence -> title + the rest (crops on a corpus where no document allows it)",
+    "crop": "independent cropping (Contriever): a random span -> another random span of the same document",
+}
+PAIR_KINDS = {"title": "title-text", "sentence": "sentence-text", "crop": "independent-crops"}
 
 
 def resolve_beir_folder(data: str) -> Path | None:
@@ -195,7 +250,8 @@ def load_training_pairs(data: str, pseudo_queries: str = "title", seed: int = 0)
     """Training pairs from a BEIR folder / collection name, a Hub image dataset or a saved ``datasets`` folder.
 
     A BEIR folder without a train split gives pairs built from its corpus (never its queries): ``pseudo_queries``
-    ``"title"`` (title -> text) or ``"sentence"`` (inverse cloze, drawn with ``seed``; see sentence_text_pairs).
+    ``"title"`` (title -> text), ``"sentence"`` (inverse cloze, drawn with ``seed``; see sentence_text_pairs; on a
+    corpus where it builds no pair, independent crops instead, with a logged warning) or ``"crop"`` (see crop_pairs).
     Raises :class:`DataLoadError` naming what was looked for; ``vidore/colpali_train_set`` fails at once offline.
     """
     if pseudo_queries not in PSEUDO_QUERIES:
@@ -223,16 +279,67 @@ def load_training_pairs(data: str, pseudo_queries: str = "title", seed: int = 0)
             ]
             kind = "train-split"
         else:
-            pairs = title_text_pairs(corpus) if pseudo_queries == "title" else sentence_text_pairs(corpus, seed)
-            kind = "title-text" if pseudo_queries == "title" else "sentence-text"
-            if not pairs:
-                raise DataLoadError(
-                    f"{folder} has no qrels/train.tsv and no document with both a title and a text, so no training "
-                    "pairs can be built without using its (evaluation) queries"
-                )
+            pairs, kind = _corpus_pairs(folder, corpus, pseudo_queries, seed)
         return TrainingData(pairs, str(folder.resolve()), kind, len({pair.document_id for pair in pairs}))
     return _load_image_pairs(data)
 
+
+def _corpus_census(corpus: dict[str, dict[str, str]]) -> dict[str, int]:
+    """What each kind of corpus pairs can use: documents in all, empty ones, with a title and a text, that inverse
+    cloze can cut (two or more sentences, one of 5+ words), of at least CROP_MIN_WORDS words, the most words in one."""
+    census = dict.fromkeys(("documents", "empty", "titled", "sentences", "croppable", "most_words"), 0)
+    for document in corpus.values():
+        title = " ".join((document.get("title") or "").split())
+        text = strip_title_copy(title, " ".join((document.get("text") or "").split()))
+        sentences = split_sentences(text)
+        words = len(training_document_text(document).split())  # as crop_pairs counts them
+        census["documents"] += 1
+        census["empty"] += words == 0
+        census["titled"] += bool(title and text)
+        census["sentences"] += len(sentences) >= 2 and any(len(sentence.split()) >= 5 for sentence in sentences)
+        census["croppable"] += words >= CROP_MIN_WORDS
+        census["most_words"] = max(census["most_words"], words)
+    return census
+
+
+def _census_line(census: dict[str, int]) -> str:
+    return (f"of its {census['documents']} documents: {census['titled']} with a title and a text, {census['sentences']} "
+            f"with two or more sentences, {census['croppable']} with {CROP_MIN_WORDS}+ words")
+
+
+def _corpus_pairs(folder: Path, corpus: dict[str, dict[str, str]], pseudo_queries: str, seed: int) -> tuple[list[TrainingPair], str]:
+    """``(pairs, kind)`` of a corpus without a train split. Inverse cloze (the default) that builds no pair falls back
+    to crops with a logged warning; otherwise a kind that builds nothing stops, naming the counts and the kinds that
+    would build pairs, or, when none would, the real reason."""
+    builders = {"title": lambda: title_text_pairs(corpus), "sentence": lambda: sentence_text_pairs(corpus, seed),
+                "crop": lambda: crop_pairs(corpus, seed)}
+    pairs = builders[pseudo_queries]()
+    if pairs and (pseudo_queries == "crop" or len(pairs) >= len(corpus) / 2):  # no census needed (it costs a pass)
+        return pairs, PAIR_KINDS[pseudo_queries]
+    census = _corpus_census(corpus)
+    if pairs:
+        if len(pairs) < census["croppable"] / 2:
+            logger.warning("%s: --pseudo-queries %s builds pairs for %d documents only (%s); --pseudo-queries crop "
+                           "would use %d", folder, pseudo_queries, len(pairs), _census_line(census), census["croppable"])
+        return pairs, PAIR_KINDS[pseudo_queries]
+    if pseudo_queries == "sentence" and census["croppable"]:
+        logger.warning(
+            "%s: inverse cloze (--pseudo-queries sentence) builds no training pair (%s); using independent crops of "
+            "%d documents instead (--pseudo-queries crop chooses them outright)", folder, _census_line(census), census["croppable"],
+        )
+        return crop_pairs(corpus, seed), PAIR_KINDS["crop"]
+    others = [kind for kind in builders if kind != pseudo_queries and builders[kind]()]
+    if others:
+        raise DataLoadError(
+            f"{folder} has no qrels/train.tsv and --pseudo-queries {pseudo_queries} builds no training pair "
+            f"({_census_line(census)}); pass --pseudo-queries {' or '.join(others)}"
+        )
+    raise DataLoadError(
+        f"{folder} has no qrels/train.tsv and no training pair can be built from its corpus without its (evaluation) "
+        f"queries: of its {census['documents']} documents {census['empty']} are empty, none has a title and a text or "
+        f"two sentences, and the longest has {census['most_words']} words (cropping needs {CROP_MIN_WORDS}); add "
+        "training queries as qrels/train.tsv (ids not in qrels/test.tsv)"
+    )
 
 def _load_image_pairs(data: str) -> TrainingData:
     local = Path(data).expanduser()
