@@ -11,8 +11,8 @@ export TOKENIZERS_PARALLELISM ?= false
 # Length sweep (the main job); override any of these on the command line.
 MODEL ?= minilm
 DATA ?= cranfield
-POOLINGS ?= maxsim topk:k=4 softmax:tau=1.0 softmax:tau=0.1 lse:tau=0.1
-KINDS ?= gaussian corpus hard
+POOLINGS ?= maxsim exclusive:capacity=1,candidates=8 topk:k=4 softmax:tau=1.0 softmax:tau=0.1 lse:tau=0.1
+KINDS ?= gaussian corpus hard spike
 KS ?= 0 1 4 16 25 50 100 200 400
 OUT ?= results
 

@@ -99,7 +99,7 @@ BAD_INPUTS = [
     ("length_sweep", ["--ks", "0", "-4"], "argument --ks: expected an integer >= 0, got '-4'"),
     ("length_sweep", ["--ks", "0", "four"], "argument --ks: expected an integer, got 'four'"),
     ("length_sweep", ["--target", "hard=everywhere"], "argument --target: expected KIND=TARGET with KIND one of gaussian, corpus, hard, spike"),
-    ("length_sweep", ["--data", "{beir}", "--target", "spike=all"], "--target spike=all names the kind spike, which --kinds (gaussian corpus hard) does not sweep"),
+    ("length_sweep", ["--data", "{beir}", "--kinds", "gaussian", "corpus", "hard", "--target", "spike=all"], "--target spike=all names the kind spike, which --kinds (gaussian corpus hard) does not sweep"),
     ("length_sweep", ["--max-queries", "-1"], "argument --max-queries: expected an integer >= 1, got '-1'"),
     ("length_sweep", ["--segments", "0"], "argument --segments: expected 'auto' or an integer >= 1, got '0'"),
     ("length_sweep", ["--spike-tokens", "0"], "argument --spike-tokens: expected an integer >= 1, got '0'"),

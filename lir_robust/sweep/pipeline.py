@@ -69,7 +69,8 @@ __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomi
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HEADS = ("maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
+# maxsim (the baseline), exclusive (the fine-tuning default), then the soft heads of the paper
+DEFAULT_HEADS = ("maxsim", "exclusive:capacity=1,candidates=8", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
 REPORT_K = 100
 # Most documents one segment holds when --segments is auto: bounds the sweep's working memory whatever the corpus.
 SEGMENT_DOCUMENTS = 2048
