@@ -9,32 +9,66 @@ it carries the head, so ``eval/length_sweep.py --model <out>`` measures it with 
 
 Training pairs here come from a BEIR folder (its train split, else title -> text pairs of its corpus, never its
 queries); put your own ``datasets.Dataset`` of (query, positive[, negative]) columns in their place.
+
+The nDCG@10 it prints is PyLate's evaluator's (binary relevance: every judged document counts as relevant), not
+comparable with eval/length_sweep.py's nDCG@10 (graded judgements, e.g. Cranfield's four grades); measure the trained
+folder with the sweep to compare it with other models. A bad argument, a model that cannot be loaded and a missing
+data set each end in one line (exit status 2).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from lir_robust.commands import cli
+from lir_robust.core.errors import one_line
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# what pooling.json's training record says about this recipe (the model card reads it: how the model was trained)
+RECIPE = {
+    "script": "examples/pylate_train_with_head.py",
+    "method": "full fine-tuning (every weight, no LoRA)",
+    "trainer": "PyLate's recipe: sentence-transformers' SentenceTransformerTrainer with pylate.losses.Contrastive, "
+               "whose score_metric is the pooled score of the head (lir_robust.patches.pylate.pooled_scores)",
+}
+PROG = "pylate_train_with_head.py"
+NDCG_NOTE = ("PyLate's evaluator, binary relevance: not comparable with eval/length_sweep.py's nDCG@10 on graded "
+             "judgements; run the sweep on the trained folder for that")
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a PyLate model (folder or Hub id), or a Hugging Face encoder PyLate turns into one")
     p.add_argument("--data", default="cranfield", help="BEIR folder, or a collection name under $LIR_ROBUST_DATA_ROOT")
-    p.add_argument("--head", default="topk:k=4", help="pooling head used by the loss, e.g. maxsim, topk:k=4, softmax:tau=0.1")
+    p.add_argument("--head", default="topk:k=4", type=cli.head_spec,
+                   help="pooling head used by the loss, e.g. maxsim, topk:k=4, softmax:tau=0.1")
     p.add_argument("--out", required=True, help="folder of the trained PyLate model")
-    p.add_argument("--max-steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-6)
-    p.add_argument("--temperature", type=float, default=1.0, help="Contrastive loss temperature (PyLate's default)")
+    p.add_argument("--max-steps", type=cli.positive_int, default=100)
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=3e-6)
+    p.add_argument("--temperature", type=cli.positive_float, default=1.0, help="Contrastive loss temperature (PyLate's default)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cli.check_data(args.data)  # a missing data set: one line, before any model is loaded
+    cli.check_model(args.model)
+    return args
+
+
+def load_model(name: str):
+    """``pylate.models.ColBERT(name)``; a model that cannot be loaded (no such folder, not on the Hub, offline) is one
+    line naming it."""
+    from pylate import models
+
+    try:
+        return models.ColBERT(model_name_or_path=name)
+    except (OSError, ValueError) as error:
+        raise cli.UserError(f"--model {name}: cannot load it as a PyLate / Hugging Face model ({one_line(error)}); "
+                            "pass a PyLate model folder or a Hub id that is reachable or in the local cache") from None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from datasets import Dataset
-    from pylate import evaluation, losses, models, utils
+    from pylate import evaluation, losses, utils
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     from lir_robust.data import load_retrieval_set
@@ -43,7 +77,7 @@ def main(argv=None) -> dict:
     from lir_robust.training.pairs import load_training_pairs
 
     head = parse_head(args.head)
-    model = models.ColBERT(model_name_or_path=args.model)
+    model = load_model(args.model)
 
     pairs = load_training_pairs(args.data, pseudo_queries="title", seed=args.seed).pairs
     train_dataset = Dataset.from_dict({"query": [pair.query for pair in pairs], "positive": [pair.document for pair in pairs]})
@@ -76,10 +110,21 @@ def main(argv=None) -> dict:
     metrics = evaluator(model)
 
     model.save(args.out)
-    save_pooling_json(args.out, head, {"example": "examples/pylate_train_with_head.py", **vars(args)})
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "debug")}
+    save_pooling_json(args.out, head, {**RECIPE, **settings, "head": head.spec(), "pooling": head.spec(),
+                                       "steps_done": trainer.state.global_step})
     return {"steps": trainer.state.global_step, "metrics": metrics, "out": args.out}
 
 
+def run(argv=None) -> int:
+    """The command line: prints PyLate's nDCG@10 with what it is; user errors are one line (exit status 2)."""
+    def report(argv):
+        result = main(argv)
+        ndcg = {key: value for key, value in result["metrics"].items() if key.endswith("ndcg@10")}
+        print(f"nDCG@10 ({NDCG_NOTE}): {ndcg}")
+
+    return cli.run_command(report, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    result = main()
-    print({key: value for key, value in result["metrics"].items() if key.endswith("ndcg@10")})
+    raise SystemExit(run())

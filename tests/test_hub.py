@@ -43,8 +43,18 @@ FAMILIES = [
     "colqwen2",
     "colpali",
 ]
+PROJECT_URL = "https://github.com/alice/lir-robust"
 BASE_IDS = {"text": "tiny-org/bert-base", "colqwen2": "tiny-org/colqwen2-base", "colpali": "tiny-org/colpali-base"}
 HEADS = {"text": "lse:tau=0.1", "colqwen2": "topk:k=2", "colpali": "softmax:tau=0.1"}
+
+
+@pytest.fixture(autouse=True)
+def project_url(monkeypatch):
+    """lir-robust's public URL as the installed package's metadata would name it (the checkout's names none)."""
+    import lir_robust.hub.folder as folder
+
+    monkeypatch.setattr(folder, "installed_project_url", lambda: PROJECT_URL)
+    return PROJECT_URL
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -248,6 +258,27 @@ def test_dry_run_folder_holds_every_file_and_a_card_with_head_table_and_model_in
     assert "```bibtex" in text and "2604.05253" in text and "Spike Hijacking in Late-Interaction Retrieval" in text
     assert f'load_encoder("alice/robust-{family}")' in text
     assert ('models.ColBERT("alice/robust-text")' in text) if family == "text" else (".from_pretrained(\"alice/robust-" in text)
+    # what a Hub user needs beside the numbers: the project, how to install it, the data, the language, the versions,
+    # the settings a PyLate user must match, the citations, the limits, and notes on how little was measured
+    from lir_robust.hub.sweep_results import is_dataset_identifier
+
+    assert f"[lir-robust]({PROJECT_URL})" in text and f'pip install "lir-robust @ git+{PROJECT_URL}"' in text
+    assert data.language == (["en"] if family == "text" else ["en"])  # the sweep's language (english) or English
+    assert data.datasets and all(is_dataset_identifier(name) for name in data.datasets) and "eval" in data.datasets
+    assert all(is_dataset_identifier(entry.dataset_type) for entry in data.eval_results)
+    assert "## Framework versions" in text and "| torch | " in text and "## Limitations" in text
+    assert "khattab2020colbert" in text and ("chaffin2025pylate" in text) == (family == "text")
+    assert ("faysse2025colpali" in text) == (family != "text")
+    assert "**Few queries:** this table comes from only" in text  # the fixture's sweep has a handful of queries
+    assert "**Short run:**" in text  # and its training one or two steps
+    if family == "text":
+        assert "## Settings" in text
+        for setting in ("query_prefix", "document_prefix", "query_length", "document_length", "do_query_expansion",
+                        "embedding_dim"):
+            assert f"| {setting} | `" in text
+        assert "| embedding_dim | `16` |" in text
+    else:
+        assert "## Settings" not in text
     for published in ("README.md", "pooling.json"):  # no local path of this machine is published
         assert str(built["root"]) not in (folder / published).read_text() and "/tmp/" not in (folder / published).read_text()
 
@@ -368,6 +399,8 @@ def test_an_adapter_base_must_be_a_hub_id(checkpoints, tmp_path):
     run = checkpoints("colqwen2")["run"]
     with pytest.raises(hub.HubError, match="local folder .* pass --base-model OWNER/NAME"):
         hub.prepare_publish_folder(run, tmp_path / "a", repo_id="alice/x", license="mit")
+    with pytest.raises(hub.HubError, match=r"e\.g\. vidore/colqwen2\.5-base"):  # a colpali-engine base for a ColQwen2
+        hub.prepare_publish_folder(run, tmp_path / "a", repo_id="alice/x", license="mit")
     with pytest.raises(hub.HubError, match="is not a Hub id"):
         hub.prepare_publish_folder(run, tmp_path / "b", repo_id="alice/x", license="mit", base_model="./local/base")
     with pytest.raises(hub.HubError, match="OWNER/NAME"):
@@ -431,6 +464,69 @@ def test_a_dry_run_never_writes_into_a_used_folder(checkpoints, tmp_path):
         hub.prepare_publish_folder(checkpoints("colqwen2")["run"], used, repo_id="alice/x", license="mit",
                                    base_model=BASE_IDS["colqwen2"])
     assert [path.name for path in used.iterdir()] == ["keep.txt"]
+
+
+def test_the_retained_figure_labels_every_measured_k():
+    from lir_robust.reporting.figures import pyplot, retained_figure
+
+    ks = [0, 1, 2, 4, 16, 64, 100]
+    by_k = {str(k): {"retained": {"ndcg@10": 1.0 - k / 200}} for k in ks}
+    results = {"ks": ks, "heads": ["maxsim"], "config": {"kinds": ["hard"], "model": "alice/x", "targets": {"hard": "non-gold"}},
+               "data": {"name": "cranfield"}, "metrics": {"maxsim": {"hard": {"by_k": by_k, "target": "non-gold"}}}}
+    figure = retained_figure(results)
+    try:
+        figure.canvas.draw()
+        assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == [str(k) for k in ks]
+    finally:
+        pyplot().close(figure)
+
+
+def test_a_text_checkpoint_on_a_local_base_is_told_a_text_model_id(checkpoints, tmp_path):
+    with pytest.raises(hub.HubError) as error:
+        hub.prepare_publish_folder(checkpoints("text")["run"], tmp_path / "out", repo_id="alice/x", license="mit")
+    assert "--base-model" in str(error.value) and "sentence-transformers/all-MiniLM-L6-v2" in str(error.value)
+    assert "colqwen" not in str(error.value).lower()
+
+
+def test_the_licence_must_be_one_the_hub_accepts(checkpoints, tmp_path):
+    run = checkpoints("colqwen2")["run"]
+    for given, close in (("apache 2", "apache-2.0"), ("MIT", "mit"), ("cc by 4.0", "cc-by-4.0")):
+        with pytest.raises(hub.HubError) as error:
+            hub.prepare_publish_folder(run, tmp_path / "out", repo_id="alice/x", license=given, base_model=BASE_IDS["colqwen2"])
+        message = str(error.value)
+        assert "not a licence identifier the Hub accepts" in message and close in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    assert hub.check_license(" apache-2.0 ") == "apache-2.0" and {"mit", "other", "llama3.1"} <= set(hub.HUB_LICENSES)
+
+
+def test_without_a_project_url_the_card_is_refused(checkpoints, tmp_path, monkeypatch):
+    import lir_robust.hub.folder as folder
+
+    monkeypatch.setattr(folder, "installed_project_url", lambda: None)
+    with pytest.raises(hub.HubError, match="--project-url"):
+        hub.prepare_publish_folder(checkpoints("colqwen2")["run"], tmp_path / "out", repo_id="alice/x", license="mit",
+                                   base_model=BASE_IDS["colqwen2"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not _pylate_ready(), reason=NO_PYLATE)
+def test_a_runs_pylate_folder_is_published_with_the_runs_sweep(checkpoints, tmp_path):
+    """train/finetune.py --save-pylate writes <run>/pylate beside <run>/model; publishing that folder keeps the run's
+    sweep (measured on model/, the same weights before the LoRA merge)."""
+    from huggingface_hub import ModelCard
+
+    from lir_robust.patches.pylate import export_pylate
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoints("text")["run"], run)
+    export_pylate(run / "model", run / "pylate")
+    checkpoint = hub.locate_checkpoint(run / "pylate")
+    assert checkpoint.layout == "pylate" and checkpoint.run_dir == run
+    folder = hub.prepare_publish_folder(run / "pylate", tmp_path / "out", repo_id="alice/x", license="mit",
+                                        base_model=BASE_IDS["text"])
+    card = ModelCard.load(folder / "README.md")
+    assert "## Robustness to document length and injected patches" in card.text
+    assert card.data.eval_results and (folder / "retained_ndcg10.png").is_file()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -553,22 +649,24 @@ def test_the_study_summary_gives_the_rows_of_the_checkpoints_head_and_defence(tm
     assert "| tiny | -0.005 ok | 55.0 % ok | 80.0 % (60.0 %) ok | 16 (4) ok | 16 (4) ok | **yes** |" in lead
 
 
-def test_the_study_summary_gives_model_index_entries_per_collection(tmp_path):
-    study = _write_study(tmp_path / "summary.json")
-    entries = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=False)
-    assert len(entries) == 2 * 2 * 4 * 2  # collections x protocols (not the maxsim reference) x kinds x K
-    by_key = {(e.metric_args["protocol"], e.dataset_type, e.metric_args["kind"], e.metric_args["K"]): e for e in entries}
-    spike = by_key[("retrained", "cranfield", "spike", 4)]
-    assert spike.metric_type == "retained_ndcg_at_10" and spike.metric_value == pytest.approx(0.61)
-    assert spike.metric_args == {"head": "topk:k=2", "variant": "topk-k2", "kind": "spike", "K": 4, "protocol": "retrained",
-                                 "collection": "cranfield", "seeds": 3, "clean_ndcg_at_10": 0.36}
-    gaussian = by_key[("swap", "med", "gaussian", 100)]
-    assert gaussian.metric_value == pytest.approx((0.4 + 0.1) / 2 + 0.03) and gaussian.metric_args["seeds"] == 1
-    assert gaussian.metric_args["variant"] == "maxsim" and gaussian.dataset_name == "med" and gaussian.dataset_split == "test"
-    defended = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=True)
-    assert {e.metric_args["variant"] for e in defended} == {"topk-k2+defence", "maxsim"}
-    (tmp_path / "table.json").write_text(json.dumps({"rows": []}))
-    assert hub.eval_results_from_study(tmp_path / "table.json", "topk:k=2", False) == []  # a plain table: none
+def test_model_index_dataset_types_are_identifiers_with_the_subset_stated_in_the_name():
+    """A sweep on the first 50 judged queries of a local cranfield folder: dataset.type is the plain name (never
+    ``cranfield[:50q]``), the subset is stated in dataset.name and each entry's ``queries``."""
+    from lir_robust.hub.sweep_results import dataset_identifier, is_dataset_identifier
+
+    by_k = {"0": {"mean": {"ndcg@10": 0.4}, "retained": {"ndcg@10": 1.0}}, "4": {"mean": {"ndcg@10": 0.2}, "retained": {"ndcg@10": 0.5}}}
+    results = {"heads": ["maxsim"], "ks": [0, 4], "evaluated_queries": 50,
+               "config": {"data": "/data/shared/cranfield", "max_queries": 50, "split": "test", "kinds": ["hard"]},
+               "data": {"name": "cranfield[:50q]", "documents": 1400},
+               "metrics": {"maxsim": {"hard": {"by_k": by_k, "target": "non-gold"}}}}
+    entries = hub.eval_results_from_sweep(results)
+    assert len(entries) == 2
+    for entry in entries:
+        assert entry.dataset_type == "cranfield" and is_dataset_identifier(entry.dataset_type)
+        assert "first 50 judged queries" in entry.dataset_name and entry.metric_args["queries"] == 50
+    assert [dataset_identifier(spec) for spec in ("cranfield[:50q]", "med", "vidore/docvqa_test_subsampled", "/x/my data/")] == [
+        "cranfield", "med", "vidore/docvqa_test_subsampled", "my-data"]
+    assert not is_dataset_identifier("cranfield[:50q]")
 
 
 def test_a_dry_run_card_carries_the_study_of_its_head_and_defence(checkpoints, tmp_path):
@@ -579,15 +677,14 @@ def test_a_dry_run_card_carries_the_study_of_its_head_and_defence(checkpoints, t
     folder = hub.prepare_publish_folder(run, tmp_path / "out", repo_id="alice/x", license="mit",
                                         base_model=BASE_IDS["colqwen2"], study=study)
     card = ModelCard.load(folder / "README.md")
-    assert "## Retraining study" in card.text and CRANFIELD_RETRAINED in card.text
+    assert "## Retraining study: the study's own models, not this checkpoint" in card.text and CRANFIELD_RETRAINED in card.text
     assert "not on this checkpoint's weights" in card.text
+    # the model-index holds only this checkpoint's own sweep: none of the study's models under this checkpoint's name
     entries = card.data.eval_results  # parsed back from the model-index
-    studied = [e for e in entries if "protocol" in (e.metric_args or {})]
-    expected = hub.eval_results_from_study(study, "topk:k=2", injected_negatives=False)
-    assert sorted((e.metric_config, e.metric_value, tuple(sorted(e.metric_args.items()))) for e in studied) == sorted(
-        (e.metric_config, e.metric_value, tuple(sorted(e.metric_args.items()))) for e in expected)
-    assert {e.dataset_type for e in studied} == {"cranfield", "med"}
-    assert any(e.metric_type == "ndcg_at_10" for e in entries)  # the sweep's entries are still there
+    sweep = json.loads((run / "length-sweep" / "results.json").read_text())
+    assert len(entries) == len(hub.eval_results_from_sweep(sweep)) and entries
+    assert not [e for e in entries if "protocol" in (e.metric_args or {}) or "study" in (e.metric_name or "")]
+    assert {e.dataset_type for e in entries} == {"eval"}
 
     defended_run = tmp_path / "defended"
     shutil.copytree(run, defended_run)

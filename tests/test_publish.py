@@ -24,6 +24,7 @@ from lir_robust.commands import cli
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_lirRobustFakeToken0123456789abcdefXYZ"
 BASE_ID = "tiny-org/colqwen2-base"
+PROJECT_URL = "https://github.com/alice/lir-robust"
 
 
 from lir_robust.commands import publish  # noqa: E402 - the command behind train/publish.py
@@ -59,7 +60,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def _options(checkpoint: Path, *extra: str) -> list[str]:
     return ["--checkpoint", str(checkpoint), "--repo", "alice/robust-colqwen2", "--license", "mit",
-            "--base-model", BASE_ID, *extra]
+            "--base-model", BASE_ID, "--project-url", PROJECT_URL, *extra]
 
 
 @pytest.fixture
@@ -118,8 +119,11 @@ def test_dry_run_writes_the_validated_folder_without_network(checkpoint, tmp_pat
 
 def test_user_errors_are_one_line_with_status_two(checkpoint, tmp_path, capsys):
     cases = [
-        (["--checkpoint", str(checkpoint), "--repo", "alice/x", "--license", "mit", "--dry-run", str(tmp_path / "a")],
-         "--base-model OWNER/NAME"),
+        (["--checkpoint", str(checkpoint), "--repo", "alice/x", "--license", "mit", "--project-url", PROJECT_URL,
+          "--dry-run", str(tmp_path / "a")], "--base-model OWNER/NAME"),
+        (["--checkpoint", str(checkpoint), "--repo", "alice/x", "--license", "apache 2", "--base-model", BASE_ID,
+          "--project-url", PROJECT_URL, "--dry-run", str(tmp_path / "a")], "did you mean apache-2.0?"),
+        (_options(checkpoint, "--project-url", "github.com/alice", "--dry-run", str(tmp_path / "a")), "--project-url"),
         (_options(tmp_path / "missing"), "--checkpoint"),
         (_options(checkpoint, "--results", str(tmp_path / "none.json"), "--dry-run", str(tmp_path / "b")), "no such file"),
         (["--checkpoint", str(checkpoint), "--repo", "alice/x"], "--license"),
@@ -144,8 +148,14 @@ def test_a_push_without_network_ends_fast_with_one_message_and_changes_nothing(
     network, checkpoint, tmp_path, fake_token, online, monkeypatch, capsys, caplog
 ):
     dry = tmp_path / "dry"
-    hub.prepare_publish_folder(checkpoint, dry, repo_id="alice/robust-colqwen2", license="mit", base_model=BASE_ID)
+    hub.prepare_publish_folder(checkpoint, dry, repo_id="alice/robust-colqwen2", license="mit", base_model=BASE_ID,
+                               project_url=PROJECT_URL)
     before = {"checkpoint": _digest(checkpoint), "dry": _digest(dry)}
+
+    def built(*args, **kwargs):
+        raise AssertionError("the folder was built before the Hub was asked")
+
+    monkeypatch.setattr(hub.push, "prepare_publish_folder", built)  # the Hub is checked first: nothing is built
     server = None
     if network == "offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -191,8 +201,9 @@ def test_the_command_line_push_with_an_unreachable_hub_is_one_line_and_never_sho
                               stdout=handle, stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
     elapsed = time.perf_counter() - started
     assert done.returncode == 2, done.stderr
-    errors = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "unreachable" in errors[0] and "127.0.0.1:9" in errors[0] and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()  # nothing before the error: no progress bar, log line or warning of a build
+    assert len(lines) == 1 and "error:" in lines[0], done.stderr
+    assert "unreachable" in lines[0] and "127.0.0.1:9" in lines[0] and "Traceback" not in done.stderr
     assert elapsed < 30 + 15  # the command's own wait is bounded by --timeout (10 s); the rest is Python start-up
     _no_token_anywhere(FAKE_TOKEN, [done.stderr, log.read_text()], [tmp_path])
 
@@ -257,7 +268,8 @@ def test_make_publish_goes_online_unless_hf_hub_offline_is_set_by_the_user(tmp_p
 
 
 def test_validation_refuses_a_folder_that_holds_the_token(checkpoint, tmp_path, fake_token):
-    folder = hub.prepare_publish_folder(checkpoint, tmp_path / "dry", repo_id="alice/x", license="mit", base_model=BASE_ID)
+    folder = hub.prepare_publish_folder(checkpoint, tmp_path / "dry", repo_id="alice/x", license="mit", base_model=BASE_ID,
+                                        project_url=PROJECT_URL)
     (folder / "notes.txt").write_text(f"pushed with {fake_token}")
     with pytest.raises(hub.HubError) as error:
         hub.validate_publish_folder(folder)
@@ -265,8 +277,8 @@ def test_validation_refuses_a_folder_that_holds_the_token(checkpoint, tmp_path, 
 
 
 def test_a_dry_run_with_the_study_summary_puts_its_rows_and_entries_on_the_card(checkpoint, tmp_path, capsys):
-    """--study takes the study's own summary.json: the card shows the rows of the checkpoint's head (topk:k=2, trained
-    without injected negatives) and the model-index gains their retained nDCG@10, one data set per collection."""
+    """--study takes the study's own summary.json: the card's text shows the rows of the checkpoint's head (topk:k=2,
+    trained without injected negatives), labelled as the study's own models; the model-index gains none of them."""
     from huggingface_hub import ModelCard
 
     from test_hub import CRANFIELD_RETRAINED, study_summary
@@ -278,9 +290,9 @@ def test_a_dry_run_with_the_study_summary_puts_its_rows_and_entries_on_the_card(
     assert capsys.readouterr().out.strip() == f"wrote: {out}"
     card = ModelCard.load(out / "README.md")
     assert CRANFIELD_RETRAINED in card.text and "injected negatives" not in card.text
+    assert "the study's own models, not this checkpoint" in card.text
     studied = [e for e in card.data.eval_results or [] if (e.metric_args or {}).get("protocol")]
-    assert len(studied) == 32 and {e.dataset_type for e in studied} == {"cranfield", "med"}
-    assert {e.metric_args["head"] for e in studied} == {"topk:k=2"}
+    assert studied == [] and {e.dataset_type for e in card.data.eval_results or []} <= {"eval"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"plan": {}, "rows": [{"head": "maxsim"}]}))
     assert cli.run_command(publish.main, _options(checkpoint, "--study", str(bad), "--dry-run", str(tmp_path / "no")),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -329,20 +331,46 @@ def test_pylate_evaluator_takes_pooled_score_functions(tiny_pylate):
     assert metrics["topk_mrr@10"] == pytest.approx(sum(reciprocal) / 2)
 
 
-def test_the_example_trains_two_steps_and_saves_a_pylate_folder_with_its_head(tiny_pylate, tmp_path):
+def test_the_example_trains_two_steps_and_saves_a_pylate_folder_with_its_head(tiny_pylate, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("pylate_example", ROOT / "examples" / "pylate_train_with_head.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     data = write_beir(tmp_path / "beir")
     before = pylate_model(tiny_pylate)[1].linear.weight.detach().clone()
     out = tmp_path / "trained"
-    result = example.main(["--model", str(tiny_pylate), "--data", str(data), "--head", "topk:k=4", "--out", str(out),
-                           "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2"])
-    assert result["steps"] == 2 and "topk_ndcg@10" in result["metrics"]
+    assert example.run(["--model", str(tiny_pylate), "--data", str(data), "--head", "topk:k=4", "--out", str(out),
+                        "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2"]) == 0
+    printed = capsys.readouterr().out
+    assert "topk_ndcg@10" in printed and "binary relevance: not comparable with eval/length_sweep.py" in printed
     after = pylate_model(out)[1].linear.weight.detach()
     assert not torch.allclose(before, after)
     assert patches.is_pylate_folder(out)
     assert patches.load_pylate(out).pooling.spec() == "topk:k=4"
+    # pooling.json says how the model was trained, and the card a Hub user reads says the same
+    training = json.loads((out / "pooling.json").read_text())["training"]
+    assert training["script"] == "examples/pylate_train_with_head.py" and training["steps_done"] == 2
+    assert "no LoRA" in training["method"]
+    from lir_robust import hub
+
+    folder = hub.prepare_publish_folder(out, tmp_path / "card", repo_id="alice/x", license="mit", results=None,
+                                        base_model="tiny-org/bert-base", project_url="https://github.com/alice/lir-robust")
+    card = (folder / "README.md").read_text()
+    assert "Full fine-tuning (every weight, no LoRA) of [tiny-org/bert-base]" in card
+    assert "`examples/pylate_train_with_head.py`: PyLate's recipe" in card
+    assert "LoRA fine-tuning" not in card and "train/finetune.py" not in card and "| steps done | 2 |" in card
+
+    # a bad head, a model that cannot be loaded and a missing data set: one line each, exit status 2, nothing written
+    capsys.readouterr()
+    for argv, expected in (
+        (["--model", str(tiny_pylate), "--data", str(data), "--head", "topk:q=1"], "--head"),
+        (["--model", str(tmp_path / "no-model"), "--data", str(data)], "--model"),
+        (["--model", str(data), "--data", str(data)], "cannot load it"),  # a folder that holds no model
+        (["--model", str(tiny_pylate), "--data", str(tmp_path / "no-data")], "--data"),
+    ):
+        assert example.run([*argv, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "refused").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -441,8 +469,16 @@ def test_save_pylate_then_pylate_encodes_as_our_model_did(projection_dim, tiny_b
         model = _trained_looking(model.add_lora(r=2, alpha=4))
     ours_queries = model.encode(QUERIES, is_query=True, show_progress=False)
     ours_documents = model.encode(DOCUMENTS, is_query=False, show_progress=False)
-    out = patches.save_pylate(model, tmp_path / "pylate", training_config={"lr": 0.001, "pooling": "topk:k=2"})
+    previous_mask = os.umask(0o022)
+    try:
+        out = patches.save_pylate(model, tmp_path / "pylate", training_config={"lr": 0.001, "pooling": "topk:k=2"})
+    finally:
+        os.umask(previous_mask)
     assert patches.is_pylate_folder(out) and not list(tmp_path.glob(".pylate.partial-*"))
+    # the usual permissions under umask 022 (safetensors writes its weights 0600, mkdtemp its folder 0700)
+    modes = {str(path.relative_to(out)): stat.S_IMODE(path.stat().st_mode) for path in [out, *out.rglob("*")]}
+    assert modes["model.safetensors"] == 0o644 and modes["1_Dense/model.safetensors"] == 0o644
+    assert all(mode == (0o755 if (out / name).is_dir() else 0o644) for name, mode in modes.items()), modes
     theirs = pylate_model(out)
     atol = 1e-5 if projection_dim else 0.0  # merged LoRA: other float rounding; identity and no adapter: exact
     theirs_queries = theirs.encode(QUERIES, is_query=True, convert_to_tensor=True)

@@ -13,6 +13,7 @@ One module per concern:
 - :mod:`~lir_robust.hub.sweep_results`: the checkpoint's own sweep (found, checked, model-index entries).
 - :mod:`~lir_robust.hub.study_results`: the retraining study's rows for the checkpoint's head (section, entries).
 - :mod:`~lir_robust.hub.card`: the model card (``ModelCard`` / ``ModelCardData``).
+- :mod:`~lir_robust.hub.licenses`: the licence identifiers the Hub accepts, and the check.
 - :mod:`~lir_robust.hub.validate`, :mod:`~lir_robust.hub.folder`: the folder that is uploaded, checked and built.
 - :mod:`~lir_robust.hub.push`: the push and the publish command.
 
@@ -30,15 +31,16 @@ Both carry ``pooling.json`` (the pooling head the model was trained with: the he
 libraries' configs cannot hold it) and ``README.md``, a model card built with huggingface_hub's ``ModelCard`` /
 ``ModelCardData`` (never YAML written by hand): base model, data sets, licence, library, pipeline tag, tags, the
 checkpoint's own length / injection results (from a sweep ``results.json``) as a table, a figure and model-index
-entries (``retained_ndcg_at_10`` with ``metric_args`` {head, kind, K, clean nDCG@10}), and, given the retraining
-study's summary.json, its rows for the checkpoint's head as a section and model-index entries too.
+entries (``retained_ndcg_at_10`` with ``metric_args`` {head, kind, K, clean nDCG@10}: only the checkpoint's own
+measurements), and, given the retraining study's summary.json, its rows for the checkpoint's head as a section of
+the text labelled as the study's own models (never model-index entries).
 
 Network: only :func:`push_folder` and :func:`resolve_model_spec` (for an id that is not in the local Hub cache) reach
 the Hub. ``HF_HUB_OFFLINE=1``, a missing token, or an unreachable Hub each end in one :class:`HubError` naming the fix,
-within ``timeout`` seconds; nothing local is changed by a failed push. The token is never logged or written.
+within ``timeout`` seconds, before the folder is built; nothing local is changed by a failed push. The token is never logged or written.
 """
 
-from lir_robust.hub.card import PAPER_BIBTEX, build_model_card
+from lir_robust.hub.card import PAPER_BIBTEX, build_model_card, installed_project_url
 from lir_robust.hub.checkpoint import (
     COLPALI_LIBRARY,
     MINILM_HUB_ID,
@@ -49,13 +51,13 @@ from lir_robust.hub.checkpoint import (
     locate_checkpoint,
 )
 from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError
-from lir_robust.hub.folder import FIGURE_FILE, prepare_publish_folder
-from lir_robust.hub.push import check_can_push, publish, push_folder
+from lir_robust.hub.folder import FIGURE_FILE, check_publish_options, prepare_publish_folder
+from lir_robust.hub.licenses import HUB_LICENSES, check_license
+from lir_robust.hub.push import check_can_push, check_hub, publish, push_folder
 from lir_robust.encoders.resolve import cached_snapshot, is_hub_id, resolve_model_spec
 from lir_robust.hub.study_results import (
     STUDY_COLUMNS,
     StudyFile,
-    eval_results_from_study,
     read_study,
     study_rows_for,
     study_section,
@@ -78,11 +80,15 @@ __all__ = [
     "read_study",
     "study_rows_for",
     "study_section",
-    "eval_results_from_study",
     "build_model_card",
     "prepare_publish_folder",
     "validate_publish_folder",
     "check_can_push",
+    "check_hub",
+    "check_license",
+    "check_publish_options",
+    "installed_project_url",
+    "HUB_LICENSES",
     "push_folder",
     "publish",
     "cached_snapshot",

@@ -16,6 +16,7 @@ from typing import Any
 
 from lir_robust.core.huggingface import COLPALI_FAMILIES, HubError, infer_family, is_hub_id, one_line
 from lir_robust.scoring.pooling import POOLING_FILE, PoolingHead, load_pooling_json
+from lir_robust.training.runs import PYLATE_DIR
 
 __all__ = [
     "Checkpoint",
@@ -184,7 +185,9 @@ def locate_checkpoint(path: str | os.PathLike) -> Checkpoint:
     own_files = ("adapter_config.json", "colbert_config.json", "modules.json")
     model_dir = path / "model" if (path / "model").is_dir() and not any((path / name).is_file() for name in own_files) else path
     parent = model_dir.parent
-    is_run = model_dir.name == "model" and any((parent / name).is_file() for name in ("summary.json", "log.jsonl"))
+    # a run's model/ and the PyLate folder train/finetune.py writes beside it (pylate/) both belong to the run: its
+    # summary, config and sweep results are the run folder's
+    is_run = model_dir.name in ("model", PYLATE_DIR) and any((parent / name).is_file() for name in ("summary.json", "log.jsonl"))
     run_dir = parent if is_run else model_dir
     layout = _layout(model_dir)
     head = _saved_head(model_dir)
@@ -214,9 +217,10 @@ def base_model_id(checkpoint: Checkpoint, override: str | None = None) -> str:
             )
         return recorded
     if override is None:
+        example = MINILM_HUB_ID if checkpoint.family == TEXT else "vidore/colqwen2.5-base"
         raise HubError(
             f"the checkpoint's base model is the local folder {recorded!r}, but the card's base model and an adapter's "
             "base must be Hub ids, never local paths: pass --base-model OWNER/NAME, the Hub id of the same weights "
-            "(e.g. vidore/colqwen2.5-base)"
+            f"(e.g. {example})"
         )
     return override

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lir_robust.core.files import write_json_atomic, write_text_atomic
-from lir_robust.hub.card import build_model_card
-from lir_robust.hub.checkpoint import Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
+from lir_robust.hub.card import build_model_card, installed_project_url
+from lir_robust.hub.checkpoint import TEXT, Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
+from lir_robust.hub.licenses import check_license
 from lir_robust.core.huggingface import HubError
 from lir_robust.encoders.resolve import is_hub_id
 from lir_robust.hub.study_results import check_study_for
@@ -30,7 +31,7 @@ from lir_robust.reporting.figures import plot_retained
 from lir_robust.reporting.sweep_report import FIGURE_FILE
 from lir_robust.scoring.pooling import POOLING_FILE
 
-__all__ = ["prepare_publish_folder", "FIGURE_FILE"]
+__all__ = ["prepare_publish_folder", "check_publish_options", "FIGURE_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +92,22 @@ def _check_new_folder_place(out: Path) -> None:
         )
 
 
-def _check_options(repo_id: str, license: str) -> None:
+def check_publish_options(repo_id: str, license: str, project_url: str | None = None) -> tuple[str, str]:
+    """The options every publish needs, checked before anything else (no file read, no network): the repo id, the
+    licence (one the Hub accepts) and lir-robust's public URL (``project_url``, else the installed package's
+    ``[project.urls]``). Returns ``(licence, project URL)``; HubError naming the fix otherwise."""
     if not is_hub_id(repo_id) or repo_id.count("/") != 1:
         raise HubError(f"--repo {repo_id!r}: expected a Hub id OWNER/NAME (your user or organisation, and a name)")
-    if not license or not str(license).strip():
-        raise HubError("--license is empty: pass the licence of the published weights (usually the base model's, e.g. apache-2.0)")
+    license = check_license(license)
+    url = (project_url or installed_project_url() or "").strip()
+    if not url:
+        raise HubError(
+            "no project URL for the card's link and install line: pass --project-url https://github.com/OWNER/lir-robust "
+            "(where lir-robust's code is public), or name it in pyproject.toml's [project.urls] Repository"
+        )
+    if not url.startswith(("https://", "http://")) or any(character.isspace() for character in url):
+        raise HubError(f"--project-url {url!r}: expected the https:// address of lir-robust's public repository")
+    return license, url
 
 
 def _sweep_for_card(checkpoint: Checkpoint, results: str | os.PathLike | None, repo_id: str) -> dict[str, Any] | None:
@@ -119,15 +131,18 @@ def prepare_publish_folder(
     base_model: str | None = None,
     results: str | os.PathLike | None = "auto",
     study: str | os.PathLike | None = None,
+    project_url: str | None = None,
+    language: list[str] | str | None = None,
 ) -> Path:
     """Write into ``out`` (new or empty) exactly the folder that would be uploaded, validated; returns ``out``.
 
     ``results``: a sweep results.json, ``"auto"`` (the one beside the checkpoint, if any) or None. ``study``: the
     retraining study's summary.json (or a plain table, see :func:`lir_robust.hub.study_section`). ``base_model``: the
-    Hub id of the base when the checkpoint was trained on a local folder. Touches no network. The folder is built
+    Hub id of the base when the checkpoint was trained on a local folder. ``project_url``: lir-robust's public
+    repository (default: the installed package's); ``language``: the card's ISO codes. Touches no network. The folder is built
     beside ``out`` and renamed into place only once it validates, so ``out`` is either complete or absent.
     """
-    _check_options(repo_id, license)
+    license, project_url = check_publish_options(repo_id, license, project_url)
     out = Path(out).expanduser()
     _check_new_folder_place(out)
     checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else locate_checkpoint(checkpoint)
@@ -142,8 +157,9 @@ def prepare_publish_folder(
         _write_model_files(checkpoint, staging, base)
         _write_pooling(checkpoint, staging)
         figure = _write_figure(sweep, staging) if sweep is not None else None
-        card = build_model_card(checkpoint, repo_id=repo_id, base_model=base, license=str(license).strip(),
-                                results=sweep, figure=figure, study=study)
+        settings = pylate_module().pylate_settings(staging) if checkpoint.family == TEXT else None
+        card = build_model_card(checkpoint, repo_id=repo_id, base_model=base, license=license, project_url=project_url,
+                                results=sweep, figure=figure, study=study, settings=settings, language=language)
         write_text_atomic(staging / CARD_FILE, str(card))
         validate_publish_folder(staging)
         _ordinary_permissions(staging)

@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from lir_robust.core.huggingface import DEFAULT_TIMEOUT_S, HubError, endpoint, hub_call, hub_offline, no_network
-from lir_robust.hub.folder import prepare_publish_folder
+from lir_robust.hub.folder import check_publish_options, prepare_publish_folder
 from lir_robust.scoring.pooling import load_pooling_json
 
-__all__ = ["check_can_push", "push_folder", "publish"]
+__all__ = ["check_can_push", "check_hub", "push_folder", "publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,15 @@ def check_can_push() -> str:
     token = get_token()
     if not token:
         raise HubError("cannot push: no Hugging Face token; log in with `hf auth login` (or set HF_TOKEN in the environment)")
+    return token
+
+
+def check_hub(repo_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:
+    """Everything a push needs from the Hub, asked before anything is built: not offline, a token, and the Hub
+    reachable within ``timeout`` seconds with that token. Returns the token; one HubError line otherwise."""
+    token = check_can_push()
+    user = _probe(token, timeout, repo_id)
+    logger.info("reached %s as %s", endpoint(), user)
     return token
 
 
@@ -60,18 +69,18 @@ def push_folder(
     commit_message: str | None = None,
     create_pr: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
+    token: str | None = None,
 ) -> str:
     """Upload ``folder`` (already validated) to the model repo ``repo_id``; returns the commit or pull-request URL.
 
     Creates the repo (``private``) and the branch ``revision`` when missing. The repo then mirrors the folder: files
     it no longer holds are deleted in the same commit (``.gitattributes`` is kept). The token comes from
-    ``huggingface_hub.get_token()`` (HF_TOKEN, then the login cache) and is never logged.
+    ``huggingface_hub.get_token()`` (HF_TOKEN, then the login cache) and is never logged. ``token``: one
+    :func:`check_hub` already checked (the Hub is then not probed again).
     """
     from huggingface_hub import HfApi
 
-    token = check_can_push()
-    user = _probe(token, timeout, repo_id)
-    logger.info("reached %s as %s", endpoint(), user)
+    token = token or check_hub(repo_id, timeout)
     api = HfApi(token=token)
     hub_call(f"create {repo_id}", lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"), token, repo_id)
     if revision and revision != "main":
@@ -99,6 +108,8 @@ def publish(
     base_model: str | None = None,
     results: str | os.PathLike | None = "auto",
     study: str | os.PathLike | None = None,
+    project_url: str | None = None,
+    language: list[str] | str | None = None,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -106,13 +117,17 @@ def publish(
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> str:
     """``dry_run``: write the folder there and return its path, with huggingface_hub offline (no network). Else
-    build it in a temporary folder, push it and return the URL; offline / no token stop before anything is built."""
-    folder_options = dict(repo_id=repo_id, license=license, base_model=base_model, results=results, study=study)
+    check the options, then the Hub (offline flag, token, reachable: :func:`check_hub`), and only then build the
+    folder in a temporary folder, push it and return the URL: a push that cannot happen stops before anything is
+    built, with one line."""
+    license, project_url = check_publish_options(repo_id, license, project_url)
+    folder_options = dict(repo_id=repo_id, license=license, base_model=base_model, results=results, study=study,
+                          project_url=project_url, language=language)
     if dry_run is not None:
         with no_network():
             return str(prepare_publish_folder(checkpoint, dry_run, **folder_options))
-    check_can_push()
+    token = check_hub(repo_id, timeout)
     with tempfile.TemporaryDirectory(prefix="lir-robust-publish-") as scratch:
         folder = prepare_publish_folder(checkpoint, Path(scratch) / "repo", **folder_options)
         return push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
-                           create_pr=create_pr, timeout=timeout)
+                           create_pr=create_pr, timeout=timeout, token=token)

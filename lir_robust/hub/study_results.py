@@ -7,19 +7,18 @@
   head (the variant trained with injected negatives when the checkpoint was), protocol ``swap`` for its head, and
   retrained maxsim as the reference; nDCG@10 at K = 0, retained nDCG@10 at K = 4 and 100 under hard, spike, corpus
   and gaussian patches, the median hijack budget, the paired differences against maxsim and the study's target check.
-  They also become model-index entries (``retained_ndcg_at_10``, one data set per collection).
+  They stay in the card's text, labelled as the study's own models: the model-index holds only the checkpoint's own
+  measurements (its sweep), so the Hub's evaluation widget never shows the study's models as this one's results.
 - a plain table ``{"title": ..., "rows": [{head, protocol, collection, kind, K, retained_mean, retained_std, seeds,
   clean_ndcg_at_10}, ...]}`` (title optional; or a bare list of rows), rendered as it is.
 
     study = read_study("results/study/summary.json")                  # StudyFile (HubError when unreadable)
     study_section(study, head=checkpoint.head, injected_negatives=True)   # Markdown
-    eval_results_from_study(study, head=checkpoint.head, injected_negatives=True)   # [EvalResult, ...]
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 from lir_robust.hub.checkpoint import public_value
 from lir_robust.core.huggingface import HubError
-from lir_robust.hub.sweep_results import TASK_TYPE
 from lir_robust.reporting.format import (
     budget_stats,
     number,
@@ -35,13 +33,12 @@ from lir_robust.reporting.format import (
     paired,
     percent,
     percent_stats,
-    real_value,
     table_row,
     target_cells,
 )
 from lir_robust.scoring.pooling import PoolingHead, parse_head
 
-__all__ = ["StudyFile", "read_study", "study_rows_for", "study_section", "check_study_for", "eval_results_from_study",
+__all__ = ["StudyFile", "read_study", "study_rows_for", "study_section", "check_study_for",
            "CARD_KINDS", "CARD_KS", "STUDY_COLUMNS"]
 
 CARD_KINDS = ("hard", "spike", "corpus", "gaussian")  # attacks, then length growth
@@ -196,7 +193,8 @@ def _plan_line(summary: dict[str, Any]) -> str:
 def _summary_section(study: StudyFile, head: PoolingHead | str, injected_negatives: bool) -> str:
     spec = parse_head(head).spec()
     chosen = study_rows_for(study, head, injected_negatives)
-    lines = [f"## {study.title or 'Retraining study'}", "", _plan_line(study.summary), ""]
+    lines = [f"## {study.title or 'Retraining study'}: the study's own models, not this checkpoint", "",
+             _plan_line(study.summary), ""]
     if not chosen:
         return "\n".join(lines + [f"The study holds no rows for the head `{spec}`.", ""])
     if injected_negatives and not any(label.startswith("trained") for label, _ in chosen):
@@ -299,40 +297,3 @@ def check_study_for(study: str | os.PathLike | StudyFile, head: PoolingHead | st
             f"{', '.join(heads) or 'none'}); pass the study that trained this head, or drop --study"
         )
     return study
-
-
-def eval_results_from_study(
-    study: str | os.PathLike | StudyFile, head: PoolingHead | str, injected_negatives: bool, task_type: str = TASK_TYPE
-) -> list:
-    """Model-index entries of the study's rows that concern the checkpoint (not the maxsim reference): per row, kind
-    (hard, spike, corpus, gaussian) and K (4, 100), the retained nDCG@10 (mean over seeds) as ``retained_ndcg_at_10``
-    with ``metric_args`` {head, variant, kind, K, protocol, collection, seeds, clean_ndcg_at_10}; the data set is the
-    collection (split test). A plain table gives none."""
-    from huggingface_hub import EvalResult
-
-    study = read_study(study)
-    if study.summary is None:
-        return []
-    spec = parse_head(head).spec()
-    entries = []
-    for label, row in study_rows_for(study, head, injected_negatives):
-        if label.startswith("maxsim, retrained"):
-            continue
-        collection, protocol = str(row["collection"]), str(row["protocol"])
-        clean = real_value((_clean(row) or {}).get("mean"))
-        for kind in CARD_KINDS:
-            for k in CARD_KS:
-                stats = _stats(row, "retained", kind, k)
-                mean = real_value((stats or {}).get("mean"))
-                if mean is None or math.isinf(mean):
-                    continue
-                entries.append(EvalResult(
-                    task_type=task_type, dataset_type=collection, dataset_name=collection, dataset_split="test",
-                    metric_type="retained_ndcg_at_10", metric_value=round(mean, 4),
-                    metric_name=f"retained nDCG@10 ({spec}, {protocol}, {kind}, K={k}, study)",
-                    metric_config=f"study {protocol} {row['variant']} {kind} K={k}",
-                    metric_args={"head": spec, "variant": row["variant"], "kind": kind, "K": k, "protocol": protocol,
-                                 "collection": collection, "seeds": int(stats.get("n") or _seed_count(row)),
-                                 "clean_ndcg_at_10": round(clean, 4) if clean is not None and math.isfinite(clean) else None},
-                ))
-    return entries

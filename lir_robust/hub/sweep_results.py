@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from lir_robust.core.files import is_finite_number
-from lir_robust.hub.checkpoint import TEXT, Checkpoint
+from lir_robust.hub.checkpoint import PYLATE_DIR, TEXT, Checkpoint
 from lir_robust.core.huggingface import HubError
 from lir_robust.encoders.resolve import is_hub_id
 
 __all__ = ["find_results", "load_sweep_results", "check_results_match", "report_k", "eval_results_from_sweep",
-           "public_results", "TASK_TYPE"]
+           "public_results", "dataset_identifier", "is_dataset_identifier", "evaluated_subset", "TASK_TYPE"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,26 @@ def load_sweep_results(path: str | os.PathLike) -> dict[str, Any]:
     return results
 
 
-def _checkpoint_weights_key(checkpoint: Checkpoint) -> str | None:
-    """The weights key the sweep recorded for this checkpoint (``results['encoder']['weights']``), computed the same way."""
-    if checkpoint.family != TEXT:
+def _weights_key(model_dir: Path, family: str) -> str | None:
+    """The weights key a sweep records for the model in ``model_dir`` (``results['encoder']['weights']``)."""
+    if family != TEXT:
         from lir_robust.encoders.colpali import checkpoint_fingerprint
 
-        return checkpoint_fingerprint(str(checkpoint.model_dir))
+        return checkpoint_fingerprint(str(model_dir))
     from lir_robust.encoders.load import load_encoder
 
-    return load_encoder(str(checkpoint.model_dir), show_progress=False, device="cpu").config.get("weights")
+    return load_encoder(str(model_dir), show_progress=False, device="cpu").config.get("weights")
+
+
+def _checkpoint_weights_keys(checkpoint: Checkpoint) -> set[str]:
+    """The weights keys a sweep measured on this checkpoint records: its own, and for a run's PyLate folder
+    (``<run>/pylate``, the run's ``model/`` with LoRA merged, written by the same save) also the ``model/``'s, so a
+    sweep of the run matches the PyLate folder published from it."""
+    keys = {_weights_key(checkpoint.model_dir, checkpoint.family)}
+    run_model = checkpoint.run_dir / "model"
+    if checkpoint.model_dir.name == PYLATE_DIR and checkpoint.run_dir != checkpoint.model_dir and run_model.is_dir():
+        keys.add(_weights_key(run_model, checkpoint.family))
+    return {str(key) for key in keys if key is not None}
 
 
 def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source: Path) -> None:
@@ -83,12 +95,12 @@ def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source:
     if recorded is None:
         logger.warning("%s records no weights fingerprint: cannot check it was measured on this checkpoint", source)
         return
-    actual = _checkpoint_weights_key(checkpoint)
-    if actual is not None and str(actual) != str(recorded):
+    actual = _checkpoint_weights_keys(checkpoint)
+    if actual and str(recorded) not in actual:
         raise HubError(
-            f"{source} was measured on other weights (fingerprint {recorded}, this checkpoint {actual}): rerun the sweep "
-            f"on it (`make eval-length-sweep MODEL={checkpoint.run_dir} OUT={checkpoint.run_dir}`) or pass --results "
-            "none to publish without results"
+            f"{source} was measured on other weights (fingerprint {recorded}, this checkpoint {' / '.join(sorted(actual))}): "
+            f"rerun the sweep on it (`make eval-length-sweep MODEL={checkpoint.run_dir} OUT={checkpoint.run_dir}`) or "
+            "pass --results none to publish without results"
         )
 
 
@@ -105,30 +117,64 @@ def report_k(results: dict[str, Any]) -> int:
     return REPORT_K if REPORT_K in ks else max(k for k in ks if k > 0) if any(k > 0 for k in ks) else 0
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_dataset_identifier(text: Any) -> bool:
+    """True for what a card's ``datasets:`` and a model-index ``dataset.type`` hold: a Hub data set id (owner/name)
+    or a plain name (letters, digits, ``.``, ``_``, ``-``), never a subset written into it (``cranfield[:50q]``)."""
+    return isinstance(text, str) and bool(_IDENTIFIER.match(text))
+
+
+def dataset_identifier(spec: Any) -> str | None:
+    """The identifier of a data set spec: a Hub data set id as it is, a local folder or collection by its name (a
+    subset suffix such as ``[:50q]`` dropped, other characters as ``-``); None for nothing usable."""
+    if not isinstance(spec, str) or not spec.strip():
+        return None
+    spec = spec.strip()
+    if spec.count("/") == 1 and is_hub_id(spec) and is_dataset_identifier(spec):
+        return spec
+    name = re.sub(r"\[[^\]]*\]$", "", Path(spec.rstrip("/")).name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return name or None
+
+
+def evaluated_subset(results: dict[str, Any]) -> str | None:
+    """How the sweep's queries are a subset of the collection's (``"first 50 judged queries (--max-queries 50)"``),
+    None when every judged query was evaluated."""
+    max_queries = (results.get("config") or {}).get("max_queries")
+    if max_queries:
+        return f"first {results.get('evaluated_queries', max_queries)} judged queries (--max-queries {max_queries})"
+    return None
+
+
 def _dataset_fields(results: dict[str, Any]) -> dict[str, Any]:
     """EvalResult's dataset fields for the sweep's collection: ``{dataset_type, dataset_name, dataset_split,
-    dataset_config}`` (a Hub data set by its id, a local folder by its name)."""
+    dataset_config}``: the type an identifier (a Hub data set by its id, a local folder by its name), the subset
+    (``--max-queries``) and language stated in the name."""
     data = results.get("data") or {}
     config = results.get("config") or {}
-    spec = str(config.get("data") or data.get("name") or "unknown")
-    dataset_type = spec if is_hub_id(spec) and "/" in spec else str(data.get("name") or Path(spec).name)
-    name = str(data.get("name") or dataset_type)
+    dataset_type = dataset_identifier(config.get("data")) or dataset_identifier(data.get("name")) or "unknown"
+    name = dataset_identifier(data.get("name")) or dataset_type
     language = config.get("language")
+    details = [part for part in (language, evaluated_subset(results)) if part]
     return {
         "dataset_type": dataset_type,
-        "dataset_name": f"{name} ({language})" if language else name,
+        "dataset_name": f"{name} ({', '.join(details)})" if details else name,
         "dataset_split": config.get("split") or "test",
         "dataset_config": language,
     }
 
 
 def eval_results_from_sweep(results: dict[str, Any], task_type: str = TASK_TYPE) -> list:
-    """Model-index entries of a sweep: per head, nDCG@10 at K = 0 (``ndcg_at_10``) and, per kind, the retained
-    nDCG@10 at the report K (``retained_ndcg_at_10``, ``metric_args`` {head, kind, K, target, clean_ndcg_at_10})."""
+    """Model-index entries of a sweep measured on the checkpoint (the only entries a card's model-index holds): per
+    head, nDCG@10 at K = 0 (``ndcg_at_10``) and, per kind, the retained nDCG@10 at the report K
+    (``retained_ndcg_at_10``, ``metric_args`` {head, kind, K, target, clean_ndcg_at_10, queries})."""
     from huggingface_hub import EvalResult
 
     at = report_k(results)
     fields = _dataset_fields(results)
+    queries = results.get("evaluated_queries")
     entries = []
     for head in results["heads"]:
         by_kind = results["metrics"][head]
@@ -137,7 +183,7 @@ def eval_results_from_sweep(results: dict[str, Any], task_type: str = TASK_TYPE)
         if is_finite_number(clean):
             entries.append(EvalResult(
                 task_type=task_type, metric_type="ndcg_at_10", metric_value=round(float(clean), 4),
-                metric_name=f"nDCG@10 ({head}, no injection)", metric_config=head, metric_args={"head": head, "K": 0},
+                metric_name=f"nDCG@10 ({head}, no injection)", metric_config=head, metric_args={"head": head, "K": 0, "queries": queries},
                 **fields,
             ))
         for kind in kinds:
@@ -150,7 +196,8 @@ def eval_results_from_sweep(results: dict[str, Any], task_type: str = TASK_TYPE)
                 metric_name=f"retained nDCG@10 ({head}, {kind}, K={at})",
                 metric_config=f"{head} {kind} K={at}",
                 metric_args={"head": head, "kind": kind, "K": at, "target": by_kind[kind].get("target"),
-                             "clean_ndcg_at_10": round(float(clean), 4) if is_finite_number(clean) else None},
+                             "clean_ndcg_at_10": round(float(clean), 4) if is_finite_number(clean) else None,
+                             "queries": queries},
                 **fields,
             ))
     return entries

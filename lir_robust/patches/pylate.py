@@ -73,6 +73,8 @@ __all__ = [
     "export_pylate",
     "largest_difference",
     "pylate_model_card",
+    "pylate_settings",
+    "usual_permissions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -328,6 +330,34 @@ def pylate_model_card(
     )
 
 
+def pylate_settings(folder: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The settings a PyLate folder encodes with, as a card shows them: prefixes, lengths, query expansion, the
+    skiplist's size and the token vectors' dimension (the last Dense layer's ``out_features``), read from
+    ``config_sentence_transformers.json`` and ``modules.json`` (the one place both cards take them from)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    shown = {key: config.get(key) for key in ("query_prefix", "document_prefix", "query_length", "document_length",
+                                              "do_query_expansion", "attend_to_expansion_tokens")}
+    shown["skiplist_words"] = f"{len(config.get('skiplist_words') or [])} words (config_sentence_transformers.json)"
+    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    dense = [module for module in modules if str(module.get("type", "")).endswith("Dense")]
+    if dense and (folder / dense[-1]["path"] / "config.json").is_file():
+        shown["embedding_dim"] = json.loads((folder / dense[-1]["path"] / "config.json").read_text()).get("out_features")
+    return shown
+
+
+def usual_permissions(folder: Union[str, os.PathLike]) -> None:
+    """Give ``folder`` and everything in it the permissions a file written under the current umask gets (0755 /
+    0644 under umask 022), as :func:`lir_robust.core.files.atomic_path` does for one file: mkdtemp makes the staging
+    folder 0700 and safetensors writes its weights 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def check_replaceable(out_dir: Union[str, os.PathLike]) -> None:
     """Raise ValueError unless ``out_dir`` is absent, empty or a PyLate model folder (modules.json): writing a PyLate
     folder replaces ``out_dir`` whole, which must never take a folder of other files with it."""
@@ -379,11 +409,10 @@ def save_pylate(model, out_dir: Union[str, os.PathLike], training_config: Option
         colbert.save(str(folder), create_model_card=False)
         head = model.pooling
         base = MINILM_HUB_ID if config.base_model in MINILM_NAMES else config.base_model
-        shown = {**settings, "skiplist_words": f"{len(settings['skiplist_words'])} words (config_sentence_transformers.json)",
-                 "embedding_dim": layers[-1].out_features}
-        card = pylate_model_card(base, head, layers[-1].out_features, shown, training_config)
+        card = pylate_model_card(base, head, layers[-1].out_features, pylate_settings(folder), training_config)
         card.save(str(folder / "README.md"))
         save_pooling_json(folder, head, training_config)
+        usual_permissions(folder)
         replace_folder(folder, out_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from lir_robust.core.files import save_figure_atomic
 from lir_robust.reporting.format import injection_target
 
-__all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "plot_study_retained", "synthetic_figures",
+__all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "retained_figure", "plot_study_retained", "synthetic_figures",
            "STUDY_INJECTIONS"]
 
 # The injections a study figure shows, in this order, when the rows hold them.
@@ -65,8 +65,13 @@ def retained_panel(axis, max_k: float, title: str, *, reference_style: str = "--
 
 
 def plot_retained(results: dict[str, Any], path: Path) -> None:
-    """PNG of a sweep (its results.json): retained nDCG@10 vs K (symlog x axis), one panel per kind, one line per
-    head; 100 % marked."""
+    """PNG of a sweep (its results.json): retained nDCG@10 vs K (symlog x axis, every measured K labelled), one
+    panel per kind, one line per head; 100 % marked."""
+    save(retained_figure(results), path, dpi=120)
+
+
+def retained_figure(results: dict[str, Any]):
+    """The figure :func:`plot_retained` saves (open; the caller saves or closes it)."""
     plt = pyplot()
     kinds = results["config"]["kinds"]
     ks = results["ks"]
@@ -76,11 +81,14 @@ def plot_retained(results: dict[str, Any], path: Path) -> None:
             by_k = results["metrics"][head][kind]["by_k"]
             mean_band(axis, ks, [100 * by_k[str(k)]["retained"]["ndcg@10"] for k in ks], label=head)
         retained_panel(axis, max(ks[-1], 1), f"{kind} ({injection_target(results, kind)})")
+        axis.set_xticks([int(k) for k in ks], [str(k) for k in ks])  # every measured K, not symlog's 0 and 1 alone
+        axis.minorticks_off()
+        axis.tick_params(axis="x", labelsize=7)
     axes[0][0].set_ylabel("retained nDCG@10 (%)")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle(f"{results['config']['model']} on {results['data']['name']}", fontsize=10)
     figure.tight_layout()
-    save(figure, path, dpi=120)
+    return figure
 
 
 def plot_study_retained(rows: Sequence[tuple[str, dict[str, Any]]], title: str, path: Path) -> Path | None:
