@@ -31,8 +31,7 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
     "save_figure_atomic",
-    "json_default",
-]
+    "json_default", "usual_permissions"]
 
 
 @contextlib.contextmanager
@@ -84,10 +83,22 @@ def atomic_folder(final: "str | os.PathLike") -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
     try:
         yield temporary
+        usual_permissions(temporary)
         replace_folder(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def usual_permissions(folder: "str | os.PathLike") -> None:
+    """Give ``folder`` and everything in it the permissions a file written under the current umask gets (0755 /
+    0644 under umask 022), as :func:`atomic_path` does for one file: mkdtemp makes a staging folder 0700 and libraries
+    writing into it (safetensors, torch.save) may create private files."""
+    mask = _umask()
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from lir_robust.core.files import write_json_atomic, write_text_atomic
+from lir_robust.core.files import usual_permissions, write_json_atomic, write_text_atomic
 from lir_robust.hub.card import build_model_card, installed_project_url
 from lir_robust.hub.checkpoint import TEXT, Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
 from lir_robust.hub.licenses import check_license
@@ -74,14 +74,6 @@ def _write_figure(results: dict[str, Any], target: Path) -> str:
     the repo, not a local folder; returns its file name."""
     plot_retained(results, target / FIGURE_FILE)
     return FIGURE_FILE
-
-
-def _ordinary_permissions(folder: Path) -> None:
-    """Folders 0755, files 0644: mkdtemp creates the staging folder private (0700), and libraries writing into it may
-    create private files."""
-    folder.chmod(0o755)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _check_new_folder_place(out: Path) -> None:
@@ -162,7 +154,7 @@ def prepare_publish_folder(
                                 results=sweep, figure=figure, study=study, settings=settings, language=language)
         write_text_atomic(staging / CARD_FILE, str(card))
         validate_publish_folder(staging)
-        _ordinary_permissions(staging)
+        usual_permissions(staging)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from lir_robust.core.errors import ModelLoadError, PylateIntegrationError, PylateVersionError
-from lir_robust.core.files import replace_folder
+from lir_robust.core.files import replace_folder, usual_permissions
 from lir_robust.core.huggingface import (
     check_version,
     is_hub_id,
@@ -74,7 +74,6 @@ __all__ = [
     "largest_difference",
     "pylate_model_card",
     "pylate_settings",
-    "usual_permissions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -344,18 +343,6 @@ def pylate_settings(folder: Union[str, os.PathLike]) -> dict[str, Any]:
     if dense and (folder / dense[-1]["path"] / "config.json").is_file():
         shown["embedding_dim"] = json.loads((folder / dense[-1]["path"] / "config.json").read_text()).get("out_features")
     return shown
-
-
-def usual_permissions(folder: Union[str, os.PathLike]) -> None:
-    """Give ``folder`` and everything in it the permissions a file written under the current umask gets (0755 /
-    0644 under umask 022), as :func:`lir_robust.core.files.atomic_path` does for one file: mkdtemp makes the staging
-    folder 0700 and safetensors writes its weights 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    root = Path(folder)
-    for path in [root, *root.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def check_replaceable(out_dir: Union[str, os.PathLike]) -> None:
