@@ -125,3 +125,23 @@ def test_stuffing_never_reads_held_out_queries(bert, tmp_path):
     training_words = set(" ".join(text for qid, text in queries.items() if qid not in held_out).split())
     assert set(appended.split()) <= training_words and len(appended.split()) == 6
     assert appended.split() == content_words([text for qid, text in queries.items() if qid not in held_out], 6)
+
+
+def test_an_interrupted_hotflip_run_resumes_from_its_saved_passages(bert, tmp_path, monkeypatch):
+    """HotFlip passages are saved one by one; a rerun whose head result is missing re-optimises none of them."""
+    from lir_robust.attacks.text import pipeline
+
+    data = _write_collection(tmp_path / "beir")
+    config = TextAttackConfig(model=str(bert), data=str(data), attack="hotflip", n=2, length=4, iterations=3,
+                              candidates=4, heads=["maxsim"], cache_dir=str(tmp_path / "cache"))
+    first = run_text_attack(config, tmp_path / "out", show_progress=False)
+    (head_result,) = (tmp_path / "out" / "partial").glob("*/maxsim.json")
+    head_result.unlink()  # interrupted after the passages, before the head's metrics
+
+    def optimised_again(*args, **kwargs):
+        raise AssertionError("a saved passage was optimised again")
+
+    monkeypatch.setattr(pipeline, "hotflip_passage", optimised_again)
+    again = run_text_attack(config, tmp_path / "out", show_progress=False)
+    assert again["results"]["maxsim"]["passages"] == first["results"]["maxsim"]["passages"]
+    assert again["results"]["maxsim"]["metrics"] == first["results"]["maxsim"]["metrics"]

@@ -10,7 +10,8 @@ Kinds (``attack``):
 - ``stuffing``: the ``length`` most frequent content words of the training queries appended to N non-gold documents;
 - ``query-text``: the ceiling: each held-out query's own text appended to N of its non-gold documents.
 
-Each head's result is written to ``out/partial/<run key>/<head>.json`` as soon as it is done (a rerun resumes);
+Each head's result is written to ``out/partial/<run key>/<head>.json`` as soon as it is done, and each HotFlip
+passage to ``<head>-passage-<cluster>.json`` (a rerun resumes from them);
 ``results.json`` and ``table.md`` are written atomically at the end.
 """
 
@@ -152,7 +153,7 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
                 passages, passage_embeddings = shared["passages"], shared["passage_embeddings"]
             else:
                 passages, entry["hotflip"] = _hotflip_passages(encoder.model, config, head, split, embeddings_of,
-                                                               training_texts, show_progress)
+                                                               training_texts, partial, show_progress)
                 passage_embeddings = encoder.encode_documents(passages)  # the TEXT, re-encoded
             passage_scores = score(held_embeddings, passage_embeddings, head)
             entry["passages"] = passages
@@ -196,11 +197,18 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
 
 
 def _hotflip_passages(model, config: TextAttackConfig, head: str, split: QuerySplit, embeddings_of, training_texts,
-                      show_progress: bool) -> tuple[list[str], list[dict]]:
-    """One HotFlip passage per cluster against ``head``: (texts, per-passage statistics)."""
+                      partial: Path, show_progress: bool) -> tuple[list[str], list[dict]]:
+    """One HotFlip passage per cluster against ``head``: (texts, per-passage statistics); each passage is saved in
+    ``partial`` when done, and a rerun takes it from there."""
     settings, allowed = config.hotflip(), candidate_vocabulary(model)
     texts, stats = [], []
     for cluster, members in enumerate(split.members):
+        path = partial / f"{head_folder_name(head)}-passage-{cluster}.json"
+        if path.is_file():
+            done = json.loads(path.read_text())
+            texts.append(done["text"])
+            stats.append(done)
+            continue
         ids = [split.training[index] for index in members]
         words = content_words([training_texts[index] for index in members], settings.length)
         result = hotflip_passage(model, embeddings_of(ids), head, dataclasses.replace(settings, seed=settings.seed + cluster),
@@ -208,6 +216,7 @@ def _hotflip_passages(model, config: TextAttackConfig, head: str, split: QuerySp
                                  description=f"hotflip {head} passage {cluster + 1}/{len(split.members)}")
         texts.append(result.text)
         stats.append(result.to_dict())
+        write_json_atomic(path, stats[-1])
     return texts, stats
 
 
