@@ -12,6 +12,7 @@ import random
 from typing import Sequence
 
 from lir_robust.attacks.text.queries import content_words
+from lir_robust.core.errors import UserError
 
 __all__ = ["cluster_passages", "stuffing_words", "appended", "non_gold_documents"]
 
@@ -38,5 +39,5 @@ def non_gold_documents(document_count: int, gold: set[int], count: int, seed: in
     """``count`` distinct document indices outside ``gold``, drawn with ``random.Random(seed)`` (ascending)."""
     pool = [index for index in range(document_count) if index not in gold]
     if count > len(pool):
-        raise ValueError(f"cannot attack {count} non-gold documents: only {len(pool)} exist")
+        raise UserError(f"cannot attack {count} non-gold documents: only {len(pool)} exist; lower --n")
     return sorted(random.Random(seed).sample(pool, count))

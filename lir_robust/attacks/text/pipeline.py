@@ -33,10 +33,12 @@ from lir_robust.attacks.text.blackbox import appended, cluster_passages, non_gol
 from lir_robust.attacks.text.evaluate import edit_metrics, ndcg10, passage_metrics, score_each
 from lir_robust.attacks.text.hotflip import HotFlipSettings, candidate_vocabulary, hotflip_passage
 from lir_robust.attacks.text.queries import cluster_members, content_words, kmeans, mean_vectors, split_queries
+from lir_robust.core.errors import DataError, UserError
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.core.naming import head_folder_name
 from lir_robust.data import load_retrieval_set
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
+from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.scoring.scorer import score
 
@@ -115,10 +117,11 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
     heads = [parse_head(head).spec() for head in config.heads]
     data = load_retrieval_set(config.data, split=config.split, root=config.data_root)
     if data.modality != "text":
-        raise ValueError(f"{data.name} holds page images; the text attacks need a text collection")
+        raise DataError(f"{data.name} holds page images; the text attacks need a text collection (a BEIR folder)")
     encoder = load_encoder(config.model, show_progress=show_progress)
-    if config.attack == "hotflip" and not hasattr(encoder, "model"):
-        raise ValueError(f"HotFlip needs a text ColBERT model; {config.model} is not one")
+    if config.attack == "hotflip" and not isinstance(getattr(encoder, "model", None), TextColBERT):
+        raise UserError(f"HotFlip needs a text ColBERT model (minilm, a text checkpoint, a PyLate model); {config.model} is "
+                        f"a {type(encoder).__name__}: attack it with cluster-text, stuffing or query-text")
     query_embeddings, corpus = encode_retrieval_set(encoder, data, EmbeddingCache(config.cache_dir), use_cache=config.use_cache)
     position = {qid: index for index, qid in enumerate(data.queries)}
     embeddings_of = lambda ids: [query_embeddings[position[qid]] for qid in ids]  # noqa: E731
