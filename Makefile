@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep attack-one check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ synth-quick:
 
 eval-length-sweep:
 	$(PY) eval/length_sweep.py --model $(MODEL) --data $(DATA) --poolings $(POOLINGS) --kinds $(KINDS) --ks $(KS) --out $(OUT)/length-sweep
+
+# One text attack of one model, every head (ATTACK: cluster-text hotflip stuffing query-text; ATTACK_ARGS: any
+# eval/attack.py options, e.g. "--n 10 --iterations 30 --heads maxsim exclusive softmax:tau=1.0").
+ATTACK ?= cluster-text
+ATTACK_ARGS ?=
+attack-one:
+	$(PY) eval/attack.py --model $(MODEL) --data $(DATA) --attack $(ATTACK) $(ATTACK_ARGS) --out $(OUT)/attack/$(ATTACK)
 
 # Pooled gaussian / corpus patches (the sweep's default) against private draws per document, two seeds each.
 check-pool-blocks:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # test name -> (the module of lir_robust.commands that runs it, the checkout's script wrapping it: its errors' prog)
 COMMANDS = {
     "length_sweep": ("sweep", "eval/length_sweep.py"),
+    "attack": ("attack", "eval/attack.py"),
     "finetune": ("finetune", "train/finetune.py"),
     "synthetic_study": ("synthetic", "eval/synthetic_study.py"),
     "finetune_all": ("finetune_all", "eval/finetune_all.py"),
@@ -62,6 +63,7 @@ def _forbid_loading(monkeypatch, scripts):
     from lir_robust.training import models, pairs
 
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
+    monkeypatch.setattr(scripts["attack"], "run_text_attack", loaded)
     monkeypatch.setattr(scripts["synthetic_study"], "run_study", loaded)
     monkeypatch.setattr(scripts["bench_scoring"], "measure", loaded)
     monkeypatch.setattr(scripts["bench_train"], "bench", loaded)
@@ -89,6 +91,18 @@ BAD_INPUTS = [
     ("results_doc", ["--study", "missing-study.json", "--synthetic", "missing-synthetic.json"],
      "neither missing-study.json nor missing-synthetic.json exists: run `make study` and / or `make synth` first"),
     ("results_doc", ["--out", "{beir}"], "argument --out: "),
+    # eval/attack.py
+    ("attack", ["--attack", "hotflips"], "argument --attack: invalid choice: 'hotflips'"),
+    ("attack", ["--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+    ("attack", ["--length", "-4"], "argument --length: expected an integer >= 1, got '-4'"),
+    ("attack", ["--queries", "0"], "argument --queries: expected an integer >= 1, got '0'"),
+    ("attack", ["--heads", "maxsim", "topk:k=0"], "argument --heads: pooling head 'topk': k must be an integer >= 1, got 0"),
+    ("attack", ["--data", "{beir}", "--heads", "maxsim", "MAXSIM"], "--heads maxsim maxsim names a head twice; give each head once"),
+    ("attack", ["--data", "{beir}", "--iterations", "5"], "--iterations 5 tunes HotFlip, but --attack is cluster-text; drop --iterations or pass --attack hotflip"),
+    ("attack", ["--data", "{beir}", "--attack", "query-text", "--length", "8"], "--length 8 has no effect on --attack query-text"),
+    ("attack", ["--data", "nosuchcollection"], "collection 'nosuchcollection' not found: looked for the folder"),
+    ("attack", ["--data", "{beir}", "--model", "./missing-model"], "--model ./missing-model: not found (no folder"),
+    ("attack", ["--data", "{beir}", "--out", "{file}"], "argument --out: '"),
     # eval/length_sweep.py
     ("length_sweep", ["--poolings", "maxsim", "topk:k=0"], "argument --poolings: pooling head 'topk': k must be an integer >= 1, got 0"),
     ("length_sweep", ["--poolings", "median"], "argument --poolings: unknown pooling head 'median'; valid heads: maxsim"),

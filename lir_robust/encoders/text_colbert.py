@@ -361,13 +361,20 @@ class TextColBERT(nn.Module):
             attention = torch.ones_like(attention)
         return {"input_ids": ids, "attention_mask": attention}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_query: bool, inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L]`` ids -> (embeddings ``[B, L, D]`` L2-normalised and zero where masked, mask ``[B, L]`` bool).
 
         Documents also mask their skiplist tokens (punctuation by default, as ColBERT does); expanded queries keep
-        every position (the expansion tokens are scored, as in ColBERT and PyLate).
+        every position (the expansion tokens are scored, as in ColBERT and PyLate). ``inputs_embeds [B, L, H]``: the
+        backbone's input token embeddings of ``input_ids``, given instead of looked up (HotFlip's gradients with respect
+        to one-hot tokens, :mod:`lir_robust.attacks.text.hotflip`); ``input_ids`` still decide the masks.
         """
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if inputs_embeds is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
         vectors = F.normalize(self.projection(hidden).float(), dim=-1)
         mask = attention_mask.to(torch.bool)
         if is_query and self.colbert_config.query_expansion:
