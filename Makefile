@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep attack-one check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ ATTACK ?= cluster-text
 ATTACK_ARGS ?=
 attack-one:
 	$(PY) eval/attack.py --model $(MODEL) --data $(DATA) --attack $(ATTACK) $(ATTACK_ARGS) --out $(OUT)/attack/$(ATTACK)
+
+# MTEB with the pooling head (TASKS: BEIR folders, collection names or MTEB task names; HEADS: empty = the
+# checkpoint's own head), mteb's result files under $(OUT)/mteb.
+TASKS ?= $(DATA)
+HEADS ?=
+mteb:
+	$(PY) eval/mteb_eval.py --model $(MODEL) --tasks $(TASKS) $(if $(HEADS),--head $(HEADS)) --out $(OUT)/mteb
 
 # Pooled gaussian / corpus patches (the sweep's default) against private draws per document, two seeds each.
 check-pool-blocks:

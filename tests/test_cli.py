@@ -31,6 +31,7 @@ COMMANDS = {
     "pool_blocks_check": ("pool_blocks_check", "eval/pool_blocks_check.py"),
     "results_doc": ("results_doc", "eval/results_doc.py"),
     "bench_scale": ("bench_scale", "eval/bench_scale.py"),
+    "mteb": ("mteb", "eval/mteb_eval.py"),
 }
 SCRIPTS = {name: script for name, (_, script) in COMMANDS.items()}
 # Commands whose refusals are tested in their own test file instead of BAD_INPUTS below.
@@ -84,6 +85,13 @@ def _fill(argv, files):
 
 # (command, arguments, what the one line must say). {beir}, {bert}, {file} are fixture paths.
 BAD_INPUTS = [
+    # eval/mteb_eval.py
+    ("mteb", ["--tasks", "{beir}", "--head", "median", "--out", "o"], "argument --head: unknown pooling head 'median'"),
+    ("mteb", ["--model", "./nowhere", "--tasks", "{beir}", "--out", "o"], "--model ./nowhere: not found"),
+    ("mteb", ["--tasks", "{file}", "--out", "o"], "--tasks "),
+    ("mteb", ["--tasks", "NoSuchTaskAnywhere", "--out", "o"], "--tasks NoSuchTaskAnywhere: neither a local BEIR folder"),
+    ("mteb", ["--tasks", "VidoreArxivQARetrieval", "--out", "o"], "but the Hub is offline"),
+    ("mteb", ["--tasks", "{beir}"], "the following arguments are required: --out"),
     # eval/bench_scale.py
     ("bench_scale", ["--sizes", "3000", "1000"], "--sizes 3000 1000: give distinct sizes, smallest first"),
     ("bench_scale", ["--sizes", "10"], "argument --sizes: "),

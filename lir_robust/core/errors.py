@@ -12,6 +12,8 @@ into one line (the problem and the fix) with exit status 2 (``isinstance(error, 
             ModelNotFoundError                  neither a local folder nor a model on the Hub
         PylateIntegrationError (RuntimeError)   PyLate models and folders
             PylateVersionError                  pylate missing or outside the supported range
+        MtebIntegrationError (RuntimeError)     MTEB models and tasks (an unknown task, a task's data offline)
+            MtebVersionError                    mteb missing or outside the supported range
 
 The builtin bases (ValueError, RuntimeError) are the ones each error had before it joined the family, so that
 ``except ValueError`` around a data load keeps catching it. :class:`HubUnreachableError` is a DataError too (a data
@@ -35,6 +37,8 @@ __all__ = [
     "ModelNotFoundError",
     "PylateIntegrationError",
     "PylateVersionError",
+    "MtebIntegrationError",
+    "MtebVersionError",
     "one_line",
 ]
 
@@ -82,6 +86,14 @@ class PylateIntegrationError(UserError, RuntimeError):
 
 class PylateVersionError(PylateIntegrationError):
     """pylate is missing or outside the supported version range."""
+
+
+class MtebIntegrationError(UserError, RuntimeError):
+    """lir_robust.patches.mteb's errors; the message alone says what went wrong and what to do."""
+
+
+class MtebVersionError(MtebIntegrationError):
+    """mteb is missing or outside the supported version range."""
 
 
 def one_line(error: BaseException, secret: str | None = None) -> str:

@@ -1,0 +1,102 @@
+"""Evaluate a checkpoint in MTEB with its pooling head: local BEIR folders or MTEB tasks by name, mteb's result files.
+
+    lir-robust mteb --model minilm --tasks cranfield --head maxsim topk:k=4 --out results/mteb-minilm
+    lir-robust mteb --model runs/finetune-topk-k4 --tasks /data/med --out results/mteb-topk     # the checkpoint's head
+    lir-robust mteb --model vidore/colqwen2.5-v0.2 --tasks VidoreArxivQARetrieval --out results/mteb-colqwen
+
+``--tasks``: a BEIR folder, a collection name under the data root (``cranfield``), or an MTEB task name (its data
+comes from the Hub; offline that ends in one line). Each head is one MTEB model (the head is in its
+``experiment_kwargs``), so mteb writes ``OUT/results/<model>/<revision>/experiments/head_<head>/<Task>.json``;
+``OUT/summary.json`` lists nDCG@10 per task and head. The model is loaded once and each text encoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from lir_robust.commands import cli
+
+__all__ = ["build_parser", "parse_args", "main"]
+
+logger = logging.getLogger("mteb")
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="minilm", help="'minilm', a fine-tuned or PyLate model folder, a published Hub id, or a colpali-engine model")
+    p.add_argument("--tasks", nargs="+", required=True, help="BEIR folders, collection names under the data root, or MTEB task names")
+    p.add_argument("--head", nargs="+", type=cli.head_spec, default=None,
+                   help="pooling heads to score with (text forms, e.g. maxsim topk:k=4); default: the checkpoint's own (pooling.json), else maxsim")
+    p.add_argument("--out", required=True, type=cli.output_folder, help="folder for mteb's result files and summary.json")
+    p.add_argument("--data-root", default=None, help="folder that bare collection names resolve in")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="encoding batch size (default: the encoder's)")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def _resolve_tasks(specs: list[str], root: str | None) -> list[tuple[str, str]]:
+    """Each ``--tasks`` value -> ("local", spec) or ("named", spec), checked without loading anything large."""
+    from lir_robust.data import DataError, locate_data
+    from lir_robust.patches.mteb import load_task_data, named_task
+
+    resolved = []
+    for spec in specs:
+        try:
+            located = locate_data(spec, root=root)
+        except DataError:
+            located = None
+        if located is not None and located.data_format == "beir":
+            resolved.append(("local", spec))
+            continue
+        if Path(spec).expanduser().exists():
+            cli.check_data(spec, root=root, option="--tasks")  # a folder of another layout: its own one-line error
+            raise cli.UserError(f"--tasks {spec}: local tasks must be BEIR folders (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+        task = named_task(spec)
+        load_task_data(task)  # offline: one line, before the model loads
+        resolved.append(("named", spec))
+    return resolved
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cli.check_model(args.model)
+    from lir_robust.patches.mteb import check_mteb_version
+
+    version = check_mteb_version()
+    tasks = _resolve_tasks(args.tasks, args.data_root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import mteb
+
+    from lir_robust.core.files import write_json_atomic
+    from lir_robust.data import load_retrieval_set
+    from lir_robust.encoders.load import load_encoder
+    from lir_robust.patches.mteb import HeadScoredModel, named_task, retrieval_task
+
+    started = time.perf_counter()
+    encoder = load_encoder(args.model, batch_size=args.batch_size)
+    name = "minilm" if args.model.lower() in cli.MINILM_NAMES else Path(args.model).name if Path(args.model).exists() else args.model
+    base = HeadScoredModel(encoder, args.head[0] if args.head else None, name=name)
+    heads = args.head or [str(base.head)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = mteb.ResultCache(out)
+    summary: dict = {"model": args.model, "mteb_version": version, "heads": heads, "ndcg@10": {}, "result_files": []}
+    for kind, spec in tasks:
+        task = retrieval_task(load_retrieval_set(spec, root=args.data_root)) if kind == "local" else named_task(spec)
+        for head in heads:
+            model = base.with_head(head)
+            result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always")
+            scores = result.task_results[0].scores["test"][0]
+            summary["ndcg@10"].setdefault(task.metadata.name, {})[head] = scores["ndcg_at_10"]
+            path = cache.get_task_result_path(task.metadata.name, model.mteb_model_meta)
+            summary["result_files"].append(str(path))
+            logger.info("%s %s: nDCG@10 %.5f (%s)", task.metadata.name, head, scores["ndcg_at_10"], path)
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "summary.json", summary)
+    print(summary)
+    return summary
