@@ -92,6 +92,7 @@ BAD_INPUTS = [
     ("mteb", ["--tasks", "NoSuchTaskAnywhere", "--out", "o"], "--tasks NoSuchTaskAnywhere: neither a local BEIR folder"),
     ("mteb", ["--tasks", "VidoreArxivQARetrieval", "--out", "o"], "but the Hub is offline"),
     ("mteb", ["--tasks", "{beir}"], "the following arguments are required: --out"),
+    ("mteb", ["--tasks", "{beir}", "--spike-k", "0", "--out", "o"], "argument --spike-k: "),
     # eval/bench_scale.py
     ("bench_scale", ["--sizes", "3000", "1000"], "--sizes 3000 1000: give distinct sizes, smallest first"),
     ("bench_scale", ["--sizes", "10"], "argument --sizes: "),

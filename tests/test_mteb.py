@@ -79,8 +79,9 @@ def test_the_command_writes_a_summary_and_result_files(setup, tmp_path, monkeypa
 
     bert = setup["base"] / "bert"
     summary = main(["--model", str(bert), "--tasks", str(setup["base"] / "beir"), "--head", "maxsim", "topk:k=2",
-                    "--out", str(tmp_path / "out")])
+                    "--spike-k", "2", "--out", str(tmp_path / "out")])
     assert set(summary["ndcg@10"]["LocalBeirRetrieval"]) == {"maxsim", "topk:k=2"}
+    assert set(summary["spike"]["LocalBeirRetrieval"]["topk:k=2"]) == {2} and len(summary["result_files"]) == 4
     assert all(__import__("pathlib").Path(path).is_file() for path in summary["result_files"])
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["heads"] == ["maxsim", "topk:k=2"]
 
@@ -100,3 +101,25 @@ def test_a_named_task_offline_or_unknown_ends_in_one_line(task, expected, tmp_pa
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and expected in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("head", ["maxsim", "topk:k=2"])
+def test_the_spike_condition_in_mteb_equals_the_sweep_at_the_same_k(setup, head, tmp_path):
+    """K spikes appended to each query's non-gold documents (seeded as the sweep), through mteb: the sweep's nDCG@10."""
+    import mteb
+
+    from lir_robust.attacks.mteb_conditions import SpikeInjectedModel
+    from lir_robust.sweep.pipeline import SweepConfig, run_length_sweep
+
+    base, data = setup["base"], setup["data"]
+    config = SweepConfig(model=str(base / "bert"), data=str(base / "beir"), heads=[head], kinds=["spike"], ks=[0, 2, 4],
+                         cache_dir=str(tmp_path / "cache"), segments=1)
+    sweep = run_length_sweep(config, tmp_path / "sweep", show_progress=False)
+    task = retrieval_task(data)
+    for k in (0, 2, 4):
+        model = SpikeInjectedModel(setup["encoder"], data, k, head, name="tiny")
+        mteb.evaluate(model, task, cache=mteb.ResultCache(tmp_path / "mteb"), show_progress_bar=False)
+        path = mteb.ResultCache(tmp_path / "mteb").get_task_result_path(task.metadata.name, model.mteb_model_meta)
+        ndcg = json.loads(path.read_text())["scores"]["test"][0]["ndcg_at_10"]
+        expected = sweep["metrics"][head]["spike"]["by_k"][str(k) if str(k) in sweep["metrics"][head]["spike"]["by_k"] else k]["mean"]["ndcg@10"]
+        assert abs(ndcg - expected) < 1e-4, (k, ndcg, expected)

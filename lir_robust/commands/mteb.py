@@ -8,6 +8,8 @@
 comes from the Hub; offline that ends in one line). Each head is one MTEB model (the head is in its
 ``experiment_kwargs``), so mteb writes ``OUT/results/<model>/<revision>/experiments/head_<head>/<Task>.json``;
 ``OUT/summary.json`` lists nDCG@10 per task and head. The model is loaded once and each text encoded once.
+``--spike-k 4 16`` adds the sweep's spike condition on local tasks (K spikes of each query appended to its non-gold
+documents, seeded as the sweep: lir_robust.attacks.mteb_conditions), filed as ``head_<head>__injection_spike__k_<K>``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="pooling heads to score with (text forms, e.g. maxsim topk:k=4); default: the checkpoint's own (pooling.json), else maxsim")
     p.add_argument("--out", required=True, type=cli.output_folder, help="folder for mteb's result files and summary.json")
     p.add_argument("--data-root", default=None, help="folder that bare collection names resolve in")
+    p.add_argument("--spike-k", nargs="+", type=cli.positive_int, default=[],
+                   help="also evaluate local tasks under the sweep's spike injection at these budgets K")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="the spike injection's seed (the sweep's --seed)")
     p.add_argument("--batch-size", type=cli.positive_int, default=None, help="encoding batch size (default: the encoder's)")
     return p
 
@@ -69,12 +74,15 @@ def main(argv=None) -> dict:
 
     version = check_mteb_version()
     tasks = _resolve_tasks(args.tasks, args.data_root)
+    if args.spike_k and not any(kind == "local" for kind, _ in tasks):
+        raise cli.UserError("--spike-k applies to local BEIR tasks only (the condition needs the qrels); add one to --tasks or drop --spike-k")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import mteb
 
     from lir_robust.core.files import write_json_atomic
     from lir_robust.data import load_retrieval_set
     from lir_robust.encoders.load import load_encoder
+    from lir_robust.attacks.mteb_conditions import SpikeInjectedModel
     from lir_robust.patches.mteb import HeadScoredModel, named_task, retrieval_task
 
     started = time.perf_counter()
@@ -86,16 +94,25 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = mteb.ResultCache(out)
     summary: dict = {"model": args.model, "mteb_version": version, "heads": heads, "ndcg@10": {}, "result_files": []}
+    if args.spike_k:
+        summary["spike"] = {}
+
+    def run(model, task) -> float:
+        result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always")
+        ndcg = result.task_results[0].scores["test"][0]["ndcg_at_10"]
+        path = cache.get_task_result_path(task.metadata.name, model.mteb_model_meta)
+        summary["result_files"].append(str(path))
+        logger.info("%s %s: nDCG@10 %.5f (%s)", task.metadata.name, model.mteb_model_meta.experiment_name, ndcg, path)
+        return ndcg
+
     for kind, spec in tasks:
-        task = retrieval_task(load_retrieval_set(spec, root=args.data_root)) if kind == "local" else named_task(spec)
+        data = load_retrieval_set(spec, root=args.data_root) if kind == "local" else None
+        task = retrieval_task(data) if data is not None else named_task(spec)
         for head in heads:
-            model = base.with_head(head)
-            result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always")
-            scores = result.task_results[0].scores["test"][0]
-            summary["ndcg@10"].setdefault(task.metadata.name, {})[head] = scores["ndcg_at_10"]
-            path = cache.get_task_result_path(task.metadata.name, model.mteb_model_meta)
-            summary["result_files"].append(str(path))
-            logger.info("%s %s: nDCG@10 %.5f (%s)", task.metadata.name, head, scores["ndcg_at_10"], path)
+            summary["ndcg@10"].setdefault(task.metadata.name, {})[head] = run(base.with_head(head), task)
+            for k in args.spike_k if data is not None else []:
+                injected = SpikeInjectedModel.from_model(base, data, k, head, seed=args.seed)
+                summary["spike"].setdefault(task.metadata.name, {}).setdefault(head, {})[k] = run(injected, task)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     print(summary)
