@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
     cli.check_model(args.model)
     from lir_robust.patches.mteb import check_mteb_version
 
-    version = check_mteb_version()
     tasks = _resolve_tasks(args.tasks, args.data_root)
+    version = check_mteb_version()
     if args.spike_k and not any(kind == "local" for kind, _ in tasks):
         raise cli.UserError("--spike-k applies to local BEIR tasks only (the condition needs the qrels); add one to --tasks or drop --spike-k")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
