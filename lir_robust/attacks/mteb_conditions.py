@@ -21,7 +21,7 @@ from lir_robust.attacks.generators import spike_patches
 from lir_robust.core.errors import MtebIntegrationError
 from lir_robust.data.collection import RetrievalSet
 from lir_robust.patches.mteb import HeadScoredModel
-from lir_robust.scoring.scorer import score
+from lir_robust.scoring.scorer import pad_with_mask
 
 __all__ = ["SpikeInjectedModel"]
 
@@ -97,15 +97,24 @@ class SpikeInjectedModel(HeadScoredModel):
         if None in tags:
             raise MtebIntegrationError("the spike condition scores the embeddings this model encoded for a full-corpus "
                                        "retrieval task; reranking tasks (top_ranked) are not supported")
-        positions = tags[len(queries):]
+        gold_mask = torch.zeros(len(queries), len(documents), dtype=torch.bool)
+        for row, (_, i) in enumerate(tags[: len(queries)]):
+            for column, (_, j) in enumerate(tags[len(queries):]):
+                gold_mask[row, column] = j in self._gold[i]
+        padded, mask = pad_with_mask([document.float() for document in documents])  # [Nd, Td, D], [Nd, Td]
         rows = []
-        for query, (_, i) in zip(queries, tags):
-            patches = self.spikes(i, query)
-            injected = [document if j in self._gold[i] else torch.cat([document, patches.to(document.dtype)])
-                        for document, (_, j) in zip(documents, positions)]
-            rows.append(score([query], injected, self.head, query_batch_size=1,
-                              document_batch_size=self.document_batch_size))
-        return torch.cat(rows)
+        with torch.no_grad():
+            for row, (query, (_, i)) in enumerate(zip(queries, tags)):
+                query = query.float()
+                patches = self.spikes(i, query)  # [k, D]
+                clean = torch.matmul(padded, query.T).transpose(1, 2)  # [Nd, Tq, Td]
+                spiked = (query @ patches.T).expand(len(documents), -1, -1)  # [Nd, Tq, k]
+                similarities = torch.cat([clean, spiked], dim=2)
+                document_mask = torch.cat([mask, ~gold_mask[row].unsqueeze(1).expand(-1, self.k)], dim=1)
+                query_mask = torch.ones(len(documents), query.shape[0], dtype=torch.bool)
+                per_token = self.head.pool(similarities, document_mask, query_mask)  # [Nd, Tq]
+                rows.append(per_token.sum(dim=1))
+        return torch.stack(rows)
 
     @property
     def mteb_model_meta(self):
