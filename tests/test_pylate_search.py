@@ -109,3 +109,31 @@ def test_search_encodes_query_texts_with_a_pylate_model(tmp_path):
 def test_an_unknown_index_is_refused_in_one_line(tmp_path):
     with pytest.raises(pylate_search.UserError, match="unknown index 'plaid'.*fix: choose one of voyager"):
         build_index(tmp_path / "index", ["a"], [unit(2, 8)], kind="plaid")
+
+
+def test_the_search_command_matches_exhaustive_scoring_and_runs_the_attack_through_the_index(tmp_path):
+    """18 documents, all of them candidates (k_token reaching every stored vector): index + head equals the
+    exhaustive head; spike patches go through the index and the sweep's numbers sit beside them."""
+    import json
+
+    from pylate import models
+    from retrieval_fixtures import write_beir
+    from tiny_text import save_tiny_bert
+
+    from lir_robust.commands import search as command
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    models.ColBERT(model_name_or_path=str(save_tiny_bert(tmp_path / "bert")), device="cpu", embedding_size=16).save(str(folder))
+    out = tmp_path / "out"
+    command.main(["--model", str(folder), "--data", str(write_beir(tmp_path / "tiny")), "--head", "maxsim", "exclusive",
+                  "--candidates", "18", "--k-token", "100000", "--kinds", "spike", "--budget", "2", "--out", str(out),
+                  "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    for head in ("maxsim", "exclusive:capacity=1,candidates=8"):  # the heads' full text forms
+        entry = results["clean"]["heads"][head]
+        assert entry["index"]["18"]["ndcg@10"] == pytest.approx(entry["exhaustive"]["ndcg@10"], abs=1e-9)
+        attacked, sweep = results["attack"]["kinds"]["spike"]["heads"][head]["18"], results["attack"]["sweep"][head]["spike"]
+        assert attacked["clean"] == pytest.approx(sweep["clean"], abs=1e-9)
+        assert attacked["ndcg@10"] == pytest.approx(sweep["attacked"], abs=1e-9)  # every document a candidate: the sweep's
+    assert "| exclusive:capacity=1,candidates=8 | 18 |" in (out / "table.md").read_text()

@@ -20,7 +20,8 @@ restricted to the index's candidates (tests/test_pylate_search.py).
 
 The index (:data:`INDEX_KINDS`): PyLate's ``Voyager``. PLAID needs fast-plaid, whose builds pin older torches;
 ScaNN, WARP and Tachiom need packages that are not installed. voyager 2.2 accepts only numpy arrays where PyLate
-1.6.0 passes lists of vectors (``add_items``, ``query``); :class:`_ArrayArguments` converts them, nothing else.
+1.6.0 passes lists of vectors (``add_items``, ``query``) and refuses a search depth ``query_ef`` below ``k`` (PyLate
+passes its ``ef_search`` whatever ``k``); :class:`_ArrayArguments` converts the one and deepens the other.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ Vectors = Union[torch.Tensor, np.ndarray]
 
 
 class _ArrayArguments:
-    """A voyager ``Index`` that accepts lists of vectors again (what PyLate 1.6.0's Voyager passes): voyager >= 2.2
-    takes only float32 numpy arrays in ``add_items`` and ``query``. Everything else goes to the index unchanged."""
+    """A voyager ``Index`` as PyLate 1.6.0's Voyager calls it: voyager >= 2.2 takes only float32 numpy arrays in
+    ``add_items`` and ``query`` and needs ``query_ef >= k``. Everything else goes to the index unchanged."""
 
     def __init__(self, index):
         self.wrapped = index
@@ -53,8 +54,10 @@ class _ArrayArguments:
     def add_items(self, vectors, *args, **kwargs):
         return self.wrapped.add_items(np.array(vectors, dtype=np.float32, ndmin=2), *args, **kwargs)
 
-    def query(self, vectors, *args, **kwargs):
-        return self.wrapped.query(np.array(vectors, dtype=np.float32, ndmin=2), *args, **kwargs)
+    def query(self, vectors, k: int = 1, query_ef: int = -1, **kwargs):
+        # voyager 2.2 refuses query_ef < k (PyLate passes its ef_search whatever k): search at least k deep
+        query_ef = max(query_ef, k) if query_ef > 0 else query_ef
+        return self.wrapped.query(np.array(vectors, dtype=np.float32, ndmin=2), k, query_ef=query_ef, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.wrapped, name)
