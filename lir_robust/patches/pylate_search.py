@@ -133,9 +133,13 @@ def with_patches(index, folder: Union[str, os.PathLike], patches: Mapping[str, V
 
 
 def index_candidates(index, queries_embeddings: Sequence[Vectors], candidates: int, k_token: Optional[int] = None,
-                     batch_size: int = 50) -> list[list[dict]]:
+                     batch_size: int = 4) -> list[list[dict]]:
     """Each query's ``candidates`` best documents by PyLate's own path (``retrieve.ColBERT``: the ``k_token`` nearest
-    stored vectors of each query token, then MaxSim over the documents they belong to): RerankResult lists."""
+    stored vectors of each query token, then MaxSim over the documents they belong to): RerankResult lists.
+
+    ``batch_size`` queries at a time (PyLate's default is 50): PyLate fetches every vector of every document a batch
+    reaches at once, and on a small corpus the ``k_token`` hits of 32 query tokens reach most of it (Cranfield, 50
+    queries: more than 8 million vectors, which voyager refused)."""
     pylate = _pylate()
     import pylate.retrieve  # noqa: F401
 
