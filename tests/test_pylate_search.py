@@ -127,7 +127,7 @@ def test_the_search_command_matches_exhaustive_scoring_and_runs_the_attack_throu
     models.ColBERT(model_name_or_path=str(save_tiny_bert(tmp_path / "bert")), device="cpu", embedding_size=16).save(str(folder))
     out = tmp_path / "out"
     command.main(["--model", str(folder), "--data", str(write_beir(tmp_path / "tiny")), "--head", "maxsim", "exclusive",
-                  "--candidates", "18", "--k-token", "100000", "--kinds", "spike", "--budget", "2", "--out", str(out),
+                  "--candidates", "18", "--k-token", "100000", "--kinds", "spike", "--budget", "2", "--max-queries", "4", "--out", str(out),
                   "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     results = json.loads((out / "results.json").read_text())
     for head in ("maxsim", "exclusive:capacity=1,candidates=8"):  # the heads' full text forms

@@ -135,11 +135,12 @@ def _attacked(config, index, folder, query_ids, queries, document_ids, documents
     return out
 
 
-def _sweep(config: IndexSearchConfig, out_dir: Path, show_progress: bool) -> dict[str, Any]:
-    """The exhaustive sweep over the attack's queries: per head and kind, nDCG@10 at K = 0 and K, and retained."""
+def _sweep(config: IndexSearchConfig, queries: int, out_dir: Path, show_progress: bool) -> dict[str, Any]:
+    """The exhaustive sweep over the attack's queries (the first ``queries`` judged ones): per head and kind, nDCG@10
+    at K = 0 and K, and retained."""
     sweep = SweepConfig(model=config.model, data=config.data, data_root=config.data_root, heads=list(config.heads),
                         kinds=list(config.kinds), ks=[0, config.budget], seed=config.seed, spike_tokens=config.spike_tokens,
-                        max_queries=config.attack_queries, cache_dir=config.cache_dir)
+                        max_queries=queries, cache_dir=config.cache_dir)
     results = run_length_sweep(sweep, out_dir, show_progress=show_progress)
     out = {}
     for head in config.heads:
@@ -222,7 +223,7 @@ def run_index_search(config: IndexSearchConfig, out_dir, show_progress: bool = T
                     value = kinds[kind]["heads"][head][str(count)]
                     value.update(clean=baseline, retained=retained_share(value["ndcg@10"], baseline))
         tick = time.perf_counter()
-        sweep = _sweep(config, out_dir / "sweep", show_progress)
+        sweep = _sweep(config, attacked_count, out_dir / "sweep", show_progress)
         timings["sweep"] = time.perf_counter() - tick
         results["attack"] = {"queries": attacked_count, "kinds": kinds, "sweep": sweep}
     timings["total"] = time.perf_counter() - started
