@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean
+.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean search
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ TASKS ?= $(DATA)
 HEADS ?=
 mteb:
 	$(PY) eval/mteb_eval.py --model $(MODEL) --tasks $(TASKS) $(if $(HEADS),--head $(HEADS)) --out $(OUT)/mteb
+# PyLate's Voyager index + the head's rerank against exhaustive scoring, clean and with spike / hard K = 4 indexed.
+SEARCH_ARGS ?= --head maxsim exclusive softmax:tau=1.0 --candidates 50 100 200
+search:
+	$(PY) eval/search.py --model $(MODEL) --data $(DATA) $(SEARCH_ARGS) --out $(OUT)/search-$(DATA)
 
 # Pooled gaussian / corpus patches (the sweep's default) against private draws per document, two seeds each.
 check-pool-blocks:

@@ -33,6 +33,7 @@ COMMANDS = {
     "results_doc": ("results_doc", "eval/results_doc.py"),
     "bench_scale": ("bench_scale", "eval/bench_scale.py"),
     "mteb": ("mteb", "eval/mteb_eval.py"),
+    "search": ("search", "eval/search.py"),
 }
 SCRIPTS = {name: script for name, (_, script) in COMMANDS.items()}
 # Commands whose refusals are tested in their own test file instead of BAD_INPUTS below.
@@ -73,6 +74,7 @@ def _forbid_loading(monkeypatch, scripts):
         monkeypatch.setattr(scripts[name], "load_retrieval_set", loaded)
         monkeypatch.setattr(scripts[name], "load_encoder", loaded)
     monkeypatch.setattr(scripts["bench_scale"], "make_corpus", loaded)
+    monkeypatch.setattr(scripts["search"], "run_index_search", loaded)
     monkeypatch.setattr(variants, "load_collection", loaded)
     monkeypatch.setattr(pairs, "load_training_pairs", loaded)
     for name in ("build_text_model", "build_colpali_model"):
@@ -154,6 +156,15 @@ BAD_INPUTS = [
     ("finetune", ["--data", "{beir}", "--resume", "/nonexistent/checkpoints/step-3"], "--resume /nonexistent/checkpoints/step-3: not a complete checkpoint folder"),
     ("finetune", ["--data", "{beir}", "--injected-negatives", "none", "spike:4"], "none means no defence; give none alone"),
     ("finetune", ["--data", "{beir}", "--pseudo-queries", "queries"], "argument --pseudo-queries: invalid choice: 'queries'"),
+    # eval/search.py
+    ("search", ["--index", "plaid"], "argument --index: invalid choice: 'plaid' (choose from 'voyager')"),
+    ("search", ["--head", "maxsim", "softmax:tau=0"], "argument --head: pooling head 'softmax': tau must be a finite number > 0, got 0.0"),
+    ("search", ["--candidates", "0"], "argument --candidates: expected an integer >= 1, got '0'"),
+    ("search", ["--kinds", "gaussian"], "argument --kinds: invalid choice: 'gaussian' (choose from 'hard', 'spike')"),
+    ("search", ["--budget", "0"], "argument --budget: expected an integer >= 1, got '0'"),
+    ("search", ["--data", "nosuchcollection"], "collection 'nosuchcollection' not found: looked for the folder"),
+    ("search", ["--data", "{beir}", "--model", "./missing-model"], "--model ./missing-model: not found (no folder"),
+    ("search", ["--data", "{beir}", "--out", "{file}"], "argument --out: '"),
     # eval/synthetic_study.py
     ("synthetic_study", ["--lengths", "4"], "the options describe no valid study: every document length must be >= 8"),
     ("synthetic_study", ["--train-queries", "3"], "the options describe no valid study: --train-queries (3) must be >= batch_size (64)"),

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "results-doc": ("results_doc", "docs/RESULTS.md and its figures from the committed results", "eval/results_doc.py"),
     "publish": ("publish", "a checkpoint and its model card to the Hugging Face Hub", "train/publish.py"),
     "mteb": ("mteb", "MTEB evaluation with the pooling head: local BEIR folders or MTEB tasks", "eval/mteb_eval.py"),
+    "search": ("search", "search behind a PyLate index with a pooling head, against exhaustive scoring", "eval/search.py"),
     "export-pylate": ("export_pylate", "a text checkpoint as a PyLate model folder", "eval/export_pylate.py"),
     "bench-scoring": ("bench_scoring", "scoring speed and memory per head against maxsim", "eval/bench_scoring.py"),
     "bench-sweep": ("bench_sweep", "the full sweep against one plain evaluation", "eval/bench_sweep.py"),
