@@ -29,7 +29,7 @@ import torch
 
 from lir_robust.core.errors import HubUnreachableError, MtebIntegrationError, MtebVersionError
 from lir_robust.core.huggingface import check_version, hub_offline
-from lir_robust.data.collection import RetrievalSet, document_text
+from lir_robust.data.collection import RetrievalSet
 from lir_robust.scoring.pooling import PoolingHead, parse_head
 from lir_robust.scoring.scorer import as_multi_vectors, paired_scores, pad_with_mask, score
 
