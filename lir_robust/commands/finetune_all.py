@@ -33,7 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lir_robust.commands import cli, finetune  # noqa: E402
-from lir_robust.studies.variants import RECIPE, check_recipe, recipe_of, run_variants, slug, train_arguments  # noqa: E402
+from lir_robust.core.naming import head_folder_name  # noqa: E402
+from lir_robust.studies.variants import RECIPE, check_recipe, recipe_of, run_variants, train_arguments  # noqa: E402
 from lir_robust.training import pairs  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.check_data(args.data, data_format="beir", split="test")
     for head in args.heads:  # every run's options, checked by the fine-tuning command's own parser before anything trains
         try:
-            finetune.parse_args(train_arguments(args, head, Path(args.out) / slug(head)))
+            finetune.parse_args(train_arguments(args, head, Path(args.out) / head_folder_name(head)))
         except cli.UserError as error:
             reason = str(error).split(" (see ")[0]  # finetune.py's own --help, not this script's
             raise cli.UserError(

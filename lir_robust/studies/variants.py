@@ -32,16 +32,11 @@ from lir_robust.training.pairs import training_document_text
 from lir_robust.training.runs import package_environment
 
 __all__ = [
-    "RECIPE", "slug", "load_collection", "dev_heldout_split", "ndcg_at_10", "split_means", "paired_gain", "evaluate",
+    "RECIPE", "load_collection", "dev_heldout_split", "ndcg_at_10", "split_means", "paired_gain", "evaluate",
     "step_time_ratios", "head_loss_cost", "check_recipe", "recipe_of", "train_arguments",
     "run_variants",
 ]
 logger = logging.getLogger(__name__)
-
-
-def slug(head: str) -> str:
-    """The run folder name of a head (lir_robust.core.naming.head_folder_name)."""
-    return head_folder_name(head)
 
 
 def load_collection(name: str):
@@ -257,7 +252,7 @@ def run_variants(args) -> str:
 
     accelerate = Path(sys.executable).parent / "accelerate"
     for head in heads:
-        run = out / slug(head)
+        run = out / head_folder_name(head)
         if not (run / "summary.json").exists():  # a killed run continues from its last checkpoint (finetune.py)
             command = [
                 str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
@@ -300,7 +295,7 @@ def run_variants(args) -> str:
     ]
     report = {"recipe": recipe, "baseline": baseline, "runs": {}}
     for head in heads:
-        run = out / slug(head)
+        run = out / head_folder_name(head)
         if not (run / "eval.json").exists():
             continue
         summary, evaluation = json.loads((run / "summary.json").read_text()), json.loads((run / "eval.json").read_text())
