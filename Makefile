@@ -28,7 +28,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-scale finetune finetune-all study results-doc publish clean search
+.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-train-runs bench-scale finetune finetune-all study results-doc publish clean search
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ bench-sweep:
 # One fine-tuning step per head and with the training-side defence (--injected-negatives), against maxsim.
 bench-train:
 	$(PY) eval/bench_train.py --out $(OUT)/bench-train
+
+# Whole fine-tunes (maxsim against exclusive, 20 steps, 3 interleaved rounds) on DATA: median step and cores used;
+# fails when exclusive is serialised (fewer cores than maxsim and slower steps). About 4 min on an idle 2-core machine.
+bench-train-runs:
+	$(PY) eval/bench_train.py --real-runs 3 --data $(DATA) --out $(OUT)/bench-train-$(DATA)
 
 # Time and peak RSS of the full default sweep grid on synthetic memory-mapped corpora of 10k, 30k and 100k documents,
 # 1 and 2 processes (long: run it on an idle machine). BENCH_SCALE_ARGS: e.g. "--sizes 500 1500 --queries 20".

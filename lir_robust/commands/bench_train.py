@@ -3,6 +3,8 @@
     python eval/bench_train.py                          # the recipe's batch (32 Cranfield inverse-cloze pairs)
     python eval/bench_train.py --rounds 3 --threads 1   # quicker, one thread (as accelerate launch gives a CPU process)
     python -m lir_robust.commands.bench_train ...       # the same, without a checkout
+    python eval/bench_train.py --real-runs 3 --data med # real fine-tunes instead (maxsim and exclusive, 20 steps
+                                                        # each, interleaved 3 times): median step and cores used
 
 One process, one fixed batch, the fine-tuning recipe's model (RECIPE in lir_robust.studies.variants): a whole step (encode
 queries and documents, the defence's injected negatives when the variant has them, the pooled InfoNCE loss, backward,
@@ -10,6 +12,11 @@ AdamW) per variant, the variants interleaved round by round (round 0 warms up an
 machine load hits them alike (lir_robust.studies.variants.step_time_ratios). Reports the median step per variant and its ratio
 to the first variant (maxsim), and the loss alone per head (lir_robust.studies.variants.head_loss_cost). Writes
 results/bench-train/bench.json.
+
+``--real-runs N`` times whole fine-tunes instead (lir_robust.studies.run_timing: ``python -m lir_robust.commands.finetune``
+per head, ``--real-steps`` steps, N interleaved rounds): the median step, its ratio to the first head's in the same
+round, and the cores each run used; it stops with exit status 1 when a head is serialised (fewer cores than maxsim's
+and slower steps). Writes results/bench-train/real-runs.json.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 
 from lir_robust.commands import cli
 from lir_robust.core.files import write_json_atomic
+from lir_robust.studies import run_timing
 from lir_robust.studies.variants import RECIPE, head_loss_cost, step_time_ratios
 from lir_robust.training import defence
 
@@ -55,12 +63,20 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--rounds", type=cli.positive_int, default=5, help="counted rounds (one step per variant each)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=cli.output_folder, default="results/bench-train")
+    parser.add_argument("--real-runs", type=cli.non_negative_int, default=0,
+                        help="time whole fine-tunes instead: this many interleaved rounds of --real-heads (0: off)")
+    parser.add_argument("--real-heads", nargs="+", type=cli.head_spec, default=["maxsim", "exclusive"],
+                        help="heads of the real runs; the first is the reference")
+    parser.add_argument("--real-steps", type=cli.positive_int, default=20, help="steps of each real run")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.variants = list(dict.fromkeys(args.variants))
+    if args.real_runs and len(set(args.real_heads)) < 2:
+        raise cli.UserError(f"--real-heads {' '.join(args.real_heads)}: the real runs compare at least two different "
+                            "heads (the first is the reference), e.g. --real-heads maxsim exclusive")
     cli.check_data(args.data, data_format="beir", split="test")
     args.out = Path(args.out)
     args.recipe = RECIPE
@@ -77,9 +93,35 @@ def bench(args) -> dict:
     return {**steps, **loss, "threads": torch.get_num_threads(), "recipe": recipe, "data": args.data}
 
 
+def real_runs(args) -> int:
+    """Whole fine-tunes timed against the first head (run_timing); exit status 1 when a head is serialised."""
+    records = run_timing.timed_runs(args.real_heads, args.data, args.real_steps, args.real_runs, args.out / "runs")
+    reference = args.real_heads[0]
+    summary = run_timing.summarise(records, reference)
+    flagged = [head for head in args.real_heads[1:] if run_timing.serialised(summary, reference, head)]
+    write_json_atomic(args.out / "real-runs.json", {"data": args.data, "steps": args.real_steps, "runs": records,
+                                                    "summary": summary, "serialised": flagged})
+    print(f"| round | head | median step (s) | wall (s) | cores used |\n|---|---|---|---|---|")
+    for record in records:
+        print(f"| {record['round']} | {record['head']} | {record['median_step_s']:.3f} | {record['wall_s']:.1f} | "
+              f"{record['cores_used']:.2f} |")
+    print(f"\n| head | median step (s) | ratio to {reference} (per round) | cores used |\n|---|---|---|---|")
+    for head, row in summary.items():
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in row["ratio_per_round"])
+        print(f"| {head} | {row['median_step_s']:.3f} | {row['ratio_to_reference']:.2f}x ({rounds}) | {row['cores_used']:.2f} |")
+    print(f"wrote {args.out / 'real-runs.json'}")
+    if flagged:
+        print(f"serialised: {', '.join(flagged)} used fewer cores than {reference} with slower steps")
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.real_runs:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return real_runs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = bench(args)
