@@ -137,3 +137,30 @@ def test_the_search_command_matches_exhaustive_scoring_and_runs_the_attack_throu
         assert attacked["clean"] == pytest.approx(sweep["clean"], abs=1e-9)
         assert attacked["ndcg@10"] == pytest.approx(sweep["attacked"], abs=1e-9)  # every document a candidate: the sweep's
     assert "| exclusive:capacity=1,candidates=8 | 18 |" in (out / "table.md").read_text()
+
+
+def test_a_query_vector_that_reaches_fewer_neighbours_keeps_those_it_reaches(caplog):
+    """Equal vectors (an injection appends the same patches to many documents) cut Voyager's graph: voyager raises
+    RecallError for the whole batch, PyLate with it. The wrapper answers: each short row keeps what it reaches."""
+    import numpy as np
+    import voyager
+
+    from lir_robust.patches.pylate_search import _ArrayArguments
+
+    rng = np.random.default_rng(0)
+    index = voyager.Index(voyager.Space.Cosine, num_dimensions=16, M=4, ef_construction=20, random_seed=1)
+    base = rng.standard_normal((2000, 16)).astype(np.float32)
+    same = np.repeat(rng.standard_normal((4, 16)).astype(np.float32), 500, axis=0)
+    index.add_items(base)
+    index.add_items(same)
+    queries = np.concatenate([same[:1] + 0.01, base[:2]])
+    with pytest.raises(voyager.RecallError):
+        index.query(queries, 100, query_ef=400)
+    wrapped = _ArrayArguments(index)
+    indices, distances = wrapped.query(queries, 100, query_ef=100)
+    assert indices.shape == distances.shape == (3, 100) and wrapped.short_rows == 1
+    assert "reached only 50 of 100 neighbours" in caplog.text
+    assert (indices[0, 50:] == indices[0, 49]).all() and (np.diff(distances[0, :50]) >= 0).all()
+    for row in (1, 2):  # the rows voyager can answer are its own answer
+        expected, _ = index.query(queries[row : row + 1], 100, query_ef=400)
+        assert set(indices[row].tolist()) == set(expected[0].tolist())

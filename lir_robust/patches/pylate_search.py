@@ -27,6 +27,7 @@ passes its ``ef_search`` whatever ``k``); :class:`_ArrayArguments` converts the 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -40,6 +41,8 @@ from lir_robust.scoring.scorer import score
 
 __all__ = ["INDEX_KINDS", "build_index", "index_candidates", "rerank", "search", "search_embeddings", "with_patches"]
 
+logger = logging.getLogger(__name__)
+
 INDEX_KINDS = ("voyager",)
 Vectors = Union[torch.Tensor, np.ndarray]
 
@@ -50,6 +53,7 @@ class _ArrayArguments:
 
     def __init__(self, index):
         self.wrapped = index
+        self.short_rows = 0  # query vectors that reached fewer than k neighbours (see query)
 
     def add_items(self, vectors, *args, **kwargs):
         return self.wrapped.add_items(np.array(vectors, dtype=np.float32, ndmin=2), *args, **kwargs)
@@ -57,7 +61,39 @@ class _ArrayArguments:
     def query(self, vectors, k: int = 1, query_ef: int = -1, **kwargs):
         # voyager 2.2 refuses query_ef < k (PyLate passes its ef_search whatever k): search at least k deep
         query_ef = max(query_ef, k) if query_ef > 0 else query_ef
-        return self.wrapped.query(np.array(vectors, dtype=np.float32, ndmin=2), k, query_ef=query_ef, **kwargs)
+        from voyager import RecallError
+
+        vectors = np.array(vectors, dtype=np.float32, ndmin=2)
+        try:
+            return self.wrapped.query(vectors, k, query_ef=query_ef, **kwargs)
+        except RecallError:  # fewer than k neighbours reachable for some vector
+            pass
+        # Many equal vectors (an injection appends the same patches to every document) cut the graph: some query
+        # vectors reach fewer than k stored vectors, at any depth. PyLate would stop there; instead each such vector
+        # keeps the neighbours it reaches (k halved until voyager answers), the last one repeated to fill the row
+        # (the same document again: PyLate's candidate set is unchanged by it). Counted in ``short_rows``.
+        deep = max(query_ef, 4 * k)
+        indices = np.empty((len(vectors), k), dtype=np.uint64)
+        distances = np.empty((len(vectors), k), dtype=np.float32)
+        for row, vector in enumerate(vectors):
+            want = k
+            while True:
+                try:
+                    found, far = self.wrapped.query(vector[None], want, query_ef=max(deep, want), **kwargs)
+                    break
+                except RecallError:
+                    if want == 1:
+                        raise PylateIntegrationError(
+                            "the Voyager index returned no neighbour for a query vector; fix: rebuild it with a "
+                            "larger M (--index-m)") from None
+                    want //= 2
+            if want < k:
+                self.short_rows += 1
+                logger.warning("Voyager reached only %d of %d neighbours of a query vector (equal vectors cut the "
+                               "graph); the row is padded with its last neighbour", want, k)
+            indices[row, :want], distances[row, :want] = found[0], far[0]
+            indices[row, want:], distances[row, want:] = found[0, -1], far[0, -1]
+        return indices, distances
 
     def __getattr__(self, name):
         return getattr(self.wrapped, name)

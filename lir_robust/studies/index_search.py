@@ -115,13 +115,14 @@ def _attacked(config, index, folder, query_ids, queries, document_ids, documents
     for kind in config.kinds:
         source = PatchSource(kind, [config.budget], settings, queries, corpus, gold, show_progress=show_progress)
         runs = {(head, count): {} for head in config.heads for count in config.candidates}
-        tick = time.perf_counter()
+        tick, short_rows = time.perf_counter(), 0
         for row in tqdm(range(len(queries)), desc=f"{kind} K={config.budget} through the index", disable=not show_progress):
             patches = source.query_patches(row)[: config.budget]
             golden = {document_ids[index_] for index_ in gold[row]}
             targets = {docid: patches for docid in document_ids if docid not in golden}
             attacked = with_patches(index, folder, targets)
             found = index_candidates(attacked, [queries[row]], count_max, config.k_token)[0]
+            short_rows += attacked.index.short_rows
             for count in config.candidates:
                 ids = [hit["id"] for hit in found[:count]]
                 vectors = [torch.cat([documents[document_ids.index(docid)], patches]) if docid in targets
@@ -129,7 +130,8 @@ def _attacked(config, index, folder, query_ids, queries, document_ids, documents
                 for head in config.heads:
                     runs[(head, count)][query_ids[row]] = {hit["id"]: hit["score"] for hit in rerank([ids], [queries[row]], [vectors], head)[0]}
         seconds = time.perf_counter() - tick
-        out[kind] = {"seconds": seconds, "heads": {}}
+        # query tokens for which the attacked index reached fewer than k_token stored vectors (pylate_search)
+        out[kind] = {"seconds": seconds, "short_token_searches": short_rows, "heads": {}}
         for head in config.heads:
             out[kind]["heads"][head] = {str(count): {"ndcg@10": _ndcg(qrels, runs[(head, count)])} for count in config.candidates}
     return out
@@ -177,6 +179,11 @@ def _table(results: dict[str, Any]) -> str:
                     lines.append(table_row([kind, head, count, number(value["clean"], digits=4), number(value["ndcg@10"], digits=4),
                                             number(value["retained"], digits=3), number(sweep["clean"], digits=4),
                                             number(sweep["attacked"], digits=4), number(sweep["retained"], digits=3)]))
+        short = {kind: by_kind.get("short_token_searches", 0) for kind, by_kind in attack["kinds"].items()}
+        if any(short.values()):
+            lines += ["", "Query-token searches in which the attacked index reached fewer than k_token stored vectors "
+                      "(equal injected vectors cut Voyager's graph; PyLate alone stops with voyager's RecallError): "
+                      + ", ".join(f"{kind} {count}" for kind, count in short.items())]
     return "\n".join(lines) + "\n"
 
 
