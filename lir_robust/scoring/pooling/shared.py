@@ -119,9 +119,13 @@ class SharedWork:
                 # internals, so those rows (rare: exactly equal similarities) are sorted in full, stably
                 tied = (values[..., take] == values[..., take - 1]) & torch.isfinite(values[..., take - 1])
                 values, positions = values[..., :take], positions[..., :take]
-                positions, order = positions.sort(dim=-1)
-                values, order = values.gather(-1, order).sort(dim=-1, descending=True, stable=True)
-                positions = positions.gather(-1, order)
+                # equal values inside the list come in topk's order: put them in patch order (only those rows)
+                inner = (values[..., 1:] == values[..., :-1]).any(dim=-1)
+                if bool(inner.any()):
+                    row_positions, order = positions[inner].sort(dim=-1)
+                    row_values, order = values[inner].gather(-1, order).sort(dim=-1, descending=True, stable=True)
+                    values = values.index_put((inner,), row_values)
+                    positions = positions.index_put((inner,), row_positions.gather(-1, order))
                 if bool(tied.any()):
                     tied_values, tied_positions = filled[tied].sort(dim=-1, descending=True, stable=True)
                     values = values.index_put((tied,), tied_values[:, :take])
