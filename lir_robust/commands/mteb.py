@@ -8,8 +8,10 @@
 comes from the Hub; offline that ends in one line). Each head is one MTEB model (the head is in its
 ``experiment_kwargs``), so mteb writes ``OUT/results/<model>/<revision>/experiments/head_<head>/<Task>.json``;
 ``OUT/summary.json`` lists nDCG@10 per task and head. The model is loaded once and each text encoded once.
-``--spike-k 4 16`` adds the sweep's spike condition on local tasks (K spikes of each query appended to its non-gold
-documents, seeded as the sweep: lir_robust.attacks.mteb_conditions), filed as ``head_<head>__injection_spike__k_<K>``.
+``--inject spike:4 hard:4 gaussian:16`` adds the sweep's injection conditions on local tasks (K patches of a kind
+appended to documents, the sweep's own patches and targets: lir_robust.attacks.mteb_conditions; the budgets of one
+kind form the sweep's grid, so the numbers equal ``lir-robust sweep --kinds KIND --ks 0 K ...``), each filed as
+``head_<head>__injection_<kind>__k_<K>``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="pooling heads to score with (text forms, e.g. maxsim topk:k=4); default: the checkpoint's own (pooling.json), else maxsim")
     p.add_argument("--out", required=True, type=cli.output_folder, help="folder for mteb's result files and summary.json")
     p.add_argument("--data-root", default=None, help="folder that bare collection names resolve in")
-    p.add_argument("--spike-k", nargs="+", type=cli.positive_int, default=[],
-                   help="also evaluate local tasks under the sweep's spike injection at these budgets K")
-    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="the spike injection's seed (the sweep's --seed)")
+    p.add_argument("--inject", nargs="+", type=cli.injection_condition, default=[], metavar="KIND:K",
+                   help="also evaluate local tasks under the sweep's injection conditions (spike, hard, gaussian, corpus), e.g. spike:4 hard:4")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="the injections' seed (the sweep's --seed)")
     p.add_argument("--batch-size", type=cli.positive_int, default=None, help="encoding batch size (default: the encoder's)")
     return p
 
@@ -74,15 +76,16 @@ def main(argv=None) -> dict:
 
     tasks = _resolve_tasks(args.tasks, args.data_root)
     version = check_mteb_version()
-    if args.spike_k and not any(kind == "local" for kind, _ in tasks):
-        raise cli.UserError("--spike-k applies to local BEIR tasks only (the condition needs the qrels); add one to --tasks or drop --spike-k")
+    if args.inject and not any(kind == "local" for kind, _ in tasks):
+        raise cli.UserError("--inject applies to local BEIR tasks only (the conditions need the qrels); add one to --tasks or drop --inject")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import mteb
 
     from lir_robust.core.files import write_json_atomic
     from lir_robust.data import load_retrieval_set
     from lir_robust.encoders.load import load_encoder
-    from lir_robust.attacks.mteb_conditions import SpikeInjectedModel
+    from lir_robust.attacks.kinds import InjectionSettings
+    from lir_robust.attacks.mteb_conditions import InjectedModel
     from lir_robust.patches.mteb import HeadScoredModel, named_task, retrieval_task
 
     started = time.perf_counter()
@@ -94,8 +97,11 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = mteb.ResultCache(out)
     summary: dict = {"model": args.model, "mteb_version": version, "heads": heads, "ndcg@10": {}, "result_files": []}
-    if args.spike_k:
-        summary["spike"] = {}
+    conditions = list(dict.fromkeys(tuple(condition) for condition in args.inject))
+    grids = {kind: sorted({0, *(k for other, k in conditions if other == kind)}) for kind, _ in conditions}
+    settings = InjectionSettings(seed=args.seed)
+    if conditions:
+        summary["injection"] = {"settings": settings.to_dict(), "grids": grids, "ndcg@10": {}}
 
     def run(model, task) -> float:
         result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always")
@@ -108,11 +114,16 @@ def main(argv=None) -> dict:
     for kind, spec in tasks:
         data = load_retrieval_set(spec, root=args.data_root) if kind == "local" else None
         task = retrieval_task(data) if data is not None else named_task(spec)
+        injections: dict = {}  # (kind, K) -> its model: the patches are drawn once for every head
         for head in heads:
             summary["ndcg@10"].setdefault(task.metadata.name, {})[head] = run(base.with_head(head), task)
-            for k in args.spike_k if data is not None else []:
-                injected = SpikeInjectedModel.from_model(base, data, k, head, seed=args.seed)
-                summary["spike"].setdefault(task.metadata.name, {}).setdefault(head, {})[k] = run(injected, task)
+            for kind, k in conditions if data is not None else []:
+                injected = injections.get((kind, k))
+                injected = injected.with_head(head) if injected is not None else InjectedModel.from_model(
+                    base, data, kind, k, head, settings=settings, grid=grids[kind])
+                injections[(kind, k)] = injected
+                by_head = summary["injection"]["ndcg@10"].setdefault(task.metadata.name, {}).setdefault(head, {})
+                by_head[f"{kind}:{k}"] = run(injected, task)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     print(summary)

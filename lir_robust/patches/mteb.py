@@ -99,7 +99,10 @@ class HeadScoredModel:
         if not is_query and "image" in features and getattr(self.encoder, "modality", "text") == "image":
             images = [image for batch in inputs for image in batch["image"]]
             return self.encoder.encode_documents(images)
-        texts = [text for batch in inputs for text in batch["text"]]
+        return self.embeddings([text for batch in inputs for text in batch["text"]], is_query=is_query)
+
+    def embeddings(self, texts: Sequence[str], *, is_query: bool) -> list[torch.Tensor]:
+        """``[L_i, D]`` embeddings of ``texts`` from the model's memo, encoding (once) the texts not in it yet."""
         missing = list(dict.fromkeys(text for text in texts if (is_query, text) not in self._memo))
         if missing:
             encode = self.encoder.encode_queries if is_query else self.encoder.encode_documents
