@@ -17,6 +17,7 @@ kind form the sweep's grid, so the numbers equal ``lir-robust sweep --kinds KIND
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -96,18 +97,21 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = mteb.ResultCache(out)
-    summary: dict = {"model": args.model, "mteb_version": version, "heads": heads, "ndcg@10": {}, "result_files": []}
+    summary: dict = {"model": args.model, "mteb_version": version, "encoder": encoder.config, "heads": heads,
+                     "ndcg@10": {}, "result_files": [], "runs": []}
     conditions = list(dict.fromkeys(tuple(condition) for condition in args.inject))
     grids = {kind: sorted({0, *(k for other, k in conditions if other == kind)}) for kind, _ in conditions}
     settings = InjectionSettings(seed=args.seed)
     if conditions:
         summary["injection"] = {"settings": settings.to_dict(), "grids": grids, "ndcg@10": {}}
 
-    def run(model, task) -> float:
+    def run(model, task, condition: str = "clean") -> float:
         result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always")
         ndcg = result.task_results[0].scores["test"][0]["ndcg_at_10"]
         path = cache.get_task_result_path(task.metadata.name, model.mteb_model_meta)
         summary["result_files"].append(str(path))
+        summary["runs"].append({"task": task.metadata.name, "head": str(model.head), "condition": condition,
+                                "ndcg@10": ndcg, "file": Path(os.path.relpath(path, out)).as_posix()})
         logger.info("%s %s: nDCG@10 %.5f (%s)", task.metadata.name, model.mteb_model_meta.experiment_name, ndcg, path)
         return ndcg
 
@@ -117,13 +121,13 @@ def main(argv=None) -> dict:
         injections: dict = {}  # (kind, K) -> its model: the patches are drawn once for every head
         for head in heads:
             summary["ndcg@10"].setdefault(task.metadata.name, {})[head] = run(base.with_head(head), task)
-            for kind, k in conditions if data is not None else []:
-                injected = injections.get((kind, k))
+            for injection, k in conditions if data is not None else []:
+                injected = injections.get((injection, k))
                 injected = injected.with_head(head) if injected is not None else InjectedModel.from_model(
-                    base, data, kind, k, head, settings=settings, grid=grids[kind])
-                injections[(kind, k)] = injected
+                    base, data, injection, k, head, settings=settings, grid=grids[injection])
+                injections[(injection, k)] = injected
                 by_head = summary["injection"]["ndcg@10"].setdefault(task.metadata.name, {}).setdefault(head, {})
-                by_head[f"{kind}:{k}"] = run(injected, task)
+                by_head[f"{injection}:{k}"] = run(injected, task, f"{injection}:{k}")
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     print(summary)
