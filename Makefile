@@ -23,7 +23,8 @@ FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 
 # Publishing (make publish CHECKPOINT=runs/x REPO=user/name PUBLISH_ARGS="--license apache-2.0 --private";
-# PUBLISH_ARGS: any train/publish.py options, e.g. --dry-run out/x, --base-model ID, --results PATH, --revision B)
+# PUBLISH_ARGS: any train/publish.py options, e.g. --dry-run out/x, --base-model ID, --results PATH, --mteb FOLDER,
+# --revision B; <run>/mteb, written by make mteb OUT=<run>, is attached by default)
 CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=

@@ -4,8 +4,8 @@
     lir-robust mteb --model runs/finetune-topk-k4 --tasks /data/med --out results/mteb-topk     # the checkpoint's head
     lir-robust mteb --model vidore/colqwen2.5-v0.2 --tasks VidoreArxivQARetrieval --out results/mteb-colqwen
 
-``--tasks``: a BEIR folder, a collection name under the data root (``cranfield``), or an MTEB task name (its data
-comes from the Hub; offline that ends in one line). Each head is one MTEB model (the head is in its
+``--tasks``: a BEIR folder, a collection name under the data root (``cranfield``), a local ViDoRe copy (page images,
+for colpali-engine models), or an MTEB task name (its data comes from the Hub; offline that ends in one line). Each head is one MTEB model (the head is in its
 ``experiment_kwargs``), so mteb writes ``OUT/results/<model>/<revision>/experiments/head_<head>/<Task>.json``;
 ``OUT/summary.json`` lists nDCG@10 per task and head. The model is loaded once and each text encoded once.
 ``--inject spike:4 hard:4 gaussian:16`` adds the sweep's injection conditions on local tasks (K patches of a kind
@@ -48,7 +48,8 @@ def parse_args(argv=None):
 
 
 def _resolve_tasks(specs: list[str], root: str | None) -> list[tuple[str, str]]:
-    """Each ``--tasks`` value -> ("local", spec) or ("named", spec), checked without loading anything large."""
+    """Each ``--tasks`` value -> ("local", spec) (a BEIR folder), ("pages", spec) (a local ViDoRe copy of page
+    images) or ("named", spec), checked without loading anything large."""
     from lir_robust.data import DataError, locate_data
     from lir_robust.patches.mteb import load_task_data, named_task
 
@@ -58,12 +59,13 @@ def _resolve_tasks(specs: list[str], root: str | None) -> list[tuple[str, str]]:
             located = locate_data(spec, root=root)
         except DataError:
             located = None
-        if located is not None and located.data_format == "beir":
-            resolved.append(("local", spec))
+        if located is not None and located.folder is not None:
+            resolved.append(("local" if located.data_format == "beir" else "pages", spec))
             continue
         if Path(spec).expanduser().exists():
             cli.check_data(spec, root=root, option="--tasks")  # a folder of another layout: its own one-line error
-            raise cli.UserError(f"--tasks {spec}: local tasks must be BEIR folders (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+            raise cli.UserError(f"--tasks {spec}: local tasks must be BEIR folders (corpus.jsonl, queries.jsonl, "
+                                "qrels/test.tsv) or local ViDoRe copies")
         task = named_task(spec)
         load_task_data(task)  # offline: one line, before the model loads
         resolved.append(("named", spec))
@@ -77,8 +79,10 @@ def main(argv=None) -> dict:
 
     tasks = _resolve_tasks(args.tasks, args.data_root)
     version = check_mteb_version()
-    if args.inject and not any(kind == "local" for kind, _ in tasks):
-        raise cli.UserError("--inject applies to local BEIR tasks only (the conditions need the qrels); add one to --tasks or drop --inject")
+    if args.inject and any(kind != "local" for kind, _ in tasks):
+        other = next(spec for kind, spec in tasks if kind != "local")
+        raise cli.UserError(f"--inject applies to local text BEIR tasks only (the conditions need the qrels and the "
+                            f"texts), not {other}; run that task without --inject")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import mteb
 
@@ -116,7 +120,10 @@ def main(argv=None) -> dict:
         return ndcg
 
     for kind, spec in tasks:
-        data = load_retrieval_set(spec, root=args.data_root) if kind == "local" else None
+        data = load_retrieval_set(spec, root=args.data_root) if kind != "named" else None
+        if data is not None and data.modality != encoder.modality:
+            raise cli.UserError(f"--tasks {spec} holds {data.modality} documents but --model {args.model} encodes "
+                                f"{encoder.modality}: pair text models with BEIR folders, colpali-engine models with page images")
         task = retrieval_task(data) if data is not None else named_task(spec)
         injections: dict = {}  # (kind, K) -> its model: the patches are drawn once for every head
         for head in heads:
