@@ -79,7 +79,8 @@ def load_mteb_results(folder: str | os.PathLike) -> MtebResults:
     runs = summary.get("runs") if isinstance(summary, dict) else None
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) and {"task", "head", "condition", "file"}
                                                          <= set(run) for run in runs):
-        raise HubError(f"--mteb {folder}: {SUMMARY_FILE} lists no runs (task, head, condition, file); " + _FIX)
+        raise HubError(f"--mteb {folder}: {SUMMARY_FILE} lists no runs (task, head, condition, file; an older "
+                       "`lir-robust mteb` wrote none: rerun it); " + _FIX)
     rows = []
     for run in runs:
         path = (folder / str(run["file"])).resolve()
@@ -134,7 +135,7 @@ def mteb_section(results: MtebResults) -> str:
     lines = [
         "## MTEB", "",
         f"Measured on this checkpoint with `lir-robust mteb` (mteb {version}, scoring with the named pooling head); "
-        f"mteb's own result files are in [`{MTEB_DIR}/`]({MTEB_DIR}/). Condition *clean* is the task as it is; "
+        f"mteb's own result files are under `{MTEB_DIR}/`, listed in [{MTEB_DIR}/{SUMMARY_FILE}]({MTEB_DIR}/{SUMMARY_FILE}). Condition *clean* is the task as it is; "
         "*KIND, K = N* is the length sweep's injection condition inside mteb (N patches of that kind appended to the "
         "documents, the sweep's own patches and targets). These numbers are in the text only; the model-index holds "
         "the sweep's.", "",
