@@ -23,7 +23,8 @@ FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 
 # Publishing (make publish CHECKPOINT=runs/x REPO=user/name PUBLISH_ARGS="--license apache-2.0 --private";
-# PUBLISH_ARGS: any train/publish.py options, e.g. --dry-run out/x, --base-model ID, --results PATH, --revision B)
+# PUBLISH_ARGS: any train/publish.py options, e.g. --dry-run out/x, --base-model ID, --results PATH, --mteb FOLDER,
+# --revision B; <run>/mteb, written by make mteb OUT=<run>, is attached by default)
 CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
@@ -64,11 +65,13 @@ attack-one:
 	$(PY) eval/attack.py --model $(MODEL) --data $(DATA) --attack $(ATTACK) $(ATTACK_ARGS) --out $(OUT)/attack/$(ATTACK)
 
 # MTEB with the pooling head (TASKS: BEIR folders, collection names or MTEB task names; HEADS: empty = the
-# checkpoint's own head), mteb's result files under $(OUT)/mteb.
+# checkpoint's own head; INJECT: the sweep's injection conditions on local tasks, KIND:K, e.g. "spike:4 hard:4"),
+# mteb's result files under $(OUT)/mteb.
 TASKS ?= $(DATA)
 HEADS ?=
+INJECT ?=
 mteb:
-	$(PY) eval/mteb_eval.py --model $(MODEL) --tasks $(TASKS) $(if $(HEADS),--head $(HEADS)) --out $(OUT)/mteb
+	$(PY) eval/mteb_eval.py --model $(MODEL) --tasks $(TASKS) $(if $(HEADS),--head $(HEADS)) $(if $(INJECT),--inject $(INJECT)) --out $(OUT)/mteb
 # PyLate's Voyager index + the head's rerank against exhaustive scoring, clean and with spike / hard K = 4 indexed.
 SEARCH_ARGS ?= --head maxsim exclusive softmax:tau=1.0 --candidates 50 100 200
 search:

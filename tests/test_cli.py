@@ -93,7 +93,9 @@ BAD_INPUTS = [
     ("mteb", ["--model", "./nowhere", "--tasks", "{beir}", "--out", "o"], "--model ./nowhere: not found"),
     ("mteb", ["--tasks", "{file}", "--out", "o"], "--tasks "),
     ("mteb", ["--tasks", "{beir}"], "the following arguments are required: --out"),
-    ("mteb", ["--tasks", "{beir}", "--spike-k", "0", "--out", "o"], "argument --spike-k: "),
+    ("mteb", ["--tasks", "{beir}", "--inject", "spike:0", "--out", "o"], "argument --inject: 'spike:0': an injection condition is KIND:K"),
+    ("mteb", ["--tasks", "{beir}", "--inject", "hard@10:4", "--out", "o"], "argument --inject: 'hard@10:4': the few-document attacks"),
+    ("mteb", ["--tasks", "{beir}", "--inject", "noise:4", "--out", "o"], "argument --inject: unknown injection kind 'noise'"),
     *([("mteb", ["--tasks", "NoSuchTaskAnywhere", "--out", "o"], "--tasks NoSuchTaskAnywhere: neither a local BEIR folder"),
        ("mteb", ["--tasks", "VidoreArxivQARetrieval", "--out", "o"], "but the Hub is offline")]
       if importlib.util.find_spec("mteb") else []),  # named MTEB tasks need mteb installed

@@ -79,9 +79,10 @@ def test_the_command_writes_a_summary_and_result_files(setup, tmp_path, monkeypa
 
     bert = setup["base"] / "bert"
     summary = main(["--model", str(bert), "--tasks", str(setup["base"] / "beir"), "--head", "maxsim", "topk:k=2",
-                    "--spike-k", "2", "--out", str(tmp_path / "out")])
+                    "--inject", "spike:2", "gaussian:2", "--out", str(tmp_path / "out")])
     assert set(summary["ndcg@10"]["LocalBeirRetrieval"]) == {"maxsim", "topk:k=2"}
-    assert set(summary["spike"]["LocalBeirRetrieval"]["topk:k=2"]) == {2} and len(summary["result_files"]) == 4
+    assert set(summary["injection"]["ndcg@10"]["LocalBeirRetrieval"]["topk:k=2"]) == {"spike:2", "gaussian:2"}
+    assert len(summary["result_files"]) == 6 and summary["injection"]["grids"] == {"spike": [0, 2], "gaussian": [0, 2]}
     assert all(__import__("pathlib").Path(path).is_file() for path in summary["result_files"])
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["heads"] == ["maxsim", "topk:k=2"]
 
@@ -103,23 +104,56 @@ def test_a_named_task_offline_or_unknown_ends_in_one_line(task, expected, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("head", ["maxsim", "topk:k=2"])
-def test_the_spike_condition_in_mteb_equals_the_sweep_at_the_same_k(setup, head, tmp_path):
-    """K spikes appended to each query's non-gold documents (seeded as the sweep), through mteb: the sweep's nDCG@10."""
-    import mteb
+CONDITION_HEADS = ["maxsim", "exclusive:capacity=1,candidates=8", "mean"]  # mean: every patch counts (gaussian)
+CONDITION_K = 3
 
-    from lir_robust.attacks.mteb_conditions import SpikeInjectedModel
+
+@pytest.fixture(scope="module")
+def sweep(setup, tmp_path_factory):
+    """The sweep over the fixture at K = 0 and CONDITION_K, every kind, the condition heads."""
     from lir_robust.sweep.pipeline import SweepConfig, run_length_sweep
 
-    base, data = setup["base"], setup["data"]
-    config = SweepConfig(model=str(base / "bert"), data=str(base / "beir"), heads=[head], kinds=["spike"], ks=[0, 2, 4],
-                         cache_dir=str(tmp_path / "cache"), segments=1)
-    sweep = run_length_sweep(config, tmp_path / "sweep", show_progress=False)
-    task = retrieval_task(data)
-    for k in (0, 2, 4):
-        model = SpikeInjectedModel(setup["encoder"], data, k, head, name="tiny")
-        mteb.evaluate(model, task, cache=mteb.ResultCache(tmp_path / "mteb"), show_progress_bar=False)
-        path = mteb.ResultCache(tmp_path / "mteb").get_task_result_path(task.metadata.name, model.mteb_model_meta)
-        ndcg = json.loads(path.read_text())["scores"]["test"][0]["ndcg_at_10"]
-        expected = sweep["metrics"][head]["spike"]["by_k"][str(k) if str(k) in sweep["metrics"][head]["spike"]["by_k"] else k]["mean"]["ndcg@10"]
-        assert abs(ndcg - expected) < 1e-4, (k, ndcg, expected)
+    base, folder = setup["base"], tmp_path_factory.mktemp("sweep")
+    config = SweepConfig(model=str(base / "bert"), data=str(base / "beir"), heads=CONDITION_HEADS,
+                         kinds=["spike", "hard", "gaussian", "corpus"], ks=[0, CONDITION_K],
+                         cache_dir=str(folder / "cache"), segments=1)
+    return run_length_sweep(config, folder / "sweep", show_progress=False)
+
+
+def _sweep_ndcg(sweep, head, kind, k):
+    by_k = sweep["metrics"][head][kind]["by_k"]
+    return by_k[str(k) if str(k) in by_k else k]["mean"]["ndcg@10"]
+
+
+@pytest.mark.parametrize("kind", ["spike", "hard", "gaussian", "corpus"])
+def test_each_injection_condition_in_mteb_equals_the_sweep_at_the_same_k(setup, sweep, kind, tmp_path):
+    """K patches of each kind (the sweep's PatchSource, seed and targets), through mteb: the sweep's nDCG@10, for a
+    head and the exclusive head, and the clean K = 0."""
+    import mteb
+
+    from lir_robust.attacks.mteb_conditions import InjectedModel
+
+    data, task = setup["data"], retrieval_task(setup["data"])
+    base = HeadScoredModel(setup["encoder"], name="tiny")
+    injected = InjectedModel.from_model(base, data, kind, CONDITION_K, CONDITION_HEADS[0])
+    for head in CONDITION_HEADS:
+        for k, model in ((0, InjectedModel.from_model(base, data, kind, 0, head)), (CONDITION_K, injected.with_head(head))):
+            mteb.evaluate(model, task, cache=mteb.ResultCache(tmp_path), show_progress_bar=False)
+            path = mteb.ResultCache(tmp_path).get_task_result_path(task.metadata.name, model.mteb_model_meta)
+            assert f"injection_{kind}__k_{k}" in str(path)
+            ndcg = json.loads(path.read_text())["scores"]["test"][0]["ndcg_at_10"]
+            expected = _sweep_ndcg(sweep, head, kind, k)
+            assert abs(ndcg - expected) < 1e-4, (head, k, ndcg, expected)
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ("spike@10:4", "the few-document attacks (KIND@N) are not MTEB conditions"),
+    ("hard", "an injection condition is KIND:K"),
+    ("hard:0", "an injection condition is KIND:K"),
+    ("loud:4", "unknown injection kind 'loud'"),
+])
+def test_a_bad_condition_is_one_line(condition, expected):
+    from lir_robust.attacks.mteb_conditions import parse_condition
+
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_condition(condition)

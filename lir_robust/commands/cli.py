@@ -200,6 +200,17 @@ def injection_name(text: str) -> str:
     return kind if attacked is None else f"{kind}@{attacked}"
 
 
+def injection_condition(text: str) -> tuple[str, int]:
+    """An argparse type for ``mteb --inject``: ``KIND:K`` with KIND spike, hard, gaussian or corpus and K >= 1,
+    returned as ``(kind, K)`` (see lir_robust.attacks.mteb_conditions)."""
+    from lir_robust.attacks.mteb_conditions import parse_condition
+
+    try:
+        return parse_condition(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def injected_negative(text: str) -> str:
     """An argparse type for ``--injected-negatives``: ``KIND:K`` with KIND spike or hard and K >= 1, returned as
     ``kind:K`` (see lir_robust.training.defence)."""

@@ -8,7 +8,8 @@
 colpali-engine checkpoints are pushed adapter-only, text checkpoints as a whole PyLate model; both with pooling.json
 (the head) and a generated model card carrying the sweep results found beside the checkpoint (or --results) and,
 with --study, the retraining study's rows for the checkpoint's head (in the text: the model-index holds only the
-checkpoint's own sweep). Options are checked first, then the Hub (offline flag, token, reachable), and only then is
+checkpoint's own sweep); and the checkpoint's `lir-robust mteb` results (<run>/mteb, or --mteb FOLDER): mteb's
+result files under mteb/ and a labelled table in the card's text. Options are checked first, then the Hub (offline flag, token, reachable), and only then is
 the folder built. The token comes from `hf auth login` or HF_TOKEN (never from the command line). --dry-run OUT writes exactly the folder that would be uploaded, validated,
 without touching the network.
 """
@@ -39,6 +40,10 @@ def build_parser() -> cli.ArgumentParser:
                         help="Hub id of the base model when the checkpoint was trained on a local folder")
     parser.add_argument("--results", default="auto",
                         help="a length-sweep results.json measured on this checkpoint; 'auto': the one beside it; 'none': no results")
+    parser.add_argument("--mteb", default="auto", metavar="FOLDER",
+                        help="the --out folder of `lir-robust mteb` measured on this checkpoint: mteb's result files go "
+                             "under mteb/ and a labelled table into the card's text (never model-index entries); "
+                             "'auto': <run>/mteb when there; 'none': no mteb results")
     parser.add_argument("--study", default=None,
                         help="the retraining study's summary.json (make study): its rows for the checkpoint's head (and "
                              "defence) become a card section labelled as the study's own models (never model-index "
@@ -64,9 +69,10 @@ def main(argv=None) -> int:
     from lir_robust import hub
 
     results = None if str(args.results).lower() == "none" else args.results
+    mteb = None if str(args.mteb).lower() == "none" else args.mteb
     where = hub.publish(
         args.checkpoint, args.repo, license=args.license, dry_run=args.dry_run, base_model=args.base_model,
-        results=results, study=args.study, project_url=args.project_url, language=args.language, private=args.private,
+        results=results, study=args.study, project_url=args.project_url, language=args.language, mteb=mteb, private=args.private,
         revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr, timeout=args.timeout,
     )
     print(f"{'wrote' if args.dry_run else 'published'}: {where}")

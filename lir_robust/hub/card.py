@@ -10,8 +10,8 @@ tag, tags (the family's, lir-robust, late-interaction, the head's name), model-i
 sweep only (the retraining study's models are not this checkpoint and stay in the text, labelled). Body: what the
 model is, with the project's link and install lines; the pooling head and why it matters; the PyLate settings
 (prefixes, lengths, dimension, query expansion) of text models; the checkpoint's own length / injection results
-(table and figure, with a note when they come from few queries or a short run); the retraining study's rows for its
-head; how the model was trained (as pooling.json records it); how to load and score with it; limitations; the
+(table and figure, with a note when they come from few queries or a short run); its ``lir-robust mteb`` results
+(task, head, condition, nDCG@10; text only, the files under ``mteb/``); the retraining study's rows for its head; how the model was trained (as pooling.json records it); how to load and score with it; limitations; the
 framework versions; the paper's, ColBERT's and PyLate's (or ColPali's) BibTeX.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from lir_robust.core.files import is_finite_number
 from lir_robust.hub.checkpoint import TEXT, Checkpoint, public_value
+from lir_robust.hub.mteb_results import MtebResults, mteb_section
 from lir_robust.hub.study_results import StudyFile, study_section
 from lir_robust.hub.sweep_results import dataset_identifier, eval_results_from_sweep, evaluated_subset, report_k
 from lir_robust.reporting.sweep_report import markdown_table
@@ -369,6 +370,7 @@ def build_model_card(
     study: str | os.PathLike | StudyFile | None = None,
     settings: dict[str, Any] | None = None,
     language: list[str] | str | None = None,
+    mteb: MtebResults | None = None,
 ):
     """The model card (a huggingface_hub ``ModelCard``): metadata from ``ModelCardData``, the body in Markdown.
 
@@ -377,7 +379,8 @@ def build_model_card(
     file (the study's summary.json, whose rows for the checkpoint's head and defence become a labelled section of
     the text, or a plain table); ``settings``: a PyLate folder's settings (:func:`lir_robust.patches.pylate.
     pylate_settings`); ``project_url``: lir-robust's public repository (the link and install line); ``language``:
-    ISO codes (default: the sweep's language, else en).
+    ISO codes (default: the sweep's language, else en); ``mteb``: the checkpoint's ``lir-robust mteb`` results
+    (:func:`lir_robust.hub.mteb_results.load_mteb_results`), a labelled section of the text, never model-index entries.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -411,6 +414,8 @@ def build_model_card(
         body.append(_settings_section(settings))
     if results:
         body.append(_results_section(results, checkpoint.head, figure))
+    if mteb is not None:
+        body.append(mteb_section(mteb))
     if study is not None:
         body.append(study_section(study, checkpoint.head, defended))
     body += [_training_section(checkpoint, base_model), _usage_section(checkpoint, repo_id),

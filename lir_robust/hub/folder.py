@@ -22,6 +22,7 @@ from lir_robust.core.files import usual_permissions, write_json_atomic, write_te
 from lir_robust.hub.card import build_model_card, installed_project_url
 from lir_robust.hub.checkpoint import TEXT, Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
 from lir_robust.hub.licenses import check_license
+from lir_robust.hub.mteb_results import MtebResults, check_mteb_match, copy_mteb_results, find_mteb_results, load_mteb_results
 from lir_robust.core.huggingface import HubError
 from lir_robust.encoders.resolve import is_hub_id
 from lir_robust.hub.study_results import check_study_for
@@ -114,6 +115,17 @@ def _sweep_for_card(checkpoint: Checkpoint, results: str | os.PathLike | None, r
     return public_results(sweep, repo_id)
 
 
+def _mteb_for_card(checkpoint: Checkpoint, mteb: str | os.PathLike | None) -> MtebResults | None:
+    """The mteb results the folder carries (``mteb``: a ``lir-robust mteb --out`` folder, ``"auto"`` for
+    ``<run>/mteb`` when there, or None), read and checked (weights not yet); None when there are none."""
+    folder = find_mteb_results(checkpoint) if mteb == "auto" else mteb
+    if folder is None:
+        return None
+    results = load_mteb_results(folder)
+    logger.info("mteb results from %s (%d runs)", results.folder, len(results.rows))
+    return results
+
+
 def prepare_publish_folder(
     checkpoint: str | os.PathLike | Checkpoint,
     out: str | os.PathLike,
@@ -125,12 +137,15 @@ def prepare_publish_folder(
     study: str | os.PathLike | None = None,
     project_url: str | None = None,
     language: list[str] | str | None = None,
+    mteb: str | os.PathLike | None = "auto",
 ) -> Path:
     """Write into ``out`` (new or empty) exactly the folder that would be uploaded, validated; returns ``out``.
 
     ``results``: a sweep results.json, ``"auto"`` (the one beside the checkpoint, if any) or None. ``study``: the
     retraining study's summary.json (or a plain table, see :func:`lir_robust.hub.study_section`). ``base_model``: the
-    Hub id of the base when the checkpoint was trained on a local folder. ``project_url``: lir-robust's public
+    Hub id of the base when the checkpoint was trained on a local folder. ``mteb``: a ``lir-robust mteb --out``
+    folder measured on the checkpoint, ``"auto"`` (``<run>/mteb`` when there) or None: its result files go under
+    ``mteb/`` and its table into the card's text. ``project_url``: lir-robust's public
     repository (default: the installed package's); ``language``: the card's ISO codes. Touches no network. The folder is built
     beside ``out`` and renamed into place only once it validates, so ``out`` is either complete or absent.
     """
@@ -139,7 +154,10 @@ def prepare_publish_folder(
     _check_new_folder_place(out)
     checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else locate_checkpoint(checkpoint)
     base = base_model_id(checkpoint, base_model)
+    mteb_results = _mteb_for_card(checkpoint, mteb)  # a bad folder stops here, before any model is loaded
     sweep = _sweep_for_card(checkpoint, results, repo_id)
+    if mteb_results is not None:
+        check_mteb_match(mteb_results, checkpoint)
     if study is not None:  # a bad study file stops here, before anything is written
         study = check_study_for(study, checkpoint.head, bool(checkpoint.injected_negatives))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +167,12 @@ def prepare_publish_folder(
         _write_model_files(checkpoint, staging, base)
         _write_pooling(checkpoint, staging)
         figure = _write_figure(sweep, staging) if sweep is not None else None
+        if mteb_results is not None:
+            copy_mteb_results(mteb_results, staging, repo_id)
         settings = pylate_module().pylate_settings(staging) if checkpoint.family == TEXT else None
         card = build_model_card(checkpoint, repo_id=repo_id, base_model=base, license=license, project_url=project_url,
-                                results=sweep, figure=figure, study=study, settings=settings, language=language)
+                                results=sweep, figure=figure, study=study, settings=settings, language=language,
+                                mteb=mteb_results)
         write_text_atomic(staging / CARD_FILE, str(card))
         validate_publish_folder(staging)
         usual_permissions(staging)

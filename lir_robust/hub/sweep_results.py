@@ -21,7 +21,7 @@ from lir_robust.hub.checkpoint import PYLATE_DIR, TEXT, Checkpoint
 from lir_robust.core.huggingface import HubError
 from lir_robust.encoders.resolve import is_hub_id
 
-__all__ = ["find_results", "load_sweep_results", "check_results_match", "report_k", "eval_results_from_sweep",
+__all__ = ["find_results", "load_sweep_results", "check_results_match", "checkpoint_weights_keys", "report_k", "eval_results_from_sweep",
            "public_results", "dataset_identifier", "is_dataset_identifier", "evaluated_subset", "TASK_TYPE"]
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _weights_key(model_dir: Path, family: str) -> str | None:
     return load_encoder(str(model_dir), show_progress=False, device="cpu").config.get("weights")
 
 
-def _checkpoint_weights_keys(checkpoint: Checkpoint) -> set[str]:
+def checkpoint_weights_keys(checkpoint: Checkpoint) -> set[str]:
     """The weights keys a sweep measured on this checkpoint records: its own, and for a run's PyLate folder
     (``<run>/pylate``, the run's ``model/`` with LoRA merged, written by the same save) also the ``model/``'s, so a
     sweep of the run matches the PyLate folder published from it."""
@@ -95,7 +95,7 @@ def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source:
     if recorded is None:
         logger.warning("%s records no weights fingerprint: cannot check it was measured on this checkpoint", source)
         return
-    actual = _checkpoint_weights_keys(checkpoint)
+    actual = checkpoint_weights_keys(checkpoint)
     if actual and str(recorded) not in actual:
         raise HubError(
             f"{source} was measured on other weights (fingerprint {recorded}, this checkpoint {' / '.join(sorted(actual))}): "

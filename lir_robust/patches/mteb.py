@@ -11,9 +11,10 @@ This is the only module of lir-robust that imports ``mteb``, and it does so lazi
   colpali-engine rule, zero or NaN rows are padding, so padding never changes a score), ``similarity_pairwise`` ->
   ``[N]``. The head is the checkpoint's own (pooling.json) unless one is named; ``mteb_model_meta`` names it in
   ``experiment_kwargs`` (``{"head": "topk:k=4"}``), so mteb files each head's results in its own folder.
-- :func:`retrieval_task` turns a :class:`~lir_robust.data.collection.RetrievalSet` (a local BEIR folder) into an
-  MTEB retrieval task (corpus ``title + " " + text`` as the project encodes it, the judged queries, the graded qrels)
-  that runs through mteb's own evaluation and result files.
+- :func:`retrieval_task` turns a :class:`~lir_robust.data.collection.RetrievalSet` (a local BEIR folder, or page
+  images such as a local ViDoRe copy) into an MTEB retrieval task (corpus ``title + " " + text`` as the project
+  encodes it, or ViDoRe's schema: an ``image`` column of PIL pages, category t2i; the judged queries, the graded
+  qrels) that runs through mteb's own evaluation and result files, offline.
 - :func:`named_task` returns an MTEB task by name (``VidoreArxivQARetrieval``); an unknown name, or a task whose data
   is on the Hub while the Hub is offline, ends in one line (:class:`~lir_robust.core.errors.MtebIntegrationError`).
 """
@@ -99,7 +100,10 @@ class HeadScoredModel:
         if not is_query and "image" in features and getattr(self.encoder, "modality", "text") == "image":
             images = [image for batch in inputs for image in batch["image"]]
             return self.encoder.encode_documents(images)
-        texts = [text for batch in inputs for text in batch["text"]]
+        return self.embeddings([text for batch in inputs for text in batch["text"]], is_query=is_query)
+
+    def embeddings(self, texts: Sequence[str], *, is_query: bool) -> list[torch.Tensor]:
+        """``[L_i, D]`` embeddings of ``texts`` from the model's memo, encoding (once) the texts not in it yet."""
         missing = list(dict.fromkeys(text for text in texts if (is_query, text) not in self._memo))
         if missing:
             encode = self.encoder.encode_queries if is_query else self.encoder.encode_documents
@@ -153,20 +157,24 @@ def _as_tensors(embeddings: Any) -> Any:
 
 
 def retrieval_task(data: RetrievalSet, name: str | None = None):
-    """An MTEB retrieval task holding ``data`` (text): documents as the project encodes them (``title + " " +
-    text``), the judged queries (at least one document with grade > 0, the ones the project evaluates), the graded
-    qrels. ``name``: the task's name in mteb's result files (default ``Local<Name>Retrieval``)."""
-    if data.modality != "text":
-        raise MtebIntegrationError(f"{data.name} holds page images; local MTEB tasks are built from text BEIR folders")
+    """An MTEB retrieval task holding ``data``: documents as the project encodes them (text: ``title + " " + text``;
+    page images: ViDoRe's schema, an ``image`` column of PIL images, category t2i as mteb's ViDoRe tasks), the judged
+    queries (at least one document with grade > 0, the ones the project evaluates), the graded qrels. ``name``: the
+    task's name in mteb's result files (default ``Local<Name>Retrieval``)."""
     mteb = _mteb()
-    from datasets import Dataset
+    from datasets import Dataset, Features, Image, Value
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.task_metadata import TaskMetadata
 
     task_name = name or "Local" + "".join(part.capitalize() for part in _words(data.name)) + "Retrieval"
     judged = data.judged_query_ids
+    if data.modality == "text":
+        corpus = Dataset.from_dict({"id": data.document_ids, "text": data.document_texts()})
+    else:
+        corpus = Dataset.from_dict({"id": data.document_ids, "image": data.document_images()},
+                                   features=Features({"id": Value("string"), "image": Image()}))
     split = {
-        "corpus": Dataset.from_dict({"id": data.document_ids, "text": data.document_texts()}),
+        "corpus": corpus,
         "queries": Dataset.from_dict({"id": judged, "text": [data.queries[qid] for qid in judged]}),
         "relevant_docs": {qid: {docid: int(grade) for docid, grade in data.qrels[qid].items()} for qid in judged},
         "top_ranked": None,
@@ -176,7 +184,8 @@ def retrieval_task(data: RetrievalSet, name: str | None = None):
         metadata = TaskMetadata(
             name=task_name, description=f"{data.name}: a local BEIR folder ({data.source or 'in memory'})",
             dataset={"path": data.source or data.name, "revision": data.fingerprint()},
-            type="Retrieval", category="t2t", modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"],
+            type="Retrieval", category="t2t" if data.modality == "text" else "t2i",
+            modalities=["text"] if data.modality == "text" else ["text", "image"], eval_splits=["test"], eval_langs=["eng-Latn"],
             main_score="ndcg_at_10", is_public=True,
         )
 
