@@ -72,6 +72,9 @@ def test_an_attacked_document_scores_exactly_as_its_text_encoded_alone(attack, b
             alone = model.encode([text], is_query=False, batch_size=1, show_progress=False)[0]
             assert reported == pytest.approx(_maxsim(query, alone), abs=1e-4), (qid, text)
     assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "table.md").is_file()
+    if attack == "cluster-text":  # success@10 with the first n passages: the last point is the run's success@10
+        assert len(entry["success@10_by_n"]) == 2 and entry["success@10_by_n"][-1] == entry["metrics"]["success@10"]
+        assert (tmp_path / "out" / "success_at_10.png").stat().st_size > 0
 
 
 def test_hotflip_is_adaptive_to_the_head_under_attack(model):

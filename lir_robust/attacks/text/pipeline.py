@@ -14,7 +14,8 @@ Kinds (``attack``):
 
 Each head's result is written to ``out/partial/<run key>/<head>.json`` as soon as it is done, and each HotFlip
 passage to ``<head>-passage-<cluster>.json`` (a rerun resumes from them);
-``results.json`` and ``table.md`` are written atomically at the end.
+``results.json``, ``table.md`` and, for passages, ``success_at_10.png`` (success@10 against the number of passages
+used, per head) are written atomically at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from lir_robust.attacks.text.blackbox import appended, cluster_passages, non_gold_documents, stuffing_words
-from lir_robust.attacks.text.evaluate import edit_metrics, ndcg10, passage_metrics, score_each
+from lir_robust.attacks.text.evaluate import edit_metrics, ndcg10, passage_metrics, score_each, success_by_count
 from lir_robust.attacks.text.hotflip import HotFlipSettings, candidate_vocabulary, hotflip_passage
 from lir_robust.attacks.text.insertion import POSITIONS, inserted_documents
 from lir_robust.attacks.text.queries import cluster_members, content_words, kmeans, mean_vectors, split_queries
@@ -40,6 +41,7 @@ from lir_robust.core.errors import DataError, UserError
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.core.naming import head_folder_name
 from lir_robust.data import load_retrieval_set
+from lir_robust.reporting.figures import plot_success
 from lir_robust.encoders.cache import EmbeddingCache, encode_retrieval_set
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.pooling import parse_head
@@ -170,6 +172,7 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
             passage_scores = score(held_embeddings, passage_embeddings, head)
             entry["passages"] = passages
             entry["metrics"] = passage_metrics(clean, passage_scores, held_out, document_ids, qrels, clean_ndcg)
+            entry["success@10_by_n"] = success_by_count(clean, passage_scores, 10)
             entry["scores"] = passage_scores.tolist()  # [held-out query][passage]
         elif config.attack == "insertion":  # snippets optimised against this head: edited texts per head
             snippets, entry["hotflip"] = _hotflip_passages(encoder.model, config, head, split, embeddings_of, corpus,
@@ -219,6 +222,8 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
     }
     write_json_atomic(out_dir / "results.json", report)
     write_text_atomic(out_dir / "table.md", table(report))
+    if config.attack in PASSAGE_ATTACKS:
+        plot_success(report, out_dir / "success_at_10.png")
     return report
 
 
