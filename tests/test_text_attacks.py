@@ -137,7 +137,8 @@ def test_stuffing_never_reads_held_out_queries(bert, tmp_path):
 
 
 def test_an_interrupted_hotflip_run_resumes_from_its_saved_passages(bert, tmp_path, monkeypatch):
-    """HotFlip passages are saved one by one; a rerun whose head result is missing re-optimises none of them."""
+    """HotFlip passages are saved one by one; a rerun whose head result is missing re-optimises none of them, and an
+    insertion run with the same HotFlip settings in the same folder inserts them."""
     from lir_robust.attacks.text import pipeline
 
     data = _write_collection(tmp_path / "beir")
@@ -154,6 +155,9 @@ def test_an_interrupted_hotflip_run_resumes_from_its_saved_passages(bert, tmp_pa
     again = run_text_attack(config, tmp_path / "out", show_progress=False)
     assert again["results"]["maxsim"]["passages"] == first["results"]["maxsim"]["passages"]
     assert again["results"]["maxsim"]["metrics"] == first["results"]["maxsim"]["metrics"]
+    config.attack, config.position = "insertion", "sentence"  # the same HotFlip settings: the saved passages, inserted
+    inserted = run_text_attack(config, tmp_path / "out", show_progress=False)
+    assert inserted["results"]["maxsim"]["snippets"] == first["results"]["maxsim"]["passages"]
 
 
 def test_a_snippet_goes_between_sentences_and_the_draw_is_seeded():

@@ -13,7 +13,9 @@ Kinds (``attack``):
 - ``query-text``: the ceiling: each held-out query's own text appended to N of its non-gold documents.
 
 Each head's result is written to ``out/partial/<run key>/<head>.json`` as soon as it is done, and each HotFlip
-passage to ``<head>-passage-<cluster>.json`` (a rerun resumes from them);
+passage to ``out/partial/passages-<passage key>/<head>-passage-<cluster>.json`` (a rerun resumes from them; the
+passage key leaves out what passages do not depend on: the attack kind, the insertion position, the held-out cut, so
+``hotflip`` and ``insertion`` runs with the same HotFlip settings in one folder share their passages);
 ``results.json``, ``table.md`` and, for passages, ``success_at_10.png`` (success@10 against the number of passages
 used, per head) are written atomically at the end.
 """
@@ -112,8 +114,10 @@ def make_split(query_ids: list[str], training_embeddings_of, clusters: int, seed
     return QuerySplit(training, held_out, cluster_members(labels))
 
 
-def _run_key(config: TextAttackConfig, encoder_config: dict, data_fingerprint: str) -> str:
-    payload = {key: value for key, value in config.to_dict().items() if key not in ("heads", "cache_dir", "use_cache")}
+def _run_key(config: TextAttackConfig, encoder_config: dict, data_fingerprint: str,
+             ignored: tuple[str, ...] = ()) -> str:
+    leave_out = ("heads", "cache_dir", "use_cache") + ignored
+    payload = {key: value for key, value in config.to_dict().items() if key not in leave_out}
     payload.update(encoder=encoder_config, data=data_fingerprint)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -147,6 +151,8 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
     key = _run_key(config, encoder.config, data.fingerprint())
     partial = out_dir / "partial" / key
     partial.mkdir(parents=True, exist_ok=True)
+    passage_folder = out_dir / "partial" / ("passages-" + _run_key(config, encoder.config, data.fingerprint(),
+                                                                   ("attack", "position", "max_queries")))
     shared: dict[str, Any] = {}  # head-independent attacked texts, encoded once
     results: dict[str, Any] = {}
     for head in heads:
@@ -167,7 +173,7 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
                 passages, passage_embeddings = shared["passages"], shared["passage_embeddings"]
             else:
                 passages, entry["hotflip"] = _hotflip_passages(encoder.model, config, head, split, embeddings_of, corpus,
-                                                               training_texts, partial, show_progress)
+                                                               training_texts, passage_folder, show_progress)
                 passage_embeddings = encoder.encode_documents(passages)  # the TEXT, re-encoded
             passage_scores = score(held_embeddings, passage_embeddings, head)
             entry["passages"] = passages
@@ -176,7 +182,7 @@ def run_text_attack(config: TextAttackConfig, out_dir: str | os.PathLike, show_p
             entry["scores"] = passage_scores.tolist()  # [held-out query][passage]
         elif config.attack == "insertion":  # snippets optimised against this head: edited texts per head
             snippets, entry["hotflip"] = _hotflip_passages(encoder.model, config, head, split, embeddings_of, corpus,
-                                                           training_texts, partial, show_progress)
+                                                           training_texts, passage_folder, show_progress)
             gold = {index_of[docid] for qid in held_out for docid in data.gold(qid)}
             chosen = non_gold_documents(len(texts), gold, len(snippets), config.seed)
             edited_texts = inserted_documents([texts[index] for index in chosen], snippets, config.position, config.seed)
@@ -241,14 +247,15 @@ def _thresholds(embeddings: list[torch.Tensor], corpus, head: str, depth: int = 
 
 
 def _hotflip_passages(model, config: TextAttackConfig, head: str, split: QuerySplit, embeddings_of, corpus,
-                      training_texts, partial: Path, show_progress: bool) -> tuple[list[str], list[dict]]:
+                      training_texts, folder: Path, show_progress: bool) -> tuple[list[str], list[dict]]:
     """One HotFlip passage per cluster against ``head``: (texts, per-passage statistics); each passage is saved in
-    ``partial`` when done, and a rerun takes it from there."""
+    ``folder`` when done, and a rerun takes it from there."""
+    folder.mkdir(parents=True, exist_ok=True)
     settings, allowed = config.hotflip(), candidate_vocabulary(model)
     thresholds = _thresholds(embeddings_of(split.training), corpus, head) if settings.objective == "margin" else None
     texts, stats = [], []
     for cluster, members in enumerate(split.members):
-        path = partial / f"{head_folder_name(head)}-passage-{cluster}.json"
+        path = folder / f"{head_folder_name(head)}-passage-{cluster}.json"
         if path.is_file():
             done = json.loads(path.read_text())
             texts.append(done["text"])
