@@ -3,7 +3,10 @@ EMNLP 2023), through the model AND the pooling head under test.
 
 A passage is ``L`` tokens between the document's [CLS] + marker and [SEP]. Its objective is the mean pooled score
 (:func:`lir_robust.scoring.scorer.late_interaction_scores` with the head under test) of a cluster of TRAINING
-queries against it. Each iteration:
+queries against it (or, ``objective="margin"``, the mean of each query's score minus its 10th-best clean document's,
+capped). It starts from the cluster's own query tokens that cover its queries best (:func:`covering_tokens`: the
+black-box cluster text fitted to L tokens), so the optimisation starts where the black-box attack stands. Each
+iteration:
 
 1. picks a position at random (seeded);
 2. takes the gradient of the objective with respect to the input token embeddings ``e [L, H]`` (the one-hot
@@ -79,10 +82,11 @@ class HotFlipResult:
     swaps: int
     seconds: float
     history: list[float] = field(default_factory=list)  # objective after each iteration
+    last_swap: int = 0  # the iteration (1-based) of the last swap kept: the iterations that were of use; 0 = none
 
     def to_dict(self) -> dict:
         return {"text": self.text, "initial_objective": self.initial_objective, "objective": self.objective,
-                "iterations": self.iterations, "swaps": self.swaps, "seconds": self.seconds,
+                "iterations": self.iterations, "swaps": self.swaps, "last_swap": self.last_swap, "seconds": self.seconds,
                 "seconds_per_iteration": self.seconds / max(1, self.iterations)}
 
 
@@ -238,7 +242,7 @@ def hotflip_passage(
     candidates = min(settings.candidates, int(allowed.sum()))
     with torch.no_grad():
         current = float(objective.values(passage.unsqueeze(0))[0])
-    initial, history, swaps = current, [], 0
+    initial, history, swaps, last_swap = current, [], 0, 0
     progress = tqdm(range(settings.iterations), desc=description, disable=not show_progress, leave=False)
     for _ in progress:
         position = rng.randrange(settings.length)
@@ -254,10 +258,12 @@ def hotflip_passage(
             best = int(values.argmax())
             if float(values[best]) > current:
                 passage, current, swaps = trial[best].clone(), float(values[best]), swaps + 1
+                last_swap = len(history) + 1
         history.append(current)
         progress.set_postfix(objective=f"{current:.3f}", refresh=False)
     model.train(was_training)
     seconds = time.perf_counter() - started
     ids = passage.tolist()
     return HotFlipResult(text=passage_text(model, ids), token_ids=ids, initial_objective=initial, objective=current,
-                         iterations=settings.iterations, swaps=swaps, seconds=seconds, history=history)
+                         iterations=settings.iterations, swaps=swaps, seconds=seconds, history=history,
+                         last_swap=last_swap)

@@ -304,4 +304,12 @@ def table(report: dict[str, Any]) -> str:
              "| head | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for head, entry in report["results"].items():
         lines.append(f"| {head} | " + " | ".join(f"{entry['metrics'][name]:.3f}" for name in names) + " |")
+    costs = [(head, entry["hotflip"]) for head, entry in report["results"].items() if entry.get("hotflip")]
+    if costs:
+        lines += ["", "HotFlip cost per passage (mean over the passages):", ""]
+        for head, stats in costs:
+            mean = lambda key: sum(stat.get(key, 0) for stat in stats) / len(stats)  # noqa: E731
+            lines.append(f"- {head}: {mean('seconds_per_iteration'):.2f} s per iteration, {config['iterations']} "
+                         f"iterations, {mean('swaps'):.1f} swaps kept, the last at iteration {mean('last_swap'):.1f}, "
+                         f"objective {mean('initial_objective'):.3f} -> {mean('objective'):.3f}")
     return "\n".join(lines) + "\n"
