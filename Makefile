@@ -57,8 +57,9 @@ synth-quick:
 eval-length-sweep:
 	$(PY) eval/length_sweep.py --model $(MODEL) --data $(DATA) --poolings $(POOLINGS) --kinds $(KINDS) --ks $(KS) --out $(OUT)/length-sweep
 
-# One text attack of one model, every head (ATTACK: cluster-text hotflip stuffing query-text; ATTACK_ARGS: any
-# eval/attack.py options, e.g. "--n 10 --iterations 30 --heads maxsim exclusive softmax:tau=1.0").
+# One text attack of one model, every head (ATTACK: cluster-text hotflip insertion stuffing query-text; ATTACK_ARGS: any
+# eval/attack.py options, e.g. "--n 10 --iterations 30 --heads maxsim exclusive softmax:tau=1.0" or, for insertion,
+# "--length 16 --position sentence").
 ATTACK ?= cluster-text
 ATTACK_ARGS ?=
 attack-one:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from finetune_fixtures import CONTENT_WORDS, save_dropout_bert, write_tiny_beir
-from lir_robust.attacks.text.hotflip import HotFlipSettings, candidate_vocabulary, hotflip_passage
+from lir_robust.attacks.text.hotflip import HotFlipSettings, candidate_vocabulary, covering_tokens, hotflip_passage
+from lir_robust.attacks.text.insertion import insert_snippet, inserted_documents, sentence_boundaries
 from lir_robust.attacks.text.pipeline import TextAttackConfig, make_split, run_text_attack
 from lir_robust.attacks.text.queries import content_words, kmeans, split_queries
 from lir_robust.data.collection import document_text
@@ -43,13 +44,14 @@ def _maxsim(query: torch.Tensor, document: torch.Tensor) -> float:
     return float((query @ document.T).max(dim=1).values.sum())
 
 
-@pytest.mark.parametrize("attack", ["query-text", "stuffing", "cluster-text"])
+@pytest.mark.parametrize("attack", ["query-text", "stuffing", "cluster-text", "insertion"])
 def test_an_attacked_document_scores_exactly_as_its_text_encoded_alone(attack, bert, model, tmp_path):
     """Every attacked score the pipeline reports equals the MaxSim score of the attacked TEXT encoded on its own (one
     text per call, no cache), so documents are re-encoded, not patched, and each score belongs to its document."""
     data = _write_collection(tmp_path / "beir")
     config = TextAttackConfig(model=str(bert), data=str(data), attack=attack, n=2, length=4, heads=["maxsim"],
-                              cache_dir=str(tmp_path / "cache"))
+                              iterations=3 if attack == "insertion" else 100, candidates=4 if attack == "insertion" else 32,
+                              position="sentence", cache_dir=str(tmp_path / "cache"))
     report = run_text_attack(config, tmp_path / "out", show_progress=False)
     entry = report["results"]["maxsim"]
     texts = {row["_id"]: document_text(row) for row in map(json.loads, (data / "corpus.jsonl").read_text().splitlines())}
@@ -59,6 +61,10 @@ def test_an_attacked_document_scores_exactly_as_its_text_encoded_alone(attack, b
         query = model.encode([queries[qid]], is_query=True, show_progress=False)[0]
         if attack == "cluster-text":
             attacked = entry["passages"]
+        elif attack == "insertion":  # each snippet inside its own document's text
+            attacked = entry["edited_texts"]
+            assert all(snippet in edited and texts[docid] != edited
+                       for snippet, edited, docid in zip(entry["snippets"], attacked, entry["targets"][0]))
         else:
             extra = queries[qid] if attack == "query-text" else entry["appended"]
             attacked = [f"{texts[docid]} {extra}" for docid in entry["targets"][report["held_out_query_ids"].index(qid)]]
@@ -66,6 +72,9 @@ def test_an_attacked_document_scores_exactly_as_its_text_encoded_alone(attack, b
             alone = model.encode([text], is_query=False, batch_size=1, show_progress=False)[0]
             assert reported == pytest.approx(_maxsim(query, alone), abs=1e-4), (qid, text)
     assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "table.md").is_file()
+    if attack == "cluster-text":  # success@10 with the first n passages: the last point is the run's success@10
+        assert len(entry["success@10_by_n"]) == 2 and entry["success@10_by_n"][-1] == entry["metrics"]["success@10"]
+        assert (tmp_path / "out" / "success_at_10.png").stat().st_size > 0
 
 
 def test_hotflip_is_adaptive_to_the_head_under_attack(model):
@@ -128,7 +137,8 @@ def test_stuffing_never_reads_held_out_queries(bert, tmp_path):
 
 
 def test_an_interrupted_hotflip_run_resumes_from_its_saved_passages(bert, tmp_path, monkeypatch):
-    """HotFlip passages are saved one by one; a rerun whose head result is missing re-optimises none of them."""
+    """HotFlip passages are saved one by one; a rerun whose head result is missing re-optimises none of them, and an
+    insertion run with the same HotFlip settings in the same folder inserts them."""
     from lir_robust.attacks.text import pipeline
 
     data = _write_collection(tmp_path / "beir")
@@ -145,3 +155,53 @@ def test_an_interrupted_hotflip_run_resumes_from_its_saved_passages(bert, tmp_pa
     again = run_text_attack(config, tmp_path / "out", show_progress=False)
     assert again["results"]["maxsim"]["passages"] == first["results"]["maxsim"]["passages"]
     assert again["results"]["maxsim"]["metrics"] == first["results"]["maxsim"]["metrics"]
+    config.attack, config.position = "insertion", "sentence"  # the same HotFlip settings: the saved passages, inserted
+    inserted = run_text_attack(config, tmp_path / "out", show_progress=False)
+    assert inserted["results"]["maxsim"]["snippets"] == first["results"]["maxsim"]["passages"]
+
+
+def test_a_snippet_goes_between_sentences_and_the_draw_is_seeded():
+    document = "first sentence . second one ! third ? last words"
+    assert sentence_boundaries(document) == [0, 16, 29, 37, len(document)]
+    assert insert_snippet(document, "x y", "end", None) == f"{document} x y"
+    placed = {insert_snippet(document, "x y", "sentence", __import__("random").Random(seed)) for seed in range(40)}
+    assert placed == {f"x y {document}", "first sentence . x y second one ! third ? last words",
+                      "first sentence . second one ! x y third ? last words",
+                      "first sentence . second one ! third ? x y last words", f"{document} x y"}
+    documents, snippets = [document] * 6, [f"s{i}" for i in range(6)]
+    assert inserted_documents(documents, snippets, "sentence", seed=3) == inserted_documents(documents, snippets, "sentence", seed=3)
+    assert inserted_documents(documents, snippets, "sentence", seed=3) != inserted_documents(documents, snippets, "sentence", seed=4)
+    with pytest.raises(ValueError, match="one snippet per document"):
+        inserted_documents(documents, snippets[:2], "end", seed=0)
+    with pytest.raises(ValueError, match="insertion position must be one of"):
+        insert_snippet(document, "x", "middle", None)
+
+
+def test_the_queries_init_picks_the_query_tokens_that_cover_the_queries_best(model):
+    """The "queries" start: L of the cluster's query tokens (allowed ones only), in reading order; the first pick is
+    the token, encoded in its text as a document, with the highest sum over query tokens of its positive similarity."""
+    texts = [f"{CONTENT_WORDS[i]} {CONTENT_WORDS[i + 7]} {CONTENT_WORDS[i + 20]}" for i in range(6)]  # no shared word
+    queries = model.encode(texts, is_query=True, show_progress=False)
+    allowed = candidate_vocabulary(model)
+    documents = model.encode(texts, is_query=False, show_progress=False)  # [CLS] marker tokens [SEP] of each text
+    ids = [model.tokenize([text], is_query=False)["input_ids"][0] for text in texts]
+    gains = [(float((torch.cat(queries) @ vector).clamp(min=0).sum()), int(token))
+             for document, row in zip(documents, ids) for vector, token in zip(document, row) if bool(allowed[token])]
+    assert covering_tokens(model, texts, queries, 1, allowed) == [max(gains)[1]]
+    picked = covering_tokens(model, texts, queries, 6, allowed)
+    in_order = [token for _, token in gains]
+    assert len(picked) == 6 and all(bool(allowed[token]) for token in picked)
+    positions = [in_order.index(token) for token in picked]
+    assert positions == sorted(positions)  # reading order (each token appears once here)
+    settings = HotFlipSettings(length=6, iterations=0, init="queries")
+    result = hotflip_passage(model, queries, "maxsim", settings, allowed=allowed, show_progress=False, texts=texts)
+    assert result.token_ids == picked
+
+
+def test_the_margin_objective_needs_thresholds(model):
+    queries = model.encode(["flow wing"], is_query=True, show_progress=False)
+    with pytest.raises(ValueError, match="needs each training query's threshold"):
+        hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=2, iterations=1, objective="margin"),
+                        show_progress=False)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        HotFlipSettings(objective="best")

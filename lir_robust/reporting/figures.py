@@ -5,6 +5,7 @@ seeds, retained shares in percent against K on a symlog axis with 100 % marked, 
     plot_retained(results, "out/retained_ndcg10.png")         # a sweep's results.json: sweep folders, model cards
     plot_study_retained([(label, row), ...], "cranfield, protocol swap", path)   # docs/RESULTS.md, per protocol
     synthetic_figures(results, "results/synthetic")           # the synthetic concept study's four figures
+    plot_success(report, "results/attack/hotflip-n10/success_at_10.png")  # a text attack's success@10 against N
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from lir_robust.core.files import save_figure_atomic
 from lir_robust.reporting.format import injection_target
 
 __all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "retained_figure", "plot_study_retained", "synthetic_figures",
-           "STUDY_INJECTIONS"]
+           "plot_success", "STUDY_INJECTIONS"]
 
 # The injections a study figure shows, in this order, when the rows hold them.
 STUDY_INJECTIONS = ("spike", "hard", "spike@10", "hard@10", "corpus", "gaussian")
@@ -166,3 +167,21 @@ def synthetic_figures(results: dict[str, Any], out: Path) -> list[Path]:
     axis.legend(fontsize=6, ncol=2)
     save_as(figure, "retained_vs_injection.png")
     return written
+
+
+def plot_success(report: dict[str, Any], path: str | Path) -> Path:
+    """A text passage attack's ``results.json``: success@10 (%) against the number of adversarial passages used
+    (the first n of the run's N, one per cluster), one line per head."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for head, entry in report["results"].items():
+        curve = entry["success@10_by_n"]
+        mean_band(axis, list(range(1, len(curve) + 1)), [100 * value for value in curve], label=head)
+    config = report["config"]
+    axis.set_xlabel(f"adversarial passages used (of N = {config['n']}, one per cluster)")
+    axis.set_ylabel("success@10 (%), held-out queries")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.set_title(f"{config['attack']}, {report['data']['name']}, {config['model']}", fontsize=9)
+    axis.legend(fontsize=7)
+    return save(figure, path, dpi=120, bbox_inches="tight")

@@ -20,7 +20,7 @@ import torch
 from lir_robust.scoring.metrics import evaluate, retained_share, run_from_scores
 from lir_robust.scoring.scorer import score
 
-__all__ = ["SUCCESS_DEPTHS", "passage_ranks", "passage_metrics", "edited_scores", "edit_metrics", "ndcg10", "score_each"]
+__all__ = ["SUCCESS_DEPTHS", "passage_ranks", "passage_metrics", "success_by_count", "edited_scores", "edit_metrics", "ndcg10", "score_each"]
 
 SUCCESS_DEPTHS = (1, 10, 100)
 PASSAGE_PREFIX = "adversarial-passage-"
@@ -38,6 +38,12 @@ def passage_ranks(clean: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
     rank = 1 + number of clean documents scoring >= the passage's score (ties go to the real document)."""
     best = passages.max(dim=1).values
     return 1 + (clean >= best.unsqueeze(1)).sum(dim=1)
+
+
+def success_by_count(clean: torch.Tensor, passages: torch.Tensor, depth: int = 10) -> list[float]:
+    """success@depth with the first n of the N passages, n = 1..N (``passages [Nq, N]``): the curve against N."""
+    return [float((passage_ranks(clean, passages[:, :count]) <= depth).float().mean())
+            for count in range(1, passages.shape[1] + 1)]
 
 
 def passage_metrics(clean: torch.Tensor, passages: torch.Tensor, query_ids: Sequence[str], document_ids: Sequence[str],
