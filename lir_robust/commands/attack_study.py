@@ -22,7 +22,7 @@ from lir_robust.studies.attack_summary import summarize_attacks
 
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=cli.existing_folder, default="results/study",
+    parser.add_argument("--study", default="results/study",
                         help="the retraining study's output folder (make study), whose models are attacked")
     parser.add_argument("--out", type=cli.output_folder, default="results/attack-study")
     parser.add_argument("--parts", nargs="+", default=None, help="named parts to run (default: all); see --list-parts")
