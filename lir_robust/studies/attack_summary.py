@@ -84,6 +84,14 @@ def _measures(config: dict[str, Any], metrics: dict[str, float]) -> dict[str, fl
     return {f"{label} retained": metrics["ndcg@10_retained"], f"{label} hijack@10": metrics["hijack@10"]}
 
 
+def _measure_order(name: str) -> tuple:
+    """Columns in the suite's order: kind, then N / L / T as numbers, then the metric."""
+    kinds = ("cluster-text", "hotflip", "insertion", "stuffing", "query-text")
+    words = name.split()
+    setting = words[1].split("=")[1] if len(words) > 2 and "=" in words[1] else "0"
+    return (kinds.index(words[0]) if words[0] in kinds else len(kinds), int(setting) if setting.isdigit() else 0, words[-1])
+
+
 def attack_rows(runs_folder: str | os.PathLike, study_summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One row per (collection, model, head) from every finished run under ``runs/<collection>/<model>/``."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -112,7 +120,7 @@ def correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for collection in dict.fromkeys(row["collection"] for row in rows):
         for group in ("retrained", "raw"):
             members = [row for row in rows if row["collection"] == collection and (row["model"] == "raw") == (group == "raw")]
-            measures = list(dict.fromkeys(name for row in members for name in row["measures"]))
+            measures = sorted(dict.fromkeys(name for row in members for name in row["measures"]), key=_measure_order)
             for proxy in PROXIES:
                 for measure in measures:
                     xs = [row[proxy] for row in members]
@@ -160,7 +168,7 @@ def render_table(summary: dict[str, Any]) -> str:
     rows = summary["rows"]
     for collection in dict.fromkeys(row["collection"] for row in rows):
         members = [row for row in rows if row["collection"] == collection]
-        measures = list(dict.fromkeys(name for row in members for name in row["measures"]))
+        measures = sorted(dict.fromkeys(name for row in members for name in row["measures"]), key=_measure_order)
         lines += [f"## {collection}", "",
                   *table_header(["model", "head", "clean nDCG@10", "spike K=4 kept", "hard K=4 kept", *measures])]
         for row in members:
