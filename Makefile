@@ -29,7 +29,7 @@ CHECKPOINT ?=
 REPO ?=
 PUBLISH_ARGS ?=
 
-.PHONY: setup test synth synth-quick eval-length-sweep attack-one mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-train-runs bench-scale finetune finetune-all study results-doc publish clean search
+.PHONY: setup test synth synth-quick eval-length-sweep attack-one attack mteb check-pool-blocks bench bench-scoring bench-sweep bench-train bench-train-runs bench-scale finetune finetune-all study results-doc publish clean search
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,14 @@ finetune-all:
 STUDY_ARGS ?=
 study:
 	$(PY) eval/study.py --out $(OUT)/study $(STUDY_ARGS)
+
+# Text attacks on every model of the study (seed 0; issue 19): resumable, in named parts (make attack LIST=1 lists them
+# with an estimated cost). PARTS: e.g. "cranfield:raw cranfield:maxsim:hotflip"; ATTACK_STUDY_ARGS: e.g. "--iterations 50".
+PARTS ?=
+LIST ?=
+ATTACK_STUDY_ARGS ?=
+attack:
+	$(PY) eval/attack_study.py --study $(OUT)/study --out $(OUT)/attack-study $(if $(LIST),--list-parts) $(if $(PARTS),--parts $(PARTS)) $(ATTACK_STUDY_ARGS)
 
 results-doc:
 	$(PY) eval/results_doc.py --study $(OUT)/study/summary.json --synthetic $(OUT)/synthetic/results.json --out docs/RESULTS.md

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "length_sweep": ("sweep", "eval/length_sweep.py"),
     "attack": ("attack", "eval/attack.py"),
+    "attack_study": ("attack_study", "eval/attack_study.py"),
     "finetune": ("finetune", "train/finetune.py"),
     "synthetic_study": ("synthetic", "eval/synthetic_study.py"),
     "finetune_all": ("finetune_all", "eval/finetune_all.py"),
@@ -67,6 +68,7 @@ def _forbid_loading(monkeypatch, scripts):
 
     monkeypatch.setattr(scripts["length_sweep"], "run_length_sweep", loaded)
     monkeypatch.setattr(scripts["attack"], "run_text_attack", loaded)
+    monkeypatch.setattr(scripts["attack_study"], "run_attacks", loaded)
     monkeypatch.setattr(scripts["synthetic_study"], "run_study", loaded)
     monkeypatch.setattr(scripts["bench_scoring"], "measure", loaded)
     monkeypatch.setattr(scripts["bench_train"], "bench", loaded)
@@ -106,6 +108,12 @@ BAD_INPUTS = [
     ("results_doc", ["--study", "missing-study.json", "--synthetic", "missing-synthetic.json"],
      "neither missing-study.json nor missing-synthetic.json exists: run `make study` and / or `make synth` first"),
     ("results_doc", ["--out", "{beir}"], "argument --out: "),
+    # eval/attack_study.py (more refusals, against a study folder, in test_attack_study.py)
+    ("attack_study", ["--study", "{file}"], "holds no retraining study"),
+    ("attack_study", [], "results/study holds no retraining study (no plan.json or summary.json): run `make study` first"),
+    ("attack_study", ["--study", "{beir}"], "holds no retraining study (no plan.json or summary.json): run `make study` first"),
+    ("attack_study", ["--iterations", "0"], "argument --iterations: expected an integer >= 1, got '0'"),
+    ("attack_study", ["--queries", "-1"], "argument --queries: expected an integer >= 1, got '-1'"),
     # eval/attack.py
     ("attack", ["--attack", "hotflips"], "argument --attack: invalid choice: 'hotflips'"),
     ("attack", ["--n", "0"], "argument --n: expected an integer >= 1, got '0'"),

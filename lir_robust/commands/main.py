@@ -23,6 +23,7 @@ from lir_robust.commands import cli
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sweep": ("sweep", "length / injection sweep of a model over a collection", "eval/length_sweep.py"),
     "attack": ("attack", "text attacks (cluster text, HotFlip passages, stuffing) on held-out queries", "eval/attack.py"),
+    "attack-study": ("attack_study", "the retraining study's models under text attacks, resumable", "eval/attack_study.py"),
     "finetune": ("finetune", "LoRA fine-tuning with a pooling head (Accelerate)", "train/finetune.py"),
     "finetune-all": ("finetune_all", "fine-tune one model per head, then sweep each", "eval/finetune_all.py"),
     "study": ("study", "the retraining study: heads x seeds x collections, resumable", "eval/study.py"),
