@@ -75,6 +75,11 @@ def summarize(args) -> None:
         row["variant"] = "maxsim-rerun"  # the reproduction check, kept beside the reused baseline
     rows = rows + reused + rerun
     targets = retraining._targets([row for row in rows if row["variant"] != "maxsim-rerun"], plan)
+    for target in targets:  # issue 20's spike bar is 60 % (the study checks issue 10's 50 %)
+        checks = target["checks"]
+        checks.pop("spike_k4_retained_at_least_50pct")
+        checks["spike_k4_retained_at_least_60pct"] = target["spike_k4_retained"] >= 0.6
+        target["reached"] = all(checks.values())
     per_seed = []
     for collection, seeds in plan.collections.items():
         for seed in seeds:
@@ -95,6 +100,16 @@ def summarize(args) -> None:
                         "budget_median_spike": metrics["spike"]["hijack_budget"]["median"],
                         "budget_median_hard": metrics["hard"]["hijack_budget"]["median"],
                     })
+    screen = []
+    for path in args.screen:
+        results = json.loads(Path(path).read_text())
+        for head in results["heads"]:
+            if any(row["head"] == head for row in screen):
+                continue
+            metrics = results["metrics"][head]
+            screen.append({"head": head, "ndcg10_k0": metrics["hard"]["by_k"]["0"]["mean"]["ndcg@10"],
+                           "retained_spike_k4": metrics["spike"]["by_k"]["4"]["retained"]["ndcg@10"],
+                           "retained_hard_k4": metrics["hard"]["by_k"]["4"]["retained"]["ndcg@10"]})
     timings_path = out / "timings.json"
     result = {
         "plan": {**plan.to_dict(), "reference": args.reference,
@@ -103,6 +118,7 @@ def summarize(args) -> None:
         "reference_models": {key: value for key, value in reference.get("models", {}).items()
                              if key.split("/")[1] == "maxsim"},
         "models": summary["models"],
+        "raw_screen": screen,
         "targets": targets,
         "per_seed": per_seed,
         "rows": [{key: row[key] for key in ("collection", "protocol", "variant", "head", "seeds", "ndcg10", "retained",
@@ -126,6 +142,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default=".", help="regular expression on the step names to run")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--reference", default="results/study/summary.json")
+    parser.add_argument("--screen", nargs="*", default=[], help="results.json of the untrained screen sweeps")
     parser.add_argument("--write", default="results/recipe-search/summary.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
