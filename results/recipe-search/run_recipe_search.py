@@ -45,7 +45,7 @@ def run(args) -> None:
     out = Path(args.out)
     steps = [step for step in plan_steps(plan, out, show_progress=False)
              if not step.part.startswith("raw:") and re.search(args.only, step.name)]
-    timings_path = out / "timings.json"
+    timings_path = out / f"timings-{args.stream}.json"  # one file per process: streams run side by side
     for step in steps:
         if step.done():
             logging.info("%s: done already", step.name)
@@ -110,7 +110,9 @@ def summarize(args) -> None:
             screen.append({"head": head, "ndcg10_k0": metrics["hard"]["by_k"]["0"]["mean"]["ndcg@10"],
                            "retained_spike_k4": metrics["spike"]["by_k"]["4"]["retained"]["ndcg@10"],
                            "retained_hard_k4": metrics["hard"]["by_k"]["4"]["retained"]["ndcg@10"]})
-    timings_path = out / "timings.json"
+    timings = {}
+    for path in sorted(out.glob("timings-*.json")):
+        timings.update(json.loads(path.read_text()))
     result = {
         "plan": {**plan.to_dict(), "reference": args.reference,
                  "note": "retrained maxsim reused from the reference (same recipe, seeds, code path); maxsim-rerun rows "
@@ -124,7 +126,7 @@ def summarize(args) -> None:
         "rows": [{key: row[key] for key in ("collection", "protocol", "variant", "head", "seeds", "ndcg10", "retained",
                                             "budget_median", "budget_median_per_seed", "paired_vs_maxsim", "source")
                   if key in row} for row in rows],
-        "timings_s": json.loads(timings_path.read_text()) if timings_path.is_file() else {},
+        "timings_s": timings,
     }
     write_json_atomic(Path(args.write), result, indent=1)
     for target in targets:
@@ -141,6 +143,7 @@ def main(argv=None) -> None:
     parser.add_argument("--collections", nargs="+", default=["cranfield:0,1,2"])
     parser.add_argument("--only", default=".", help="regular expression on the step names to run")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--stream", default="main", help="name of this process's timings file (timings-NAME.json)")
     parser.add_argument("--reference", default="results/study/summary.json")
     parser.add_argument("--screen", nargs="*", default=[], help="results.json of the untrained screen sweeps")
     parser.add_argument("--write", default="results/recipe-search/summary.json")
