@@ -180,6 +180,8 @@ def test_the_recipe_search_section_uses_issue_20s_spike_bar_and_lists_every_seed
     assert "| softmax:tau=0.3 | 0.371 | 12.0 % | 70.0 % |" in section
     assert "| tiny | 0 | blend:tau=1.0,weight=0.5 | blend:tau=1.0,weight=0.5 | 0.360 | 55.0 % | 80.0 % | 16 | never |" in section
     assert "not reached within K <= 50" in section
+    assert "- Untrained screen: the largest spike K=4 share is softmax:tau=0.3's (12.0 %); no head reaches 60 % before training." in section
+    assert "- tiny, blend:tau=1.0,weight=0.5 (retrained): misses issue 20's target on spike K=4 >= 60 %; meets 4 of 5 checks." in section
 
 
 def test_the_committed_results_doc_is_generated_from_the_committed_results(tmp_path):
