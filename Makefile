@@ -130,7 +130,8 @@ attack:
 	$(PY) eval/attack_study.py --study $(OUT)/study --out $(OUT)/attack-study $(if $(LIST),--list-parts) $(if $(PARTS),--parts $(PARTS)) $(ATTACK_STUDY_ARGS)
 
 results-doc:
-	$(PY) eval/results_doc.py --study $(OUT)/study/summary.json --synthetic $(OUT)/synthetic/results.json --out docs/RESULTS.md
+	$(PY) eval/results_doc.py --study $(OUT)/study/summary.json --synthetic $(OUT)/synthetic/results.json \
+		--recipe-search $(OUT)/recipe-search/summary.json --out docs/RESULTS.md
 
 # Publishing goes online although every other target defaults to HF_HUB_OFFLINE=1: unless you set HF_HUB_OFFLINE
 # yourself (environment or command line), this target runs with HF_HUB_OFFLINE=0; set to 1, a push stops at once

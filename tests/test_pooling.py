@@ -12,7 +12,8 @@ from lir_robust.scoring.pooling import HEADS, PoolingHead, available_heads, pars
 from lir_robust.scoring.pooling.heads import _groups_pay_off, _top_k_by_groups
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
-             "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3"]
+             "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3",
+             "blend:tau=0.5,weight=0.5", "blend:tau=0.1,weight=0.3,capacity=2,candidates=3"]
 
 
 def random_similarities(*shape, seed=0):
@@ -154,6 +155,9 @@ def test_overrides_and_none_passthrough():
         ("median", ["unknown pooling head 'median'", "maxsim", "topk", "softmax", "lse", "mean"]),
         ("topk:k=0", ["k must be an integer >= 1", "0"]),
         ("topk:k=1.5", ["k must be int"]),
+        ("blend:weight=1.5", ["weight must be a number in [0, 1]", "1.5"]),
+        ("blend:tau=0", ["tau must be a finite number > 0"]),
+        ("blend:capacity=0", ["capacity must be an integer >= 1"]),
         ("softmax:tau=0", ["tau must be a finite number > 0", "0.0"]),
         ("softmax:tau=-1", ["tau must be a finite number > 0"]),
         ("lse:tau=0", ["tau must be a finite number > 0"]),
@@ -336,3 +340,37 @@ def test_top_candidates_equal_a_full_stable_sort_with_ties_and_padding(count):
     assert torch.equal(values[..., :take], expected_values)
     assert torch.equal(positions[..., :take], expected_positions)
     assert (positions[..., take:] == -1).all() and torch.isneginf(values[..., take:]).all()
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 0.5, 1.0])
+def test_blend_is_the_weighted_sum_of_exclusive_and_softmax(weight):
+    """blend = weight * exclusive + (1 - weight) * softmax(tau), token by token, the query mask reaching the exclusive
+    part; weight 1 is exclusive, weight 0 is softmax; a document without any valid patch is -inf (never NaN)."""
+    head = parse_head(f"blend:tau=0.3,weight={weight},capacity=1,candidates=4")
+    similarities = random_similarities(3, 6, 20, seed=8)
+    similarities[..., 0] += 1.5  # one patch every token prefers: the capacity limit matters
+    document_mask = torch.rand(3, 20, generator=torch.Generator().manual_seed(9)) > 0.3
+    document_mask[2] = False  # no valid patch
+    query_mask = torch.tensor([True, True, False, True, True, True]).expand(3, 6)
+    matched = parse_head("exclusive:capacity=1,candidates=4").pool(similarities, document_mask, query_mask)
+    soft = parse_head("softmax:tau=0.3")(similarities, document_mask)
+    value = head.pool(similarities, document_mask, query_mask)
+    torch.testing.assert_close(value[:2], weight * matched[:2] + (1 - weight) * soft[:2])
+    assert (value[2] == -math.inf).all() and not value.isnan().any()
+    if 0 < weight < 1:  # the exclusive part is joint: masking a token changes what the others get
+        assert not torch.allclose(value[:2], head.pool(similarities, document_mask, torch.ones(3, 6, dtype=torch.bool))[:2])
+
+
+def test_blend_gradient_reaches_every_patch_and_a_planted_patch_takes_one_token_fully():
+    """The softmax part spreads the gradient over every valid patch; the exclusive part gives one patch that every
+    token prefers to one token only, so a planted patch lifts the blend less than it lifts maxsim."""
+    similarities = random_similarities(2, 5, 9, seed=10).requires_grad_()
+    head = parse_head("blend:tau=0.5,weight=0.5")
+    head.pool(similarities, torch.ones(2, 9, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)).sum().backward()
+    assert (similarities.grad != 0).all()
+    clean = random_similarities(1, 5, 9, seed=11)
+    planted = torch.cat([clean, torch.full((1, 5, 1), 3.0)], dim=-1)  # a spike every token matches at 3.0
+    mask, tokens = torch.ones(1, 10, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool)
+    gain = {spec: (parse_head(spec).pool(planted, mask, tokens) - parse_head(spec).pool(clean, mask[:, :9], tokens)).sum()
+            for spec in ("maxsim", "exclusive", "blend:tau=0.5,weight=0.5")}
+    assert gain["blend:tau=0.5,weight=0.5"] < gain["maxsim"] and gain["exclusive"] < gain["maxsim"]

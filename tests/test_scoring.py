@@ -19,7 +19,7 @@ from lir_robust.scoring.scorer import (
 )
 
 HEADS = ["maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true", "exclusive",
-         "mean"]
+         "mean", "blend:tau=0.5,weight=0.5"]
 DIM = 16
 
 
@@ -150,7 +150,8 @@ def test_bad_head_and_batch_size_errors(corpus):
 
 
 @pytest.mark.parametrize("head", ["maxsim", "topk:k=4", "topk:k=3", "softmax:tau=0.1", "lse:tau=0.1",
-                                  "lse:tau=0.1,length_corrected=true", "mean", "exclusive"])
+                                  "lse:tau=0.1,length_corrected=true", "mean", "exclusive",
+                                  "blend:tau=0.5,weight=0.5"])
 def test_one_rule_for_nan_rows_and_documents_without_patches(head):
     """NaN rows are dropped in both input forms; a document without any valid patch scores -inf (never NaN), so it
     ranks below every real document, whatever the head."""

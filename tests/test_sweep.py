@@ -74,7 +74,7 @@ def test_cli_end_to_end_tiny_colpali(tiny_colqwen2_dir, tmp_path):
 # The real sweep on a real subset of Cranfield, every number checked against an independent computation
 # ----------------------------------------------------------------------------------------------------------------
 
-EVERY_HEAD = ["maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1", "exclusive"]
+EVERY_HEAD = ["maxsim", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1", "exclusive", "blend:tau=0.5,weight=0.5"]
 EVERY_KIND = ["gaussian", "corpus", "hard", "spike", "spike@10"]
 SMALL_KS = [0, 4, 25]
 

@@ -7,7 +7,8 @@ The contract every head keeps (shapes, masking, float32, text form, parts) is th
   ``parse_head``), text forms and the ``pooling.json`` round trip;
 - ``shared``: :class:`SharedWork`, what the sweep computes once for all heads, and the top-k sorting networks;
 - ``heads``: maxsim, topk (with its grouped inference top-k), softmax, lse, mean;
-- ``exclusive``: the joint capacity-limited head.
+- ``exclusive``: the joint capacity-limited head;
+- ``blend``: the joint blend of capacity-limited matching and a softmax.
 
 Every public name is importable from here: ``from lir_robust.scoring.pooling import parse_head``.
 """
@@ -25,9 +26,10 @@ from lir_robust.scoring.pooling.base import (
 )
 from lir_robust.scoring.pooling.shared import SharedWork, top_k_values
 
-# the heads register in import order, the order available_heads() lists them: maxsim, topk, softmax, lse, mean, exclusive
+# the heads register in import order, the order available_heads() lists them: maxsim, topk, softmax, lse, mean, exclusive, blend
 from lir_robust.scoring.pooling.heads import LogSumExpHead, MaxSimHead, MeanHead, SoftmaxHead, TopKHead
 from lir_robust.scoring.pooling.exclusive import ExclusiveMatchHead
+from lir_robust.scoring.pooling.blend import BlendHead
 
 __all__ = [
     "PoolingHead",
@@ -37,6 +39,7 @@ __all__ = [
     "LogSumExpHead",
     "MeanHead",
     "ExclusiveMatchHead",
+    "BlendHead",
     "HEADS",
     "register_head",
     "parse_head",
