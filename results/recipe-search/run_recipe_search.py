@@ -7,9 +7,9 @@ seeds. So this driver builds the study's plan (StudyPlan, plan_steps: the same f
 configuration) and runs only the steps asked for; `summarize` reads the finished sweeps (summarize_study's records),
 adds the study's retrained maxsim rows and applies the study's own target check (_targets).
 
-    python eval/recipe_search.py run --out runs/recipe-search --heads blend:... \
+    python results/recipe-search/run_recipe_search.py run --out runs/recipe-search --heads blend:... \
         --collections cranfield:0,1,2 --only 'blend'
-    python eval/recipe_search.py summarize --out runs/recipe-search --heads blend:... \
+    python results/recipe-search/run_recipe_search.py summarize --out runs/recipe-search --heads blend:... \
         --collections cranfield:0,1,2 med:0 --write results/recipe-search/summary.json
 """
 
