@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,7 +42,8 @@ from lir_robust.core.errors import UserError
 from lir_robust.core.files import write_json_atomic
 from lir_robust.core.naming import head_folder_name
 from lir_robust.scoring.pooling import load_pooling_json, parse_head
-from lir_robust.studies.retraining import Step, parts_of, variant_name
+from lir_robust.studies.retraining import (Step, parts_of, plan_data_root, run_steps, saved_config_matches,
+                                          variant_name, wanted_steps)
 
 __all__ = ["AttackPlan", "AttackPlanError", "AttackRun", "SUITE", "AttackStep", "plan_steps", "parts_of", "run_attacks",
            "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "SECONDS_PER_ITERATION_L32", "SETUP_SECONDS"]
@@ -185,24 +185,13 @@ def _config(plan: AttackPlan, model: str, collection: str, run: AttackRun, heads
 
 
 def _data_root(plan: AttackPlan) -> str:
-    from lir_robust.data import data_root
-
-    root = plan.data_root or data_root()
-    if root is None:
-        raise AttackPlanError("no data root: set LIR_ROBUST_DATA_ROOT (the folder holding cranfield/ and med/) or pass --data-root")
-    return str(root)
+    return plan_data_root(plan.data_root, AttackPlanError, " or pass --data-root")
 
 
 def _done(folder: Path, config) -> bool:
-    results = folder / "results.json"
-    if not results.is_file():
-        return False
-    try:
-        saved = json.loads(results.read_text())["config"]
-    except (ValueError, KeyError):
-        return False
     wanted = config.to_dict()
-    return all(saved.get(key) == wanted[key] for key in wanted if key not in ("cache_dir", "use_cache", "data_root"))
+    return saved_config_matches(folder, {key: value for key, value in wanted.items()
+                                         if key not in ("cache_dir", "use_cache", "data_root")})
 
 
 def _run(config, folder: Path, show_progress: bool) -> None:
@@ -287,29 +276,14 @@ def run_attacks(plan: AttackPlan, out: str | os.PathLike, parts: Sequence[str] |
     step of that model is done."""
     out = Path(out)
     steps = plan_steps(plan, out, show_progress)
-    known = parts_of(steps)
-    wanted = known if not parts else list(parts)
-    unknown = [part for part in wanted if part not in known]
-    if unknown:
-        raise AttackPlanError(f"unknown attack part(s) {', '.join(unknown)}; parts: {', '.join(known)} (see --list-parts)")
+    todo = wanted_steps(steps, parts, lambda unknown, known: AttackPlanError(
+        f"unknown attack part(s) {', '.join(unknown)}; parts: {', '.join(known)} (see --list-parts)"))
     out.mkdir(parents=True, exist_ok=True)
     check_plan(plan, out)
-    spent: dict[str, float] = {}
-    todo = [step for step in steps if step.part in wanted]
-    for number, step in enumerate(todo, start=1):
-        if step.done():
-            logger.info("[%d/%d] %s: done already", number, len(todo), step.name)
-            continue
-        logger.info("[%d/%d] %s (part %s)", number, len(todo), step.name, step.part)
-        tick = time.perf_counter()
-        step.action()
-        seconds = time.perf_counter() - tick
-        spent[step.part] = spent.get(step.part, 0.0) + seconds
-        path = out / "timings" / f"{step.part.replace(':', '_')}.json"
-        timings = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
-        timings["steps"][step.name] = {"part": step.part, "seconds": seconds}
-        write_json_atomic(path, timings)
+
+    def drop_finished_cache(step: AttackStep) -> None:
         sharing = [other for other in steps if other.cache == step.cache]
         if step.cache is not None and all(other.done() for other in sharing):
             shutil.rmtree(step.cache, ignore_errors=True)  # this model's embeddings are not needed any more
-    return spent
+
+    return run_steps(todo, out, after_step=drop_finished_cache)

@@ -45,7 +45,8 @@ from lir_robust.core.files import write_json_atomic
 from lir_robust.core.naming import head_folder_name
 from lir_robust.scoring.pooling import parse_head
 
-__all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "run_study", "summarize_study", "variant_name", "STUDY_KS",
+__all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "wanted_steps", "run_steps", "plan_data_root",
+           "saved_config_matches", "run_study", "summarize_study", "variant_name", "STUDY_KS",
            "STUDY_KINDS", "STUDY_HEADS"]
 
 logger = logging.getLogger(__name__)
@@ -110,13 +111,18 @@ class Step:
     done: Callable[[], bool]
 
 
-def _data_root(plan: StudyPlan) -> str:
+def plan_data_root(explicit: str | None, error: type[Exception], hint: str = "") -> str:
+    """The plan's data root (else $LIR_ROBUST_DATA_ROOT); ``error`` (one line, ``hint`` appended) when there is none."""
     from lir_robust.data import data_root
 
-    root = plan.data_root or data_root()
+    root = explicit or data_root()
     if root is None:
-        raise StudyPlanError("no data root: set LIR_ROBUST_DATA_ROOT (the folder holding cranfield/ and med/)")
+        raise error(f"no data root: set LIR_ROBUST_DATA_ROOT (the folder holding cranfield/ and med/){hint}")
     return str(root)
+
+
+def _data_root(plan: StudyPlan) -> str:
+    return plan_data_root(plan.data_root, StudyPlanError)
 
 
 def _finetune_command(plan: StudyPlan, collection: str, head: str, seed: int, defended: bool, out: Path) -> list[str]:
@@ -146,16 +152,21 @@ def _sweep_config(plan: StudyPlan, model: str, collection: str, heads: Sequence[
                        ks=list(plan.ks), cache_dir=str(cache))
 
 
-def _sweep_done(out: Path, config) -> bool:
-    results = out / "results.json"
+def saved_config_matches(folder: Path, wanted: dict[str, Any]) -> bool:
+    """Whether ``folder/results.json`` exists and its ``config`` holds every item of ``wanted`` (a finished step)."""
+    results = folder / "results.json"
     if not results.is_file():
         return False
     try:
         saved = json.loads(results.read_text())["config"]
     except (ValueError, KeyError):
         return False
+    return all(saved.get(key) == value for key, value in wanted.items())
+
+
+def _sweep_done(out: Path, config) -> bool:
     wanted = config.to_dict()
-    return all(saved.get(key) == wanted[key] for key in ("model", "data", "heads", "kinds", "ks", "seed"))
+    return saved_config_matches(out, {key: wanted[key] for key in ("model", "data", "heads", "kinds", "ks", "seed")})
 
 
 def _run_sweep(config, out: Path, cache: Path, show_progress: bool) -> None:
@@ -223,28 +234,43 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, parts: Sequence[str] | No
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(plan, out)
     steps = plan_steps(plan, out, show_progress)
+    todo = wanted_steps(steps, parts, lambda unknown, known: StudyPlanError(
+        f"unknown study part(s) {unknown}; parts: {', '.join(known)}"))
+    return run_steps(todo, out)
+
+
+def wanted_steps(steps: Sequence[Step], parts: Sequence[str] | None,
+                 unknown_error: Callable[[list[str], list[str]], Exception]) -> list[Step]:
+    """The steps of ``parts`` (every step when None), in order; ``unknown_error(unknown, known)`` is raised for a
+    part no step has."""
     known = parts_of(steps)
     wanted = known if not parts else list(parts)
     unknown = [part for part in wanted if part not in known]
     if unknown:
-        raise StudyPlanError(f"unknown study part(s) {unknown}; parts: {', '.join(known)}")
-    def timings_path(part: str) -> Path:
-        return out / "timings" / f"{part.replace(':', '_')}.json"
+        raise unknown_error(unknown, known)
+    return [step for step in steps if step.part in wanted]
+
+
+def run_steps(todo: Sequence[Step], out: Path, after_step: Callable[[Step], None] | None = None) -> dict[str, float]:
+    """Run the steps not done yet, in order; seconds per part spent in this call. Step times accumulate in
+    ``out/timings/<part>.json`` (one file per part, so several processes can run different parts side by side);
+    ``after_step(step)`` runs after each step that ran."""
     spent: dict[str, float] = {}
-    todo = [step for step in steps if step.part in wanted]
     for number, step in enumerate(todo, start=1):
         if step.done():
             logger.info("[%d/%d] %s: done already", number, len(todo), step.name)
             continue
-        logger.info("[%d/%d] %s", number, len(todo), step.name)
+        logger.info("[%d/%d] %s (part %s)", number, len(todo), step.name, step.part)
         tick = time.perf_counter()
         step.action()
         seconds = time.perf_counter() - tick
         spent[step.part] = spent.get(step.part, 0.0) + seconds
-        path = timings_path(step.part)
+        path = out / "timings" / f"{step.part.replace(':', '_')}.json"
         timings = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
         timings["steps"][step.name] = {"part": step.part, "seconds": seconds}
         write_json_atomic(path, timings)
+        if after_step is not None:
+            after_step(step)
     return spent
 
 
