@@ -12,7 +12,6 @@ mteb's own result files copied into the uploaded folder under ``mteb/``, and a l
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ from typing import Any
 from lir_robust.core.files import is_finite_number, write_json_atomic
 from lir_robust.core.huggingface import HubError
 from lir_robust.hub.checkpoint import Checkpoint
-from lir_robust.hub.sweep_results import checkpoint_weights_keys
+from lir_robust.hub.sweep_results import check_measured_on
 from lir_robust.reporting.format import number, table_header, table_row
 
 __all__ = ["MTEB_DIR", "MtebResults", "find_mteb_results", "load_mteb_results", "check_mteb_match",
            "copy_mteb_results", "mteb_section"]
 
-logger = logging.getLogger(__name__)
 
 MTEB_DIR = "mteb"  # beside the checkpoint (what `make mteb OUT=<run>` writes) and in the uploaded folder
 SUMMARY_FILE = "summary.json"
@@ -93,16 +91,8 @@ def load_mteb_results(folder: str | os.PathLike) -> MtebResults:
 
 def check_mteb_match(results: MtebResults, checkpoint: Checkpoint) -> None:
     """HubError when the results were measured on other weights than the checkpoint's."""
-    recorded = (results.summary.get("encoder") or {}).get("weights")
-    if recorded is None:
-        logger.warning("%s records no weights fingerprint: cannot check it was measured on this checkpoint", results.folder)
-        return
-    actual = checkpoint_weights_keys(checkpoint)
-    if actual and str(recorded) not in actual:
-        raise HubError(
-            f"--mteb {results.folder} was measured on other weights (fingerprint {recorded}, this checkpoint "
-            f"{' / '.join(sorted(actual))}): rerun `lir-robust mteb --model {checkpoint.run_dir} ...` or pass --mteb none"
-        )
+    check_measured_on(results.summary, checkpoint, results.folder, f"--mteb {results.folder}",
+                      f"rerun `lir-robust mteb --model {checkpoint.run_dir} ...` or pass --mteb none")
 
 
 def copy_mteb_results(results: MtebResults, target: Path, repo_id: str) -> Path:

@@ -21,7 +21,7 @@ from lir_robust.hub.checkpoint import PYLATE_DIR, TEXT, Checkpoint
 from lir_robust.core.huggingface import HubError
 from lir_robust.encoders.resolve import is_hub_id
 
-__all__ = ["find_results", "load_sweep_results", "check_results_match", "checkpoint_weights_keys", "report_k", "eval_results_from_sweep",
+__all__ = ["find_results", "load_sweep_results", "check_results_match", "check_measured_on", "checkpoint_weights_keys", "report_k", "eval_results_from_sweep",
            "public_results", "dataset_identifier", "is_dataset_identifier", "evaluated_subset", "TASK_TYPE"]
 
 logger = logging.getLogger(__name__)
@@ -89,19 +89,25 @@ def checkpoint_weights_keys(checkpoint: Checkpoint) -> set[str]:
     return {str(key) for key in keys if key is not None}
 
 
-def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source: Path) -> None:
-    """HubError when ``results`` were measured on other weights than the checkpoint's (a card never shows old numbers)."""
+def check_measured_on(results: dict[str, Any], checkpoint: Checkpoint, source: Any, what: str, fix: str) -> None:
+    """HubError ``<what> was measured on other weights (...): <fix>`` when the weights fingerprint ``results``
+    record is not the checkpoint's (a card never shows numbers of other weights); a warning naming ``source`` when
+    they record none."""
     recorded = (results.get("encoder") or {}).get("weights")
     if recorded is None:
         logger.warning("%s records no weights fingerprint: cannot check it was measured on this checkpoint", source)
         return
     actual = checkpoint_weights_keys(checkpoint)
     if actual and str(recorded) not in actual:
-        raise HubError(
-            f"{source} was measured on other weights (fingerprint {recorded}, this checkpoint {' / '.join(sorted(actual))}): "
-            f"rerun the sweep on it (`make eval-length-sweep MODEL={checkpoint.run_dir} OUT={checkpoint.run_dir}`) or "
-            "pass --results none to publish without results"
-        )
+        raise HubError(f"{what} was measured on other weights (fingerprint {recorded}, this checkpoint "
+                       f"{' / '.join(sorted(actual))}): {fix}")
+
+
+def check_results_match(results: dict[str, Any], checkpoint: Checkpoint, source: Path) -> None:
+    """HubError when ``results`` were measured on other weights than the checkpoint's (a card never shows old numbers)."""
+    check_measured_on(results, checkpoint, source, str(source),
+                      f"rerun the sweep on it (`make eval-length-sweep MODEL={checkpoint.run_dir} OUT={checkpoint.run_dir}`) "
+                      "or pass --results none to publish without results")
 
 
 def public_results(results: dict[str, Any], repo_id: str) -> dict[str, Any]:
