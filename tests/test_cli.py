@@ -108,6 +108,8 @@ BAD_INPUTS = [
     ("results_doc", ["--study", "missing-study.json", "--synthetic", "missing-synthetic.json"],
      "neither missing-study.json nor missing-synthetic.json exists: run `make study` and / or `make synth` first"),
     ("results_doc", ["--out", "{beir}"], "argument --out: "),
+    ("results_doc", ["--study", "{file}", "--add-text-attack", "{beir}", "{beir}"], "two runs share a folder name"),
+    ("results_doc", ["--study", "{file}", "--add-text-attack", "./no-run"], "argument --add-text-attack: './no-run' is not an existing folder"),
     # eval/attack_study.py (more refusals, against a study folder, in test_attack_study.py)
     ("attack_study", ["--study", "{file}"], "holds no retraining study"),
     ("attack_study", [], "results/study holds no retraining study (no plan.json or summary.json): run `make study` first"),

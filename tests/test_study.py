@@ -13,6 +13,7 @@ from finetune_fixtures import save_dropout_bert, write_tiny_beir
 from lir_robust.commands import cli
 from lir_robust.commands import study as study_command
 from lir_robust.studies.results_doc import render_results
+from lir_robust.studies.text_attack_doc import read_text_attacks
 from lir_robust.studies.retraining import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,5 +195,7 @@ def test_the_committed_results_doc_is_generated_from_the_committed_results(tmp_p
     synthetic_data = json.loads(synthetic.read_text()) if synthetic.is_file() else None
     search = ROOT / "results" / "recipe-search" / "summary.json"
     search_data = json.loads(search.read_text()) if search.is_file() else None
-    assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data) == committed.read_text(), (
+    text_attacks = read_text_attacks(ROOT / "results" / "text-attacks")
+    assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data,
+                          text_attacks=text_attacks) == committed.read_text(), (
         "docs/RESULTS.md differs from what `make results-doc` makes of the committed results: rerun it")

@@ -9,7 +9,8 @@ colpali-engine checkpoints are pushed adapter-only, text checkpoints as a whole 
 (the head) and a generated model card carrying the sweep results found beside the checkpoint (or --results) and,
 with --study, the retraining study's rows for the checkpoint's head (in the text: the model-index holds only the
 checkpoint's own sweep); and the checkpoint's `lir-robust mteb` results (<run>/mteb, or --mteb FOLDER): mteb's
-result files under mteb/ and a labelled table in the card's text. Options are checked first, then the Hub (offline flag, token, reachable), and only then is
+result files under mteb/ and a labelled table in the card's text; and its `lir-robust attack` runs (<run>/attack, or
+--attacks FOLDER): compact copies under attacks/ and text-attack rows beside the sweep's. Options are checked first, then the Hub (offline flag, token, reachable), and only then is
 the folder built. The token comes from `hf auth login` or HF_TOKEN (never from the command line). --dry-run OUT writes exactly the folder that would be uploaded, validated,
 without touching the network.
 """
@@ -44,6 +45,11 @@ def build_parser() -> cli.ArgumentParser:
                         help="the --out folder of `lir-robust mteb` measured on this checkpoint: mteb's result files go "
                              "under mteb/ and a labelled table into the card's text (never model-index entries); "
                              "'auto': <run>/mteb when there; 'none': no mteb results")
+    parser.add_argument("--attacks", default="auto", metavar="FOLDER",
+                        help="a folder of `lir-robust attack --out` folders measured on this checkpoint: compact copies "
+                             "go under attacks/ and rows (success@10 at N = 10, retained nDCG@10 at L = 16) into the "
+                             "card's robustness section (never model-index entries); 'auto': <run>/attack when there "
+                             "(make attack-one OUT=<run>); 'none': no text-attack results")
     parser.add_argument("--study", default=None,
                         help="the retraining study's summary.json (make study): its rows for the checkpoint's head (and "
                              "defence) become a card section labelled as the study's own models (never model-index "
@@ -70,9 +76,10 @@ def main(argv=None) -> int:
 
     results = None if str(args.results).lower() == "none" else args.results
     mteb = None if str(args.mteb).lower() == "none" else args.mteb
+    attacks = None if str(args.attacks).lower() == "none" else args.attacks
     where = hub.publish(
         args.checkpoint, args.repo, license=args.license, dry_run=args.dry_run, base_model=args.base_model,
-        results=results, study=args.study, project_url=args.project_url, language=args.language, mteb=mteb, private=args.private,
+        results=results, study=args.study, project_url=args.project_url, language=args.language, mteb=mteb, attacks=attacks, private=args.private,
         revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr, timeout=args.timeout,
     )
     print(f"{'wrote' if args.dry_run else 'published'}: {where}")

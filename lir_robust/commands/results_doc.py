@@ -1,6 +1,8 @@
 """docs/RESULTS.md from the committed results files (the logic is lir_robust.studies.results_doc).
 
     python eval/results_doc.py          # = make results-doc
+    python eval/results_doc.py --add-text-attack runs/attack/hotflip-n10   # commit a text attack run's compact
+                                        # results under results/text-attacks/hotflip-n10/, then regenerate
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--synthetic", type=Path, default=Path("results/synthetic/results.json"), help="the synthetic study's results.json")
     parser.add_argument("--recipe-search", type=Path, default=Path("results/recipe-search/summary.json"),
                         help="the recipe search's summary.json (issue 20; its section is left out when absent)")
+    parser.add_argument("--text-attacks", type=Path, default=Path("results/text-attacks"),
+                        help="folder of text-attack runs' compact results.json, one folder per run (issue 19; its "
+                             "section is left out when absent)")
+    parser.add_argument("--add-text-attack", nargs="+", type=cli.existing_folder, default=[], metavar="RUN",
+                        help="first copy the compact results of these `lir-robust attack` --out folders into "
+                             "--text-attacks/<folder name>/ (texts, scores and local paths left out)")
     parser.add_argument("--out", type=cli.output_file, default=Path("docs/RESULTS.md"))
     return parser
 
@@ -26,13 +34,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if not args.study.is_file() and not args.synthetic.is_file():
         raise cli.UserError(f"neither {args.study} nor {args.synthetic} exists: run `make study` and / or `make synth` first")
+    names = [Path(run).name for run in args.add_text_attack]
+    if len(set(names)) != len(names):
+        raise cli.UserError(f"--add-text-attack {' '.join(map(str, args.add_text_attack))}: two runs share a folder name "
+                            "(each is kept under --text-attacks/<folder name>); rename one folder")
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from lir_robust.attacks.text.results import RESULTS_FILE, read_attack_results
     from lir_robust.studies.results_doc import write_results_doc
+    from lir_robust.studies.text_attack_doc import add_text_attack
 
-    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search)
+    for run in args.add_text_attack:  # every run checked before any is copied
+        read_attack_results(Path(run) / RESULTS_FILE, "--add-text-attack", "pass the --out folder of a finished `lir-robust attack` run")
+    for run in args.add_text_attack:
+        logging.getLogger("results_doc").info("added %s", add_text_attack(run, args.text_attacks))
+    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks)
     logging.getLogger("results_doc").info("wrote %s", path)

@@ -13,6 +13,8 @@ One module per concern:
 - :mod:`~lir_robust.hub.sweep_results`: the checkpoint's own sweep (found, checked, model-index entries).
 - :mod:`~lir_robust.hub.mteb_results`: the checkpoint's ``lir-robust mteb`` results (found, checked, copied under
   ``mteb/``, a labelled table in the text).
+- :mod:`~lir_robust.hub.attack_results`: the checkpoint's ``lir-robust attack`` runs (found, checked, compact copies
+  under ``attacks/``, text-attack rows beside the sweep's in the text).
 - :mod:`~lir_robust.hub.study_results`: the retraining study's rows for the checkpoint's head (section, entries).
 - :mod:`~lir_robust.hub.card`: the model card (``ModelCard`` / ``ModelCardData``).
 - :mod:`~lir_robust.hub.licenses`: the licence identifiers the Hub accepts, and the check.
@@ -36,7 +38,9 @@ checkpoint's own length / injection results (from a sweep ``results.json``) as a
 entries (``retained_ndcg_at_10`` with ``metric_args`` {head, kind, K, clean nDCG@10}: only the checkpoint's own
 measurements), and, given the retraining study's summary.json, its rows for the checkpoint's head as a section of
 the text labelled as the study's own models (never model-index entries); the checkpoint's ``lir-robust mteb``
-results (``<run>/mteb`` or ``--mteb``): mteb's result files under ``mteb/`` and a labelled table in the text.
+results (``<run>/mteb`` or ``--mteb``): mteb's result files under ``mteb/`` and a labelled table in the text; its
+text-attack runs (``<run>/attack`` or ``--attacks``): compact copies under ``attacks/`` and rows (success@10 at N =
+10, retained nDCG@10 at L = 16) beside the sweep's, in the text only.
 
 Network: only :func:`push_folder` and :func:`resolve_model_spec` (for an id that is not in the local Hub cache) reach
 the Hub. ``HF_HUB_OFFLINE=1``, a missing token, or an unreachable Hub each end in one :class:`HubError` naming the fix,
@@ -59,6 +63,7 @@ from lir_robust.hub.licenses import HUB_LICENSES, check_license
 from lir_robust.hub.push import check_can_push, check_hub, publish, push_folder
 from lir_robust.encoders.resolve import cached_snapshot, is_hub_id, resolve_model_spec
 from lir_robust.hub.mteb_results import MtebResults, find_mteb_results, load_mteb_results
+from lir_robust.hub.attack_results import AttackResults, find_checkpoint_attacks, load_checkpoint_attacks
 from lir_robust.hub.study_results import (
     STUDY_COLUMNS,
     StudyFile,
@@ -83,6 +88,9 @@ __all__ = [
     "MtebResults",
     "find_mteb_results",
     "load_mteb_results",
+    "AttackResults",
+    "find_checkpoint_attacks",
+    "load_checkpoint_attacks",
     "StudyFile",
     "read_study",
     "study_rows_for",

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from lir_robust.core.files import is_finite_number
+from lir_robust.hub.attack_results import AttackResults, attack_section
 from lir_robust.hub.checkpoint import TEXT, Checkpoint, public_value
 from lir_robust.hub.mteb_results import MtebResults, mteb_section
 from lir_robust.hub.study_results import StudyFile, study_section
@@ -371,6 +372,7 @@ def build_model_card(
     settings: dict[str, Any] | None = None,
     language: list[str] | str | None = None,
     mteb: MtebResults | None = None,
+    attacks: AttackResults | None = None,
 ):
     """The model card (a huggingface_hub ``ModelCard``): metadata from ``ModelCardData``, the body in Markdown.
 
@@ -380,7 +382,9 @@ def build_model_card(
     the text, or a plain table); ``settings``: a PyLate folder's settings (:func:`lir_robust.patches.pylate.
     pylate_settings`); ``project_url``: lir-robust's public repository (the link and install line); ``language``:
     ISO codes (default: the sweep's language, else en); ``mteb``: the checkpoint's ``lir-robust mteb`` results
-    (:func:`lir_robust.hub.mteb_results.load_mteb_results`), a labelled section of the text, never model-index entries.
+    (:func:`lir_robust.hub.mteb_results.load_mteb_results`), a labelled section of the text, never model-index entries;
+    ``attacks``: the checkpoint's text-attack runs (:func:`lir_robust.hub.attack_results.load_checkpoint_attacks`),
+    rows beside the sweep's in the text (success@10 at N = 10, retained at L = 16), never model-index entries.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -414,6 +418,8 @@ def build_model_card(
         body.append(_settings_section(settings))
     if results:
         body.append(_results_section(results, checkpoint.head, figure))
+    if attacks is not None and attack_section(attacks, checkpoint.head, nested=bool(results)):
+        body.append(attack_section(attacks, checkpoint.head, nested=bool(results)))
     if mteb is not None:
         body.append(mteb_section(mteb))
     if study is not None:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lir_robust.core.files import usual_permissions, write_json_atomic, write_text_atomic
+from lir_robust.hub.attack_results import (AttackResults, check_attacks_match, copy_attack_results,
+                                           find_checkpoint_attacks, load_checkpoint_attacks)
 from lir_robust.hub.card import build_model_card, installed_project_url
 from lir_robust.hub.checkpoint import TEXT, Checkpoint, base_model_id, locate_checkpoint, public_value, pylate_module
 from lir_robust.hub.licenses import check_license
@@ -126,6 +128,17 @@ def _mteb_for_card(checkpoint: Checkpoint, mteb: str | os.PathLike | None) -> Mt
     return results
 
 
+def _attacks_for_card(checkpoint: Checkpoint, attacks: str | os.PathLike | None) -> AttackResults | None:
+    """The text-attack runs the folder carries (``attacks``: a folder of ``lir-robust attack --out`` folders,
+    ``"auto"`` for ``<run>/attack`` when there, or None), read and checked (weights not yet); None when none."""
+    folder = find_checkpoint_attacks(checkpoint) if attacks == "auto" else attacks
+    if folder is None:
+        return None
+    results = load_checkpoint_attacks(folder)
+    logger.info("text-attack results from %s (%d runs)", results.folder, len(results.runs))
+    return results
+
+
 def prepare_publish_folder(
     checkpoint: str | os.PathLike | Checkpoint,
     out: str | os.PathLike,
@@ -138,6 +151,7 @@ def prepare_publish_folder(
     project_url: str | None = None,
     language: list[str] | str | None = None,
     mteb: str | os.PathLike | None = "auto",
+    attacks: str | os.PathLike | None = "auto",
 ) -> Path:
     """Write into ``out`` (new or empty) exactly the folder that would be uploaded, validated; returns ``out``.
 
@@ -145,7 +159,9 @@ def prepare_publish_folder(
     retraining study's summary.json (or a plain table, see :func:`lir_robust.hub.study_section`). ``base_model``: the
     Hub id of the base when the checkpoint was trained on a local folder. ``mteb``: a ``lir-robust mteb --out``
     folder measured on the checkpoint, ``"auto"`` (``<run>/mteb`` when there) or None: its result files go under
-    ``mteb/`` and its table into the card's text. ``project_url``: lir-robust's public
+    ``mteb/`` and its table into the card's text. ``attacks``: a folder of ``lir-robust attack`` runs measured on
+    the checkpoint, ``"auto"`` (``<run>/attack`` when there) or None: compact copies under ``attacks/`` and the
+    text-attack rows in the card's text. ``project_url``: lir-robust's public
     repository (default: the installed package's); ``language``: the card's ISO codes. Touches no network. The folder is built
     beside ``out`` and renamed into place only once it validates, so ``out`` is either complete or absent.
     """
@@ -155,9 +171,12 @@ def prepare_publish_folder(
     checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else locate_checkpoint(checkpoint)
     base = base_model_id(checkpoint, base_model)
     mteb_results = _mteb_for_card(checkpoint, mteb)  # a bad folder stops here, before any model is loaded
+    attack_results = _attacks_for_card(checkpoint, attacks)
     sweep = _sweep_for_card(checkpoint, results, repo_id)
     if mteb_results is not None:
         check_mteb_match(mteb_results, checkpoint)
+    if attack_results is not None:
+        check_attacks_match(attack_results, checkpoint)
     if study is not None:  # a bad study file stops here, before anything is written
         study = check_study_for(study, checkpoint.head, bool(checkpoint.injected_negatives))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,10 +188,12 @@ def prepare_publish_folder(
         figure = _write_figure(sweep, staging) if sweep is not None else None
         if mteb_results is not None:
             copy_mteb_results(mteb_results, staging, repo_id)
+        if attack_results is not None:
+            copy_attack_results(attack_results, staging, repo_id)
         settings = pylate_module().pylate_settings(staging) if checkpoint.family == TEXT else None
         card = build_model_card(checkpoint, repo_id=repo_id, base_model=base, license=license, project_url=project_url,
                                 results=sweep, figure=figure, study=study, settings=settings, language=language,
-                                mteb=mteb_results)
+                                mteb=mteb_results, attacks=attack_results)
         write_text_atomic(staging / CARD_FILE, str(card))
         validate_publish_folder(staging)
         usual_permissions(staging)

@@ -111,6 +111,7 @@ def publish(
     project_url: str | None = None,
     language: list[str] | str | None = None,
     mteb: str | os.PathLike | None = "auto",
+    attacks: str | os.PathLike | None = "auto",
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -123,7 +124,7 @@ def publish(
     built, with one line."""
     license, project_url = check_publish_options(repo_id, license, project_url)
     folder_options = dict(repo_id=repo_id, license=license, base_model=base_model, results=results, study=study,
-                          project_url=project_url, language=language, mteb=mteb)
+                          project_url=project_url, language=language, mteb=mteb, attacks=attacks)
     if dry_run is not None:
         with no_network():
             return str(prepare_publish_folder(checkpoint, dry_run, **folder_options))

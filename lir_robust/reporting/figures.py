@@ -6,6 +6,7 @@ seeds, retained shares in percent against K on a symlog axis with 100 % marked, 
     plot_study_retained([(label, row), ...], "cranfield, protocol swap", path)   # docs/RESULTS.md, per protocol
     synthetic_figures(results, "results/synthetic")           # the synthetic concept study's four figures
     plot_success(report, "results/attack/hotflip-n10/success_at_10.png")  # a text attack's success@10 against N
+    plot_success_panels([(title, {head: curve}), ...], "cranfield, minilm", path)  # docs/RESULTS.md, text attacks
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lir_robust.core.files import save_figure_atomic
 from lir_robust.reporting.format import injection_target
 
 __all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "retained_figure", "plot_study_retained", "synthetic_figures",
-           "plot_success", "STUDY_INJECTIONS"]
+           "plot_success", "plot_success_panels", "STUDY_INJECTIONS"]
 
 # The injections a study figure shows, in this order, when the rows hold them.
 STUDY_INJECTIONS = ("spike", "hard", "spike@10", "hard@10", "corpus", "gaussian")
@@ -185,3 +186,28 @@ def plot_success(report: dict[str, Any], path: str | Path) -> Path:
     axis.set_title(f"{config['attack']}, {report['data']['name']}, {config['model']}", fontsize=9)
     axis.legend(fontsize=7)
     return save(figure, path, dpi=120, bbox_inches="tight")
+
+
+def plot_success_panels(panels: Sequence[tuple[str, dict[str, Sequence[float]]]], title: str, path: str | Path) -> Path | None:
+    """PNG of several passage attacks side by side (``[(panel title, {head: success@10 with the first n passages,
+    n = 1..N}), ...]``): success@10 (%) against the passages used, one panel per attack, one line per head (a head
+    has one colour in every panel). None (nothing written) without panels."""
+    if not panels:
+        return None
+    plt = pyplot()
+    heads = list(dict.fromkeys(head for _, curves in panels for head in curves))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {head: cycle[index % len(cycle)] for index, head in enumerate(heads)}
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
+    for axis, (panel_title, curves) in zip(axes[0], panels):
+        for head, curve in curves.items():
+            mean_band(axis, list(range(1, len(curve) + 1)), [100 * value for value in curve], label=head, color=colors[head])
+        axis.set_xlabel("adversarial passages used (one per cluster)")
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+        axis.set_title(panel_title, fontsize=8)
+        axis.legend(fontsize=6)
+    axes[0][0].set_ylabel("success@10 (%), held-out queries")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return save(figure, path, dpi=110)

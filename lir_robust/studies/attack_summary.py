@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.reporting.format import number, percent, table_header, table_row
 
-__all__ = ["PROXIES", "spearman", "attack_rows", "correlations", "summarize_attacks", "render_table"]
+__all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "correlations", "summarize_attacks", "render_table"]
 
 PROXIES = ("spike_k4_retained", "hard_k4_retained")
 PASSAGE_KINDS = ("cluster-text", "hotflip")
@@ -65,7 +65,9 @@ def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _proxy(study_summary: dict[str, Any] | None, collection: str, protocol: str, variant: str, head: str) -> dict[str, Any]:
+def study_proxy(study_summary: dict[str, Any] | None, collection: str, protocol: str, variant: str, head: str) -> dict[str, Any]:
+    """The embedding-level proxy of one (collection, protocol, variant, head) row of the retraining study's summary:
+    spike and hard K = 4 retained (means over its seeds), None where the summary has no such row."""
     for row in (study_summary or {}).get("rows", []):
         if (row["collection"], row["protocol"], row["variant"], row["head"]) == (collection, protocol, variant, head):
             retained = row["retained"]
@@ -105,7 +107,7 @@ def attack_rows(runs_folder: str | os.PathLike, study_summary: dict[str, Any] | 
             row = rows.setdefault((collection, model, head), {
                 "collection": collection, "model": model, "head": head, "clean_ndcg10": entry["metrics"]["ndcg@10_clean"],
                 "held_out_queries": report["split"]["held_out_queries"], "measures": {}, "hotflip_seconds_per_iteration": {},
-                **_proxy(study_summary, collection, "raw" if model == "raw" else "retrained", model, head)})
+                **study_proxy(study_summary, collection, "raw" if model == "raw" else "retrained", model, head)})
             row["measures"].update(_measures(report["config"], entry["metrics"]))
             if entry.get("hotflip"):
                 stats = entry["hotflip"]
