@@ -88,7 +88,9 @@ def test_attacks_none_and_no_attack_folder_give_the_card_of_before(run, tmp_path
     none = _publish(run["run"], tmp_path / "none", attacks=None)
     auto = _publish(bare, tmp_path / "auto")
     assert (none / "README.md").read_bytes() == (auto / "README.md").read_bytes()
-    assert not (auto / "attacks").exists()
+    text = (none / "README.md").read_text()
+    assert "Text attacks" not in text and "text attacks" not in text and "attacks/" not in text
+    assert not (auto / "attacks").exists() and not (none / "attacks").exists()
 
 
 @needs_pylate
