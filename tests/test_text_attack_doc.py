@@ -15,7 +15,7 @@ from lir_robust.attacks.text.results import AttackResultsError, compact_results
 from lir_robust.commands import cli
 from lir_robust.commands import results_doc as results_doc_command
 from lir_robust.studies.results_doc import render_results
-from lir_robust.studies.text_attack_doc import add_text_attack, read_text_attacks, text_attack_section
+from lir_robust.studies.text_attack_doc import add_text_attacks, read_text_attacks, text_attack_runs, text_attack_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def _folder(tmp_path: Path, reports: dict[str, dict]) -> Path:
     for name, report in reports.items():
         (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
         (tmp_path / "runs" / name / "results.json").write_text(json.dumps(report))
-        add_text_attack(tmp_path / "runs" / name, folder)
+        add_text_attacks(text_attack_runs(tmp_path / "runs" / name), folder)
     return folder
 
 
@@ -143,3 +143,37 @@ def test_a_malformed_text_attack_file_is_one_line_and_nothing_is_written(tmp_pat
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and f"--text-attacks {bad}: " in lines[0] and expected in lines[0], lines
     assert not (tmp_path / "docs").exists()
+
+
+def test_a_folder_of_study_runs_is_added_run_by_run_with_each_models_proxy(tmp_path):
+    """`make attack`'s runs/<collection>/<variant>/<run>: each run kept under its path; a retrained variant's rows
+    get that variant's retrained proxy and its own heading, the untrained model's the raw one."""
+    study = {"rows": [*STUDY["rows"], {"collection": "tiny", "protocol": "retrained", "variant": "maxsim", "head": "maxsim",
+                                       "retained": {"spike": {"4": {"mean": 0.1}}, "hard": {"4": {"mean": 0.875}}}}]}
+    trained = _hotflip()
+    trained["encoder"]["weights"] = "abc123"
+    for variant, report in (("raw", _hotflip()), ("maxsim", trained)):
+        (tmp_path / "runs" / "tiny" / variant / "hotflip-n2").mkdir(parents=True)
+        (tmp_path / "runs" / "tiny" / variant / "hotflip-n2" / "results.json").write_text(json.dumps(report))
+    written = add_text_attacks(text_attack_runs(tmp_path / "runs"), tmp_path / "text-attacks")
+    assert sorted(path.relative_to(tmp_path / "text-attacks").as_posix() for path in written) == [
+        "tiny/maxsim/hotflip-n2/results.json", "tiny/raw/hotflip-n2/results.json"]
+    text = "\n".join(text_attack_section(read_text_attacks(tmp_path / "text-attacks"), study))
+    assert "### tiny, maxsim (weights abc123)" in text and "### tiny, minilm (untrained)" in text
+    assert "| tiny/maxsim/hotflip-n2 | hotflip | N = 2, L = 8, 5 iterations, init queries | maxsim | 4 | 0.400 | 0.0 % | 25.0 % | 75.0 % | 95.0 % | 10.0 % | 87.5 % |" in text
+    assert "| tiny/raw/hotflip-n2 | hotflip | N = 2, L = 8, 5 iterations, init queries | maxsim | 4 | 0.400 | 0.0 % | 25.0 % | 75.0 % | 95.0 % | 5.0 % | 62.5 % |" in text
+
+
+def test_add_text_attack_checks_every_run_before_it_writes_one(tmp_path, capsys):
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "results.json").write_text(json.dumps(_hotflip()))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text(json.dumps({"config": {}}))
+    folder = tmp_path / "text-attacks"
+    status = cli.run_command(results_doc_command.main, ["--study", str(ROOT / "results" / "study" / "summary.json"),
+                                                        "--add-text-attack", str(tmp_path / "good"), str(tmp_path / "bad"),
+                                                        "--text-attacks", str(folder), "--out", str(tmp_path / "R.md")],
+                             prog="results_doc.py")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and f"--add-text-attack {tmp_path / 'bad' / 'results.json'}: " in lines[0], lines
+    assert not folder.exists() and not (tmp_path / "R.md").exists()

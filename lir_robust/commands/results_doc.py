@@ -25,7 +25,8 @@ def build_parser() -> cli.ArgumentParser:
                              "section is left out when absent)")
     parser.add_argument("--add-text-attack", nargs="+", type=cli.existing_folder, default=[], metavar="RUN",
                         help="first copy the compact results of these `lir-robust attack` --out folders into "
-                             "--text-attacks/<folder name>/ (texts, scores and local paths left out)")
+                             "--text-attacks/<folder name>/ (texts, scores and local paths left out); a folder of runs "
+                             "(`make attack`'s runs/) adds each under its path below it")
     parser.add_argument("--out", type=cli.output_file, default=Path("docs/RESULTS.md"))
     return parser
 
@@ -44,13 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from lir_robust.attacks.text.results import RESULTS_FILE, read_attack_results
     from lir_robust.studies.results_doc import write_results_doc
-    from lir_robust.studies.text_attack_doc import add_text_attack
+    from lir_robust.studies.text_attack_doc import add_text_attacks, text_attack_runs
 
-    for run in args.add_text_attack:  # every run checked before any is copied
-        read_attack_results(Path(run) / RESULTS_FILE, "--add-text-attack", "pass the --out folder of a finished `lir-robust attack` run")
-    for run in args.add_text_attack:
-        logging.getLogger("results_doc").info("added %s", add_text_attack(run, args.text_attacks))
+    runs = [found for run in args.add_text_attack for found in text_attack_runs(run)]  # all checked, then written
+    for path in add_text_attacks(runs, args.text_attacks):
+        logging.getLogger("results_doc").info("added %s", path)
     path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks)
     logging.getLogger("results_doc").info("wrote %s", path)

@@ -21,14 +21,14 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from lir_robust.attacks.text.results import (EDIT_KINDS, PASSAGE_KINDS, RESULTS_FILE, attack_settings, compact_results,
-                                             find_attack_results, read_attack_results)
+from lir_robust.attacks.text.results import (EDIT_KINDS, PASSAGE_KINDS, RESULTS_FILE, AttackResultsError, attack_settings,
+                                             compact_results, find_attack_results, read_attack_results)
 from lir_robust.core.files import write_json_atomic
 from lir_robust.reporting.figures import plot_success_panels
 from lir_robust.reporting.format import number, percent, table_header, table_row
 from lir_robust.studies.attack_summary import study_proxy
 
-__all__ = ["read_text_attacks", "add_text_attack", "text_attack_section", "TEXT_ATTACKS_FOLDER"]
+__all__ = ["read_text_attacks", "text_attack_runs", "add_text_attacks", "text_attack_section", "TEXT_ATTACKS_FOLDER"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,39 +51,68 @@ def read_text_attacks(folder: str | os.PathLike | None) -> list[tuple[str, dict[
     return runs
 
 
-def add_text_attack(run: str | os.PathLike, folder: str | os.PathLike, name: str | None = None) -> Path:
-    """The compact form of the run in ``run`` (its --out folder, or its results.json) written to
-    ``folder/<name>/results.json`` (``name``: the run folder's name); returns that path."""
+def text_attack_runs(run: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, report), ...]`` of ``run``: a ``lir-robust attack`` --out folder (or its results.json), named by
+    its folder; or a folder of runs (``make attack``'s ``runs/``: ``<collection>/<variant>/<run>[/<head>]``), each
+    named by its path below it. AttackResultsError (one line) for a file that is not a text attack's results."""
     run = Path(run)
-    path = run if run.is_file() else run / RESULTS_FILE
-    report = read_attack_results(path, "--add-text-attack", "pass the --out folder of a finished `lir-robust attack` run")
-    target = Path(folder) / (name or path.parent.name) / RESULTS_FILE
-    write_json_atomic(target, compact_results(report), indent=1)
-    return target
+    fix = "pass the --out folder of a finished `lir-robust attack` run, or a folder of them"
+    if run.is_file() or (run / RESULTS_FILE).is_file():
+        path = run if run.is_file() else run / RESULTS_FILE
+        found = [(path.parent.name, path)]
+    else:
+        found = [(path.parent.relative_to(run).as_posix(), path) for path in find_attack_results(run)]
+        if not found:
+            raise AttackResultsError(f"--add-text-attack {run}: no results.json in or under it; {fix}")
+    return [(name, read_attack_results(path, "--add-text-attack", fix)) for name, path in found]
 
 
-def _model_label(report: dict[str, Any]) -> str:
-    encoder = report.get("encoder") or {}
-    weights = encoder.get("weights")
-    return f"{report['config']['model']} (" + ("untrained" if weights == "base" else f"weights {weights}") + ")"
+def add_text_attacks(runs: Sequence[tuple[str, dict[str, Any]]], folder: str | os.PathLike) -> list[Path]:
+    """Each run's compact form (:func:`~lir_robust.attacks.text.results.compact_results`) written to
+    ``folder/<name>/results.json``; returns the paths."""
+    written = []
+    for name, report in runs:
+        written.append(Path(folder) / name / RESULTS_FILE)
+        write_json_atomic(written[-1], compact_results(report), indent=1)
+    return written
+
+
+def _study_row(name: str, report: dict[str, Any]) -> tuple[str, str] | None:
+    """(protocol, variant) of the retraining study's row that matches the run: from a ``make attack`` path
+    (``<collection>/<variant>/...``; ``raw`` is the untrained model), else ("raw", "raw") for the untrained model's
+    weights; None when neither tells."""
+    parts, collection = name.split("/"), report["data"]["name"]
+    if collection in parts[:-2]:
+        variant = parts[parts.index(collection) + 1]
+        return ("raw", "raw") if variant == "raw" else ("retrained", variant)
+    return ("raw", "raw") if (report.get("encoder") or {}).get("weights") == "base" else None
+
+
+def _model_label(name: str, report: dict[str, Any]) -> str:
+    weights = (report.get("encoder") or {}).get("weights")
+    row = _study_row(name, report)
+    model = row[1] if row and row[0] == "retrained" else report["config"]["model"]
+    return f"{model} (" + ("untrained" if weights == "base" else f"weights {weights}") + ")"
 
 
 def _groups(runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str], list[tuple[str, dict[str, Any]]]]:
     """Runs by (collection, model label), each group in the suite's order (kind, N, length, name)."""
     groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
     for name, report in runs:
-        groups.setdefault((report["data"]["name"], _model_label(report)), []).append((name, report))
+        groups.setdefault((report["data"]["name"], _model_label(name, report)), []).append((name, report))
     for members in groups.values():
         members.sort(key=lambda item: (_ORDER.index(item[1]["config"]["attack"]), item[1]["config"]["n"],
                                        item[1]["config"]["length"], item[0]))
     return groups
 
 
-def _proxy(study: dict[str, Any] | None, report: dict[str, Any], head: str) -> list[str]:
-    """The embedding-level proxy cells (spike, hard K = 4 retained): the study's raw rows for the untrained model."""
-    if (report.get("encoder") or {}).get("weights") != "base":
+def _proxy(study: dict[str, Any] | None, name: str, report: dict[str, Any], head: str) -> list[str]:
+    """The embedding-level proxy cells (spike, hard K = 4 retained): the study's row of the same model and head
+    (:func:`_study_row`); ``-`` when the run does not say which model of the study it attacked."""
+    row = _study_row(name, report)
+    if row is None:
         return ["-", "-"]
-    values = study_proxy(study, report["data"]["name"], "raw", "raw", head)
+    values = study_proxy(study, report["data"]["name"], row[0], row[1], head)
     return [percent(values["spike_k4_retained"]), percent(values["hard_k4_retained"])]
 
 
@@ -108,7 +137,7 @@ def _passage_table(members, study) -> list[str]:
                                     report["split"]["held_out_queries"],
                                     number(metrics.get("ndcg@10_clean")), percent(metrics.get("success@1")),
                                     percent(metrics.get("success@10")), percent(metrics.get("success@100")),
-                                    percent(metrics.get("ndcg@10_retained")), *_proxy(study, report, head),
+                                    percent(metrics.get("ndcg@10_retained")), *_proxy(study, name, report, head),
                                     _seconds_per_iteration(entry)]))
     return lines
 
@@ -125,7 +154,7 @@ def _edit_table(members, study) -> list[str]:
                                     number(metrics.get("ndcg@10_clean")), percent(metrics.get("ndcg@10_retained")),
                                     percent(metrics.get("hijack@10")),
                                     percent(metrics["over_length"]) if "over_length" in metrics else "-",
-                                    *_proxy(study, report, head)]))
+                                    *_proxy(study, name, report, head)]))
     return lines
 
 
@@ -183,8 +212,9 @@ def text_attack_section(runs: Sequence[tuple[str, dict[str, Any]]], study: dict[
              "queries; query-text: each held-out query's own text, the ceiling): hijack@10 = share of held-out queries "
              "whose top 10 gains an edited document; over length = share of edited documents longer than the model's "
              "document length (cut there: an appended snippet may be lost). Retained = attacked / clean nDCG@10. The proxy columns are the "
-             "embedding-level attack of the same head on the same untrained model (the retraining study's raw rows: "
-             "spike / hard K = 4 retained nDCG@10; `-` for trained weights, n/a where the study has no such row). "
+             "embedding-level attack of the same head on the same model (the retraining study's raw rows for the untrained model: "
+             "spike / hard K = 4 retained nDCG@10; for a `make attack` run of a retrained model, that variant's retrained "
+             "row; `-` when the run does not name the study's model, n/a where the study has no such row). "
              "Inputs: `results/text-attacks/<run>/results.json` (the README there gives the command of each run).", ""]
     for (collection, model), members in _groups(runs).items():
         lines += [f"### {collection}, {model}", ""]
