@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from lir_robust.scoring.pooling.compiled import can_compile, compiled_top_candidates
 from lir_robust.scoring.pooling.base import _all_valid
 
 __all__ = ["SharedWork", "top_k_values"]
@@ -106,9 +107,12 @@ class SharedWork:
 
     def top_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` largest similarities ``[..., count]`` (descending; equal ones by patch position) and their
-        patch positions (long; -inf / -1 where padded or masked)."""
+        patch positions (long; -inf / -1 where padded or masked). At inference on the CPU a compiled search
+        (:mod:`lir_robust.scoring.pooling.compiled`); with gradients or on a GPU, torch's topk (same values)."""
         def compute():
             filled = self.filled
+            if can_compile(filled):
+                return compiled_top_candidates(filled, count)
             width = filled.shape[-1]
             take = min(count, width)
             if take == width:

@@ -1,0 +1,156 @@
+"""Compiled (numba) work for the pooling heads at inference: each row's best candidates, in one pass over the row.
+
+:func:`compiled_top_candidates` is what ``SharedWork.top_candidates`` computes (a full stable descending sort, then the first
+``count``), without the sort: ``torch.topk`` costs about ten times a max on rows of a thousand patches, which made the
+candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row once to bound
+from below the ``count``-th largest value, then keeps only the few values above that bound; rows are split over torch's
+threads (the kernel releases the GIL). No head formula lives here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+__all__ = ["can_compile", "compiled_top_candidates"]
+
+LANES = 16  # a row is read in chunks of 16 values; the lane maxima give the lower bound
+PARALLEL_ROWS = 4096  # fewer rows than this run on the calling thread
+
+_KERNEL = None
+
+
+def _kernel():
+    """The compiled per-row search (built on first use, cached on disk by numba)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+        import numpy as np
+
+        @numba.njit(nogil=True, inline="always")
+        def before(a, b):  # pragma: no cover - compiled. a sorts before b, descending, NaN the largest (torch.sort)
+            return (a > b) or (a != a and b == b)
+
+        @numba.njit(cache=True, nogil=True)
+        def search(rows_values, count, values, positions):  # pragma: no cover - compiled
+            rows, width = rows_values.shape
+            take = min(count, width)
+            best_values = np.empty(max(take, 1), dtype=rows_values.dtype)
+            best_positions = np.empty(max(take, 1), dtype=np.int64)
+            lanes = np.empty(LANES, dtype=rows_values.dtype)
+            chunks = width // LANES
+            hits = np.zeros(chunks + 1, dtype=np.int32)
+            kept = np.empty(width + LANES, dtype=np.int64)
+            bounded = 0 < take <= LANES and chunks > 0
+            for row_index in range(rows):
+                row = rows_values[row_index]
+                # A lower bound on the take-th largest value: the lane maxima are 16 distinct values of the row; split
+                # into take groups, each group's max is one of take distinct values, so the smallest of those
+                # maxima is at most the take-th largest (NaN lanes are passed over; a group without a number gives
+                # -inf, no bound).
+                floor = -np.inf
+                if bounded:
+                    for lane in range(LANES):
+                        lanes[lane] = row[lane]
+                    for chunk in range(1, chunks):
+                        start = chunk * LANES
+                        for lane in range(LANES):
+                            value = row[start + lane]
+                            lanes[lane] = value if value > lanes[lane] else lanes[lane]
+                    floor = np.inf
+                    for group in range(take):
+                        group_max = -np.inf
+                        for lane in range(group, LANES, take):
+                            group_max = lanes[lane] if lanes[lane] > group_max else group_max
+                        floor = group_max if group_max < floor else floor
+                # The values that can be among the take best (at or above the bound, or NaN), in patch order.
+                for chunk in range(chunks):
+                    start = chunk * LANES
+                    hit = 0
+                    for lane in range(LANES):
+                        hit += np.int32(not (row[start + lane] < floor))
+                    hits[chunk] = hit
+                kept_count = 0
+                for chunk in range(chunks):
+                    if hits[chunk]:
+                        start = chunk * LANES
+                        for lane in range(LANES):
+                            kept[kept_count] = start + lane
+                            kept_count += np.int64(not (row[start + lane] < floor))
+                for position in range(chunks * LANES, width):
+                    kept[kept_count] = position
+                    kept_count += np.int64(not (row[position] < floor))
+                # The take best of those by insertion, stably (a later equal value goes after).
+                filled = 0
+                for index in range(kept_count):
+                    position = kept[index]
+                    value = row[position]
+                    if filled < take:
+                        slot = filled
+                        filled += 1
+                    elif before(value, best_values[take - 1]):
+                        slot = take - 1
+                    else:
+                        continue
+                    while slot > 0 and before(value, best_values[slot - 1]):
+                        best_values[slot] = best_values[slot - 1]
+                        best_positions[slot] = best_positions[slot - 1]
+                        slot -= 1
+                    best_values[slot] = value
+                    best_positions[slot] = position
+                for slot in range(take):
+                    value = best_values[slot]
+                    values[row_index, slot] = value
+                    positions[row_index, slot] = best_positions[slot] if -np.inf < value < np.inf else -1
+                for slot in range(take, count):
+                    values[row_index, slot] = -np.inf
+                    positions[row_index, slot] = -1
+
+        _KERNEL = search
+    return _KERNEL
+
+
+def can_compile(values: torch.Tensor) -> bool:
+    """True when :func:`compiled_top_candidates` takes ``values``: a float32 CPU tensor outside autograd (training keeps
+    torch's differentiable path), with at least one patch."""
+    return (values.device.type == "cpu" and values.dtype == torch.float32 and values.dim() >= 1 and values.shape[-1] > 0
+            and not (torch.is_grad_enabled() and values.requires_grad))
+
+
+def _as_rows(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``values [..., L]`` as rows ``[R, L]`` without a copy when it is a permutation of a contiguous tensor (the
+    scorer's ``[Nq, Nd, Tq, Td]`` view is one): the rows in memory order, and the order of the leading axes."""
+    leading = list(range(values.dim() - 1))
+    order = sorted(leading, key=lambda axis: -values.stride(axis))
+    arranged = values.permute(*order, values.dim() - 1)
+    if not arranged.is_contiguous():
+        arranged, order = values.contiguous(), leading
+    return arranged.view(-1, values.shape[-1]), order
+
+
+def compiled_top_candidates(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` largest of ``values [..., L]`` (float32, CPU) ``[..., count]``, descending, equal ones by position
+    (NaN first, as torch.sort), and their positions (long); positions -1 where the value is not finite, -inf / -1
+    padding when ``L < count``. Equal to a full stable descending sort, first ``count``."""
+    rows, order = _as_rows(values)
+    n_rows = rows.shape[0]
+    found = torch.empty(n_rows, count, dtype=torch.float32)
+    positions = torch.empty(n_rows, count, dtype=torch.long)
+    kernel = _kernel()
+    arrays = (rows.detach().numpy(), found.numpy(), positions.numpy())
+    workers = max(1, min(torch.get_num_threads(), n_rows // PARALLEL_ROWS))
+    if workers == 1:
+        kernel(arrays[0], count, arrays[1], arrays[2])
+    else:
+        bounds = [n_rows * part // workers for part in range(workers + 1)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            jobs = [pool.submit(kernel, arrays[0][a:b], count, arrays[1][a:b], arrays[2][a:b])
+                    for a, b in zip(bounds[:-1], bounds[1:])]
+            for job in jobs:
+                job.result()
+    shape = [values.shape[axis] for axis in order]
+    inverse = [order.index(axis) for axis in range(len(order))]
+    found = found.view(*shape, count).permute(*inverse, len(order))
+    positions = positions.view(*shape, count).permute(*inverse, len(order))
+    return found, positions
