@@ -64,6 +64,26 @@ def test_compiled_candidates_equal_a_full_stable_sort(width):
         _assert_same(compiled.compiled_top_candidates(expanded, count), _reference(expanded, count))
 
 
+@pytest.mark.parametrize("width", [5, 40, 1030])
+def test_compiled_candidates_read_only_each_rows_length(width):
+    """lengths: a row's real patches are its first ones; what lies after (NaN, +inf, large values) is never taken."""
+    rows = _hard_rows(width, seed=width + 1)
+    lengths = torch.randint(0, width + 1, (6, 5), generator=torch.Generator().manual_seed(3))
+    lengths[0, 0], lengths[0, 1], lengths[0, 2] = 0, width, min(width, 3)
+    beyond = torch.arange(width) >= lengths.unsqueeze(-1)
+    padded = rows.masked_fill(beyond, math.nan)
+    padded[1] = padded[1].masked_fill(beyond[1], 1e9)
+    for count in (1, 8, 17):
+        expected = _reference(rows.masked_fill(beyond, -math.inf), count)
+        _assert_same(compiled.compiled_top_candidates(padded, count, lengths), expected)
+        view = padded.permute(1, 0, 2)  # lengths broadcast and permuted with the rows
+        found = compiled.compiled_top_candidates(view, count, lengths.T)
+        _assert_same(found, tuple(part.permute(1, 0, 2) for part in expected))
+    per_document = lengths[:, :1]  # one length per document, broadcast over its query tokens
+    beyond = torch.arange(width) >= per_document.unsqueeze(-1)
+    _assert_same(compiled.compiled_top_candidates(padded, 8, per_document), _reference(padded.masked_fill(beyond, -math.inf), 8))
+
+
 def test_compiled_candidates_split_over_threads_equal_one_thread(monkeypatch):
     rows = _hard_rows(100, seed=5).repeat(40, 1, 1)  # 1,200 rows
     single = compiled.compiled_top_candidates(rows, 8)
@@ -88,6 +108,17 @@ def test_shared_work_candidates_are_the_same_with_and_without_gradients():
     assert compiled.can_compile(similarities) and not compiled.can_compile(similarities.clone().requires_grad_())
     _assert_same((training[0].detach(), training[1]), inference)
     _assert_same(inference, _reference(similarities.masked_fill(~mask, -math.inf), 8))
+    # the scorer's padding (each document's real patches first): no masked copy, the same candidates
+    lengths = torch.tensor([0, 131, 1, 7, 64, 100])
+    prefix = (torch.arange(131) < lengths.view(6, 1, 1))
+    padded = similarities.masked_fill(~prefix, math.nan)
+    work = SharedWork(padded, prefix)
+    assert torch.equal(work.prefix_lengths(), lengths.view(6, 1)) and SharedWork(padded, mask).prefix_lengths() is None
+    inference = work.top_candidates(8)
+    assert "filled" not in work._cache
+    training = SharedWork(padded.clone().requires_grad_(), prefix).top_candidates(8)
+    _assert_same((training[0].detach(), training[1]), inference)
+    _assert_same(inference, _reference(similarities.masked_fill(~prefix, -math.inf), 8))
 
 
 def test_exclusive_scores_the_same_with_the_compiled_search_and_with_torch():

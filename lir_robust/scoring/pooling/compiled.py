@@ -33,24 +33,22 @@ def _kernel():
             return (a > b) or (a != a and b == b)
 
         @numba.njit(cache=True, nogil=True)
-        def search(rows_values, count, values, positions):  # pragma: no cover - compiled
+        def search(rows_values, lengths, count, values, positions):  # pragma: no cover - compiled
             rows, width = rows_values.shape
-            take = min(count, width)
-            best_values = np.empty(max(take, 1), dtype=rows_values.dtype)
-            best_positions = np.empty(max(take, 1), dtype=np.int64)
+            best_values = np.empty(max(count, 1), dtype=rows_values.dtype)
+            best_positions = np.empty(max(count, 1), dtype=np.int64)
             lanes = np.empty(LANES, dtype=rows_values.dtype)
-            chunks = width // LANES
-            hits = np.zeros(chunks + 1, dtype=np.int32)
+            hits = np.zeros(width // LANES + 1, dtype=np.int32)
             kept = np.empty(width + LANES, dtype=np.int64)
-            bounded = 0 < take <= LANES and chunks > 0
             for row_index in range(rows):
                 row = rows_values[row_index]
-                # A lower bound on the take-th largest value: the lane maxima are 16 distinct values of the row; split
-                # into take groups, each group's max is one of take distinct values, so the smallest of those
-                # maxima is at most the take-th largest (NaN lanes are passed over; a group without a number gives
-                # -inf, no bound).
+                length = min(max(lengths[row_index], 0), width)  # the row's real patches: the first length
+                take = min(count, length)
+                chunks = length // LANES
+                # 1. A lower bound on the take-th largest value: the take-th largest of the 16 lane maxima (16
+                # distinct values of the row; NaN lanes passed over; fewer than take numbers: -inf, no bound).
                 floor = -np.inf
-                if bounded:
+                if 0 < take <= LANES and chunks > 0:
                     for lane in range(LANES):
                         lanes[lane] = row[lane]
                     for chunk in range(1, chunks):
@@ -58,13 +56,19 @@ def _kernel():
                         for lane in range(LANES):
                             value = row[start + lane]
                             lanes[lane] = value if value > lanes[lane] else lanes[lane]
-                    floor = np.inf
-                    for group in range(take):
-                        group_max = -np.inf
-                        for lane in range(group, LANES, take):
-                            group_max = lanes[lane] if lanes[lane] > group_max else group_max
-                        floor = group_max if group_max < floor else floor
-                # The values that can be among the take best (at or above the bound, or NaN), in patch order.
+                    for slot in range(take):
+                        best_values[slot] = -np.inf
+                    for lane in range(LANES):
+                        value = lanes[lane]
+                        if value > best_values[take - 1]:
+                            slot = take - 1
+                            while slot > 0 and value > best_values[slot - 1]:
+                                best_values[slot] = best_values[slot - 1]
+                                slot -= 1
+                            best_values[slot] = value
+                    floor = best_values[take - 1]
+                # 2. The values that can be among the take best (at or above the bound, or NaN), in patch order: a
+                # vectorised test per chunk of 16, then the chunks that hold one.
                 for chunk in range(chunks):
                     start = chunk * LANES
                     hit = 0
@@ -78,10 +82,10 @@ def _kernel():
                         for lane in range(LANES):
                             kept[kept_count] = start + lane
                             kept_count += np.int64(not (row[start + lane] < floor))
-                for position in range(chunks * LANES, width):
+                for position in range(chunks * LANES, length):
                     kept[kept_count] = position
                     kept_count += np.int64(not (row[position] < floor))
-                # The take best of those by insertion, stably (a later equal value goes after).
+                # 3. The take best of those by insertion, stably (a later equal value goes after).
                 filled = 0
                 for index in range(kept_count):
                     position = kept[index]
@@ -129,23 +133,33 @@ def _as_rows(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return arranged.view(-1, values.shape[-1]), order
 
 
-def compiled_top_candidates(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def compiled_top_candidates(values: torch.Tensor, count: int,
+                            lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest of ``values [..., L]`` (float32, CPU) ``[..., count]``, descending, equal ones by position
     (NaN first, as torch.sort), and their positions (long); positions -1 where the value is not finite, -inf / -1
-    padding when ``L < count``. Equal to a full stable descending sort, first ``count``."""
+    padding when ``L < count``. Equal to a full stable descending sort, first ``count``.
+
+    ``lengths`` (integer, broadcastable to ``[...]``): each row's real patches are its first ``lengths`` (the rest
+    count as -inf and are never read, so a padded block needs no masked copy); None: all ``L``.
+    """
     rows, order = _as_rows(values)
-    n_rows = rows.shape[0]
+    n_rows, width = rows.shape
+    leading = values.shape[:-1]
+    if lengths is None:
+        row_lengths = torch.full((n_rows,), width, dtype=torch.long)
+    else:
+        row_lengths = lengths.to(torch.long).expand(leading).permute(*order).reshape(n_rows)
     found = torch.empty(n_rows, count, dtype=torch.float32)
     positions = torch.empty(n_rows, count, dtype=torch.long)
     kernel = _kernel()
-    arrays = (rows.detach().numpy(), found.numpy(), positions.numpy())
+    arrays = (rows.detach().numpy(), row_lengths.numpy(), found.numpy(), positions.numpy())
     workers = max(1, min(torch.get_num_threads(), n_rows // PARALLEL_ROWS))
     if workers == 1:
-        kernel(arrays[0], count, arrays[1], arrays[2])
+        kernel(arrays[0], arrays[1], count, arrays[2], arrays[3])
     else:
         bounds = [n_rows * part // workers for part in range(workers + 1)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            jobs = [pool.submit(kernel, arrays[0][a:b], count, arrays[1][a:b], arrays[2][a:b])
+            jobs = [pool.submit(kernel, arrays[0][a:b], arrays[1][a:b], count, arrays[2][a:b], arrays[3][a:b])
                     for a, b in zip(bounds[:-1], bounds[1:])]
             for job in jobs:
                 job.result()
