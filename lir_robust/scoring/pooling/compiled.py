@@ -1,10 +1,11 @@
-"""Compiled (numba) work for the pooling heads at inference: each row's best candidates, in one pass over the row.
+"""Compiled (numba) work for the pooling heads at inference: each row's ``count`` best candidates without a sort.
 
-:func:`compiled_top_candidates` is what ``SharedWork.top_candidates`` computes (a full stable descending sort, then the first
-``count``), without the sort: ``torch.topk`` costs about ten times a max on rows of a thousand patches, which made the
-candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row once to bound
-from below the ``count``-th largest value, then keeps only the few values above that bound; rows are split over torch's
-threads (the kernel releases the GIL). No head formula lives here.
+:func:`compiled_top_candidates` computes what ``SharedWork.top_candidates`` promises (a full stable descending sort,
+then the first ``count``). ``torch.topk`` costs about ten times a max on rows of a thousand patches, which made the
+candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row from memory once
+(the maxima of 16 lanes bound the ``count``-th largest value from below), then, in cache, keeps the few values at or
+above the bound and inserts them into a sorted list. A padded row is read only up to its length. Rows are split over
+torch's threads (the kernel releases the GIL). No head formula lives here.
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ def _kernel():
     if _KERNEL is None:
         import numba
         import numpy as np
-
-        @numba.njit(nogil=True, inline="always")
-        def before(a, b):  # pragma: no cover - compiled. a sorts before b, descending, NaN the largest (torch.sort)
-            return (a > b) or (a != a and b == b)
 
         @numba.njit(cache=True, nogil=True)
         def search(rows_values, lengths, count, values, positions):  # pragma: no cover - compiled
@@ -85,7 +82,8 @@ def _kernel():
                 for position in range(chunks * LANES, length):
                     kept[kept_count] = position
                     kept_count += np.int64(not (row[position] < floor))
-                # 3. The take best of those by insertion, stably (a later equal value goes after).
+                # 3. The take best of those by insertion, stably (a later equal value goes after). "value sorts
+                # before b" (descending, NaN the largest, as torch.sort): value > b, or value is NaN and b is not.
                 filled = 0
                 for index in range(kept_count):
                     position = kept[index]
@@ -93,11 +91,13 @@ def _kernel():
                     if filled < take:
                         slot = filled
                         filled += 1
-                    elif before(value, best_values[take - 1]):
+                    elif (value > best_values[take - 1]
+                          or (value != value and best_values[take - 1] == best_values[take - 1])):
                         slot = take - 1
                     else:
                         continue
-                    while slot > 0 and before(value, best_values[slot - 1]):
+                    while slot > 0 and (value > best_values[slot - 1]
+                                        or (value != value and best_values[slot - 1] == best_values[slot - 1])):
                         best_values[slot] = best_values[slot - 1]
                         best_positions[slot] = best_positions[slot - 1]
                         slot -= 1
