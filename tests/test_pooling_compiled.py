@@ -81,7 +81,8 @@ def test_compiled_candidates_read_only_each_rows_length(width):
         _assert_same(found, tuple(part.permute(1, 0, 2) for part in expected))
     per_document = lengths[:, :1]  # one length per document, broadcast over its query tokens
     beyond = torch.arange(width) >= per_document.unsqueeze(-1)
-    _assert_same(compiled.compiled_top_candidates(padded, 8, per_document), _reference(padded.masked_fill(beyond, -math.inf), 8))
+    expected = _reference(padded.masked_fill(beyond, -math.inf), 8)
+    _assert_same(compiled.compiled_top_candidates(padded, 8, per_document), expected)
 
 
 def test_compiled_candidates_split_over_threads_equal_one_thread(monkeypatch):
