@@ -6,6 +6,7 @@ The contract every head keeps (shapes, masking, float32, text form, parts) is th
 - ``base``: :class:`PoolingHead` (``partial`` / ``merge`` / ``finalize``), the registry (``register_head``,
   ``parse_head``), text forms and the ``pooling.json`` round trip;
 - ``shared``: :class:`SharedWork`, what the sweep computes once for all heads, and the top-k sorting networks;
+- ``compiled``: the compiled (numba) candidate search ``SharedWork.top_candidates`` uses at inference;
 - ``heads``: maxsim, topk (with its grouped inference top-k), softmax, lse, mean;
 - ``exclusive``: the joint capacity-limited head;
 - ``blend``: the joint blend of capacity-limited matching and a softmax.

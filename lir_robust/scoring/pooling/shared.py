@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from lir_robust.scoring.pooling.compiled import can_compile, compiled_top_candidates
 from lir_robust.scoring.pooling.base import _all_valid
 
 __all__ = ["SharedWork", "top_k_values"]
@@ -44,6 +45,21 @@ class SharedWork:
         if self.document_mask is None:
             return torch.ones(self.similarities.shape, dtype=torch.bool, device=self.similarities.device)
         return self.document_mask.expand(self.similarities.shape)
+
+    def prefix_lengths(self) -> torch.Tensor | None:
+        """When every row's real patches are its first ones (the scorer's padded blocks), their number ``[...]``
+        (long, broadcastable to the similarities' leading shape); otherwise None."""
+        mask, leading = self.document_mask, self.similarities.shape[:-1]
+        if mask is None or mask.shape[-1] != self.similarities.shape[-1]:
+            return None
+        lengths = mask.sum(dim=-1)
+        try:
+            if torch.broadcast_shapes(lengths.shape, leading) != leading:
+                return None
+        except RuntimeError:
+            return None
+        prefix = torch.arange(mask.shape[-1], device=mask.device) < lengths.unsqueeze(-1)
+        return lengths if torch.equal(mask, prefix) else None
 
     @property
     def filled(self) -> torch.Tensor:
@@ -106,8 +122,14 @@ class SharedWork:
 
     def top_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` largest similarities ``[..., count]`` (descending; equal ones by patch position) and their
-        patch positions (long; -inf / -1 where padded or masked)."""
+        patch positions (long; -inf / -1 where padded or masked). At inference on the CPU a compiled search
+        (:mod:`lir_robust.scoring.pooling.compiled`); with gradients or on a GPU, torch's topk (same values)."""
         def compute():
+            if can_compile(self.similarities):
+                lengths = None if self.all_valid else self.prefix_lengths()
+                if self.all_valid or lengths is not None:  # no masked copy: each row's real patches are a prefix
+                    return compiled_top_candidates(self.similarities, count, lengths)
+                return compiled_top_candidates(self.filled, count)
             filled = self.filled
             width = filled.shape[-1]
             take = min(count, width)
