@@ -215,9 +215,13 @@ def check_args(args: argparse.Namespace) -> None:
 
 def _check_adversarial_passages(args: argparse.Namespace, family: str) -> None:
     """--adversarial-passages and its settings: text models only, each kind once, HotFlip settings with hotflip."""
-    hotflip_options = (("--adversarial-passage-refresh", "adversarial_passage_refresh", 10),
-                       ("--adversarial-passage-iterations", "adversarial_passage_iterations", 10),
-                       ("--adversarial-passage-length", "adversarial_passage_length", 32))
+    import dataclasses
+
+    from lir_robust.training.adversarial_passages import AdversarialPassages
+
+    defaults = {field.name: field.default for field in dataclasses.fields(AdversarialPassages)}
+    hotflip_options = [(f"--adversarial-passage-{name}", f"adversarial_passage_{name}", defaults[name])
+                       for name in ("refresh", "iterations", "length")]
     kinds = [item.split(":")[0] for item in args.adversarial_passages]
     if kinds and family != "text":
         raise cli.UserError(f"--adversarial-passages crafts text passages; --model {args.model} is a colpali-engine model: drop it")
@@ -227,7 +231,7 @@ def _check_adversarial_passages(args: argparse.Namespace, family: str) -> None:
         if getattr(args, name) is not None and "hotflip" not in kinds:
             raise cli.UserError(f"{option} sets the HotFlip passages of --adversarial-passages; add hotflip:N to "
                                 "--adversarial-passages (e.g. hotflip:10) or drop it")
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and "hotflip" in kinds:
             setattr(args, name, default)
 
 

@@ -87,9 +87,9 @@ class FinetuneConfig:
     injected_negatives: list[str] = field(default_factory=list)
     injected_negative_documents: int | None = None
     adversarial_passages: list[str] = field(default_factory=list)  # KIND:N items; empty: off
-    adversarial_passage_refresh: int = 10
-    adversarial_passage_iterations: int = 10
-    adversarial_passage_length: int = 32
+    adversarial_passage_refresh: int | None = None  # None: AdversarialPassages' defaults (10, 10, 32)
+    adversarial_passage_iterations: int | None = None
+    adversarial_passage_length: int | None = None
     validation_pairs: int = 64
     # optimisation
     lr: float = 4e-4
@@ -257,10 +257,10 @@ def train(config: FinetuneConfig):
     if config.adversarial_passages:
         if family != "text":
             raise UserError(f"--adversarial-passages crafts text passages; {config.model} is a {family} model: drop it")
-        plan = AdversarialPassages.parse(
-            config.adversarial_passages, refresh=config.adversarial_passage_refresh, length=config.adversarial_passage_length,
-            iterations=config.adversarial_passage_iterations, seed=config.seed,
-        )
+        settings = {"refresh": config.adversarial_passage_refresh, "length": config.adversarial_passage_length,
+                    "iterations": config.adversarial_passage_iterations}
+        plan = AdversarialPassages.parse(config.adversarial_passages, seed=config.seed,
+                                         **{key: value for key, value in settings.items() if value is not None})
         passages = PassageBank(plan, [pair.query for pair in train_pairs], output / PASSAGE_FOLDER,
                                show_progress=accelerator.is_main_process)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
