@@ -171,6 +171,12 @@ BAD_INPUTS = [
     ("finetune", ["--data", "{beir}", "--resume", "/nonexistent/checkpoints/step-3"], "--resume /nonexistent/checkpoints/step-3: not a complete checkpoint folder"),
     ("finetune", ["--data", "{beir}", "--injected-negatives", "none", "spike:4"], "none means no defence; give none alone"),
     ("finetune", ["--data", "{beir}", "--pseudo-queries", "queries"], "argument --pseudo-queries: invalid choice: 'queries'"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "gcg:10"], "argument --adversarial-passages: expected KIND:N with KIND one of cluster-text, hotflip, got 'gcg:10' (e.g. hotflip:10)"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "hotflip:0"], "argument --adversarial-passages: expected KIND:N with N an integer >= 1"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "hotflip:4", "hotflip:8"], "--adversarial-passages hotflip:4 hotflip:8: give each kind once"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "cluster-text:10", "--adversarial-passage-refresh", "5"], "--adversarial-passage-refresh sets the HotFlip passages of --adversarial-passages; add hotflip:N"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passage-iterations", "5"], "--adversarial-passage-iterations sets the HotFlip passages of --adversarial-passages; add hotflip:N"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "hotflip:4", "--adversarial-passage-length", "0"], "argument --adversarial-passage-length: expected an integer >= 1, got '0'"),
     # eval/search.py
     ("search", ["--index", "plaid"], "argument --index: invalid choice: 'plaid' (choose from 'voyager')"),
     ("search", ["--head", "maxsim", "softmax:tau=0"], "argument --head: pooling head 'softmax': tau must be a finite number > 0, got 0.0"),

@@ -96,6 +96,25 @@ def test_hotflip_is_adaptive_to_the_head_under_attack(model):
         assert passages[own].objective > passages[own].initial_objective
 
 
+def test_hotflip_continues_from_given_start_tokens(model):
+    """``start_tokens`` replaces the init: with no iteration the passage is those tokens; the search continues from
+    them (a start that is already optimised ends at least as high as it started); a start of another length is refused."""
+    texts = [f"{CONTENT_WORDS[i]} {CONTENT_WORDS[i + 7]} flow" for i in range(4)]
+    queries = model.encode(texts, is_query=True, show_progress=False)
+    allowed = candidate_vocabulary(model)
+    first = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=6, iterations=6, candidates=8, seed=0),
+                            allowed=allowed, show_progress=False, texts=texts)
+    kept = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=6, iterations=0, seed=1), allowed=allowed,
+                           show_progress=False, texts=texts, start_tokens=first.token_ids)
+    assert kept.token_ids == first.token_ids and kept.initial_objective == pytest.approx(first.objective, abs=1e-5)
+    fresh = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=6, iterations=0, seed=1), allowed=allowed,
+                            show_progress=False, texts=texts)
+    assert fresh.token_ids != first.token_ids or first.swaps == 0
+    with pytest.raises(ValueError, match="start_tokens holds 3 tokens; the passage length is 6"):
+        hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=6, iterations=1), allowed=allowed,
+                        show_progress=False, start_tokens=first.token_ids[:3])
+
+
 def test_the_split_and_the_clusters_are_seeded():
     ids = [f"q{i}" for i in range(21)]
     training, held_out = split_queries(ids, seed=0)

@@ -223,6 +223,18 @@ def injected_negative(text: str) -> str:
     return f"{kind}:{count}"
 
 
+def adversarial_passage(text: str) -> str:
+    """An argparse type for ``--adversarial-passages``: ``KIND:N`` with KIND cluster-text or hotflip and N >= 1,
+    returned as ``kind:N`` (see lir_robust.training.adversarial_passages)."""
+    from lir_robust.training.adversarial_passages import parse_adversarial_passage
+
+    try:
+        kind, count = parse_adversarial_passage(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return f"{kind}:{count}"
+
+
 def injected_negative_or_none(text: str) -> str:
     """:func:`injected_negative`, or ``none`` (no defence)."""
     return "none" if text.strip().lower() == "none" else injected_negative(text)

@@ -4,6 +4,7 @@
     accelerate launch train/finetune.py --pooling topk
     accelerate launch train/finetune.py --pooling softmax --pool-tau 0.1 --max-steps 200
     accelerate launch train/finetune.py --pooling exclusive --injected-negatives spike:4 hard:4   # + the defence
+    accelerate launch train/finetune.py --adversarial-passages cluster-text:10 hotflip:10   # + the text defence
     accelerate launch --multi_gpu --num_processes 4 train/finetune.py --model vidore/colqwen2-v1.0 \
         --data vidore/colpali_train_set --pooling topk:k=4 --batch-size 64 --mixed-precision bf16
 
@@ -70,6 +71,10 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--hard-negatives", type=cli.non_negative_int, default=0, help="text data: TF-IDF-mined hard negatives per query (0 = in-batch only)")
     p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative_or_none, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings) or hard (nearest patches of other batch documents), e.g. spike:4 hard:4; none: no defence (default: none)")
     p.add_argument("--injected-negative-documents", type=cli.positive_int, default=None, help="with --injected-negatives: injected copies per query and kind (default 1)")
+    p.add_argument("--adversarial-passages", nargs="+", type=cli.adversarial_passage, default=[], metavar="KIND:N", help="the training-side defence against TEXT attacks (text models): N adversarial passages per kind, crafted against k-means clusters of the training pairs' own queries (never the evaluation queries), join every query's negatives, re-encoded through the current encoder at each step; KIND cluster-text (each cluster's query texts joined, no gradients) or hotflip (HotFlip against the current model and the head being trained, rebuilt every --adversarial-passage-refresh steps), e.g. cluster-text:10 hotflip:10; saved in <output-dir>/adversarial-passages (default: none)")
+    p.add_argument("--adversarial-passage-refresh", type=cli.non_negative_int, default=None, help="with --adversarial-passages hotflip:N: steps between HotFlip builds, each continuing from the last (default 10; 0: built once, at the start). A build costs N x iterations x about 2 s on a CPU core (L = 32)")
+    p.add_argument("--adversarial-passage-iterations", type=cli.non_negative_int, default=None, help="with --adversarial-passages hotflip:N: HotFlip swaps tried per passage and build (default 10)")
+    p.add_argument("--adversarial-passage-length", type=cli.positive_int, default=None, help="with --adversarial-passages hotflip:N: passage tokens L (default 32, as the attack's)")
     p.add_argument("--validation-pairs", type=cli.non_negative_int, default=64, help="pairs held out of training for the validation loss")
     # optimisation
     p.add_argument("--lr", type=cli.positive_float, default=4e-4)
@@ -194,6 +199,7 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--injected-negative-documents {args.injected_negative_documents} needs more non-gold documents than a "
                 f"micro-batch of {documents} documents holds (batch size / accumulation); lower it"
             )
+    _check_adversarial_passages(args, family)
     if args.output_dir is None:
         args.output_dir = "runs/finetune-" + head_folder_name(args.head)
         try:
@@ -205,6 +211,28 @@ def check_args(args: argparse.Namespace) -> None:
             f"--resume {args.resume}: not a complete checkpoint folder (checkpoints/step-N holding "
             f"{runs.CHECKPOINT_LAST_FILE}); pass one, or plain --resume (rerunning resumes anyway)"
         )
+
+
+def _check_adversarial_passages(args: argparse.Namespace, family: str) -> None:
+    """--adversarial-passages and its settings: text models only, each kind once, HotFlip settings with hotflip."""
+    import dataclasses
+
+    from lir_robust.training.adversarial_passages import AdversarialPassages
+
+    defaults = {field.name: field.default for field in dataclasses.fields(AdversarialPassages)}
+    hotflip_options = [(f"--adversarial-passage-{name}", f"adversarial_passage_{name}", defaults[name])
+                       for name in ("refresh", "iterations", "length")]
+    kinds = [item.split(":")[0] for item in args.adversarial_passages]
+    if kinds and family != "text":
+        raise cli.UserError(f"--adversarial-passages crafts text passages; --model {args.model} is a colpali-engine model: drop it")
+    if len(set(kinds)) != len(kinds):
+        raise cli.UserError(f"--adversarial-passages {' '.join(args.adversarial_passages)}: give each kind once")
+    for option, name, default in hotflip_options:
+        if getattr(args, name) is not None and "hotflip" not in kinds:
+            raise cli.UserError(f"{option} sets the HotFlip passages of --adversarial-passages; add hotflip:N to "
+                                "--adversarial-passages (e.g. hotflip:10) or drop it")
+        if getattr(args, name) is None and "hotflip" in kinds:
+            setattr(args, name, default)
 
 
 def to_config(args: argparse.Namespace) -> FinetuneConfig:

@@ -61,6 +61,7 @@ __all__ = [
     "hard_patch_indices",
     "injected_negatives",
     "with_injected_negatives",
+    "concatenate_negatives",
 ]
 
 INJECTED_NEGATIVE_KINDS = ("spike", "hard")
@@ -246,10 +247,22 @@ def with_injected_negatives(
     if plan is None:
         return negatives, negative_mask
     injected, injected_mask = injected_negatives(queries, query_mask, documents, document_mask, offset, plan, key)
+    return concatenate_negatives(negatives, negative_mask, injected, injected_mask)
+
+
+def concatenate_negatives(
+    negatives: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+    extra: torch.Tensor,
+    extra_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's negatives ``[B, n, T, D]`` (or None) followed by ``extra [B, m, T', D]``, padded to one length:
+    ``([B, n + m, max(T, T'), D], bool [B, n + m, max(T, T')])``."""
+    extra_mask = extra_mask.to(torch.bool)
     if negatives is None:
-        return injected, injected_mask
+        return extra, extra_mask
     negative_mask = negative_mask.to(torch.bool)
-    length = max(negatives.shape[2], injected.shape[2])
+    length = max(negatives.shape[2], extra.shape[2])
     negatives, negative_mask = _pad_length(negatives, negative_mask, length)
-    injected, injected_mask = _pad_length(injected, injected_mask, length)
-    return torch.cat([negatives, injected.to(negatives.dtype)], dim=1), torch.cat([negative_mask, injected_mask], dim=1)
+    extra, extra_mask = _pad_length(extra, extra_mask, length)
+    return torch.cat([negatives, extra.to(negatives.dtype)], dim=1), torch.cat([negative_mask, extra_mask], dim=1)

@@ -9,7 +9,8 @@ optimiser, then the loop and the save. Accelerate places the model and the batch
 processes, handles mixed precision, gradient accumulation and checkpoints; everything else is written out here.
 With several processes every query sees the whole global batch of documents as negatives (gathered with gradients);
 each process's queries stay local. ``injected_negatives`` adds, for each query, copies of non-gold batch documents
-carrying injected patches (lir_robust.training.defence) to its negatives.
+carrying injected patches (lir_robust.training.defence) to its negatives; ``adversarial_passages`` adds adversarial
+passages crafted against the training queries (text, re-encoded at every step; lir_robust.training.adversarial_passages).
 
 The configuration is the command's options (``lir_robust.commands.finetune`` parses and checks them, and fills in
 the values that depend on others: ``head``, ``max_steps`` / ``warmup_steps``, ``projection_dim`` /
@@ -42,11 +43,14 @@ from lir_robust.scoring.diagnostics import gold_pair_gradient_concentration
 from lir_robust.scoring.losses import PooledInfoNCELoss
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.training import batching, defence, models, pairs, runs
+from lir_robust.training.adversarial_passages import PASSAGE_FOLDER, AdversarialPassages, PassageBank
 
 __all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_options", "check_run_folder", "train", "run_finetune"]
 
 logger = logging.getLogger(__name__)
 
+ADVERSARIAL_PASSAGE_OPTIONS = ("adversarial_passages", "adversarial_passage_refresh", "adversarial_passage_iterations",
+                               "adversarial_passage_length")
 DEFAULT_MAX_STEPS = 40  # the recipe: 40 steps of global batch 32 (about one epoch of Cranfield's 1,334 pairs)
 WARMUP_SHARE = 0.1
 
@@ -82,6 +86,10 @@ class FinetuneConfig:
     hard_negatives: int = 0
     injected_negatives: list[str] = field(default_factory=list)
     injected_negative_documents: int | None = None
+    adversarial_passages: list[str] = field(default_factory=list)  # KIND:N items; empty: off
+    adversarial_passage_refresh: int | None = None  # None: AdversarialPassages' defaults (10, 10, 32)
+    adversarial_passage_iterations: int | None = None
+    adversarial_passage_length: int | None = None
     validation_pairs: int = 64
     # optimisation
     lr: float = 4e-4
@@ -121,6 +129,9 @@ def requested_options(config: FinetuneConfig) -> dict:
     options = {key: value for key, value in config.to_dict().items() if not (key in ("max_steps", "warmup_steps") and value is None)}
     if not config.injected_negatives:  # a run without the defence, also one saved before these options existed
         options.pop("injected_negatives"), options.pop("injected_negative_documents")
+    if not config.adversarial_passages:  # likewise: a run without passages compares as before these options
+        for key in ADVERSARIAL_PASSAGE_OPTIONS:
+            options.pop(key)
     return options
 
 
@@ -242,13 +253,24 @@ def train(config: FinetuneConfig):
     scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
     loss_fn = PooledInfoNCELoss(head, temperature=config.temperature)
     injected = defence.InjectedNegatives.parse(config.injected_negatives, config.injected_negative_documents) if config.injected_negatives else None
+    passages = None  # adversarial passages, re-encoded as every query's negatives (text models)
+    if config.adversarial_passages:
+        if family != "text":
+            raise UserError(f"--adversarial-passages crafts text passages; {config.model} is a {family} model: drop it")
+        settings = {"refresh": config.adversarial_passage_refresh, "length": config.adversarial_passage_length,
+                    "iterations": config.adversarial_passage_iterations}
+        plan = AdversarialPassages.parse(config.adversarial_passages, seed=config.seed,
+                                         **{key: value for key, value in settings.items() if value is not None})
+        passages = PassageBank(plan, [pair.query for pair in train_pairs], output / PASSAGE_FOLDER,
+                               show_progress=accelerator.is_main_process)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = runs.TrainState()
     accelerator.register_for_checkpointing(state)
 
     # ---------------------------------------------------------------- run folder: config.json, resume, log
     run_config = {
-        **{key: value for key, value in config.to_dict().items() if key not in ("resume", "overwrite")},
+        **{key: value for key, value in config.to_dict().items() if key not in ("resume", "overwrite")
+           and (config.adversarial_passages or key not in ADVERSARIAL_PASSAGE_OPTIONS)},
         "family": family, "data_source": data.source, "data_kind": data.kind, "training_pairs": len(train_pairs),
         "validation_pairs_held_out": len(validation_pairs), "documents_seen_in_training": data.documents_seen,
         "local_batch_size": local_batch_size, "num_processes": accelerator.num_processes,
@@ -283,6 +305,13 @@ def train(config: FinetuneConfig):
     def encode(inputs, is_query):
         return batching.embed(model, inputs, is_query)
 
+    def passage_negatives(batch_size: int):
+        """The adversarial passages of this step as every query's negatives: ``([B, P, T, D], [B, P, T])``."""
+        colbert = accelerator.unwrap_model(model)
+        passages.prepare(colbert, head, state.step, accelerator.is_main_process)  # loaded, kept or built
+        tokenize = lambda texts: {key: value.to(accelerator.device) for key, value in colbert.tokenize(texts, is_query=False).items()}  # noqa: E731
+        return passages.negatives(lambda inputs: encode(inputs, False), tokenize, batch_size)
+
     def evaluate() -> dict:
         model.eval()
         result = batching.validation_loss(encode, loss_fn, validation_batches) if validation_batches else {}
@@ -309,6 +338,8 @@ def train(config: FinetuneConfig):
                     negatives, negative_mask, queries, query_mask, all_documents, all_document_mask, offset, injected,
                     key=(config.seed, state.epoch, state.batch_in_epoch),
                 )
+                if passages is not None:  # the text defence: adversarial passages, encoded now (with gradients)
+                    negatives, negative_mask = defence.concatenate_negatives(negatives, negative_mask, *passage_negatives(queries.shape[0]))
                 loss = loss_fn(
                     queries, all_documents, negatives, offset,
                     query_mask=query_mask, doc_mask=all_document_mask, neg_doc_mask=negative_mask,

@@ -111,7 +111,8 @@ RESULT_NEUTRAL_KEYS = frozenset(
      "pooling", "pool_k", "pool_tau"}
 )
 # What a fine-tuning run writes into its folder (removed by --overwrite).
-RUN_FILES = ("checkpoints", "model", PYLATE_DIR, "log.jsonl", "summary.json", "config.json", "tensorboard")
+RUN_FILES = ("checkpoints", "model", PYLATE_DIR, "log.jsonl", "summary.json", "config.json", "tensorboard",
+             "adversarial-passages")  # lir_robust.training.adversarial_passages.PASSAGE_FOLDER
 
 
 def _as_json(value: Any) -> Any:

@@ -224,11 +224,14 @@ def hotflip_passage(
     description: str = "hotflip",
     texts: Sequence[str] = (),
     thresholds: torch.Tensor | None = None,
+    start_tokens: Sequence[int] | None = None,
 ) -> HotFlipResult:
     """One adversarial passage against ``queries`` (training queries' ``[Tq, D]`` embeddings from this model) under
     ``head``; ``words``: the cluster's content words for ``init="words"``; ``texts``: the queries' texts for
     ``init="queries"``; ``thresholds [Nq]``: each query's 10th-best clean document score under ``head``, needed by
-    ``objective="margin"``; ``allowed``: :func:`candidate_vocabulary` (computed when None)."""
+    ``objective="margin"``; ``allowed``: :func:`candidate_vocabulary` (computed when None); ``start_tokens``: L token
+    ids to start from instead of ``settings.init`` (a passage optimised before, continued: e.g. against a model that
+    has trained since, as the adversarial-passage negatives of fine-tuning do)."""
     if settings.objective == "margin" and thresholds is None:
         raise ValueError("HotFlip objective 'margin' needs each training query's threshold score (thresholds=...)")
     head = parse_head(head)
@@ -237,7 +240,10 @@ def hotflip_passage(
     model.eval()
     allowed = candidate_vocabulary(model) if allowed is None else allowed
     objective = _Objective(model, queries, head, thresholds if settings.objective == "margin" else None, settings.margin)
-    passage = torch.tensor(initial_tokens(model, settings, words, allowed, texts, queries), dtype=torch.long)
+    if start_tokens is not None and len(start_tokens) != settings.length:
+        raise ValueError(f"start_tokens holds {len(start_tokens)} tokens; the passage length is {settings.length}")
+    start = list(start_tokens) if start_tokens is not None else initial_tokens(model, settings, words, allowed, texts, queries)
+    passage = torch.tensor(start, dtype=torch.long)
     rng = random.Random(settings.seed)
     candidates = min(settings.candidates, int(allowed.sum()))
     with torch.no_grad():

@@ -1,0 +1,90 @@
+"""Summarise the text-defence comparison (issue 19 item 3) into summary.json + table.md beside this file.
+
+    python results/text-defence/summarize.py --runs /work/runs/h3
+
+Reads, for each model (baseline: fine-tuned without the defence; defended: with --adversarial-passages cluster-text:10
+hotflip:10; defended-hotflip: hotflip:10 alone), the
+fine-tune's summary.json / config.json / log.jsonl / adversarial-passages/*.json and the results.json of
+eval/attack.py --attack hotflip and --attack cluster-text run against that model and its head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("baseline", "defended", "defended-hotflip")  # run folders under --runs
+ATTACKS = ("hotflip", "cluster-text")
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize(runs: Path) -> dict:
+    out = {"models": {}}
+    for name in MODELS:
+        run = runs / name
+        summary, config = _read(run / "summary.json"), _read(run / "config.json")
+        entry = {"run": str(run), "finished": summary is not None}
+        if config:
+            entry["finetune"] = {key: config.get(key) for key in ("pooling", "seed", "max_steps", "injected_negatives",
+                                                                    "adversarial_passages", "adversarial_passage_refresh",
+                                                                    "adversarial_passage_iterations", "adversarial_passage_length")}
+        if summary:
+            entry["finetune"].update(median_step_time_s=summary.get("median_step_time_s"), val_loss=summary.get("val_loss"),
+                                     val_top1=summary.get("val_top1"))
+        builds = sorted((run / "adversarial-passages").glob("step-*.json"))
+        if builds:
+            entry["passage_builds"] = [{"step": _read(path)["step"], "seconds": _read(path)["seconds"]} for path in builds]
+        clean = _read(runs / "clean" / name / "results.json")  # eval/length_sweep.py --ks 0: every judged query
+        if clean:
+            (head, by_kind), = clean["metrics"].items()
+            entry["clean_ndcg@10_all_queries"] = next(iter(by_kind.values()))["by_k"]["0"]["mean"]["ndcg@10"]
+            entry["clean_queries"] = clean["evaluated_queries"]
+        for attack in ATTACKS:
+            report = _read(runs / "attack" / name / attack / "results.json")
+            if report is None:
+                continue
+            (head, result), = report["results"].items()
+            item = {"head": head, **{key: result["metrics"][key] for key in result["metrics"]},
+                    "held_out_queries": report["split"]["held_out_queries"], "seconds_total": report["timings_s"]["total"]}
+            if result.get("hotflip"):
+                stats = result["hotflip"]
+                item["hotflip_seconds_per_iteration"] = sum(s["seconds_per_iteration"] for s in stats) / len(stats)
+                item["hotflip_iterations"] = report["config"]["iterations"]
+            entry[attack] = item
+        out["models"][name] = entry
+    return out
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Text defence: adversarial passages as fine-tuning negatives (Cranfield, seed 0, 40 steps, exclusive)", "",
+             "Judged only by NEW attacks optimised against each trained model and its head (held-out half of the "
+             "judged queries, seed-0 split; the defence saw only its own pseudo-queries).", "",
+             "| model | clean nDCG@10 (all 225) | clean nDCG@10 (held-out) | HotFlip success@1 | success@10 | success@100 | nDCG@10 retained | "
+             "cluster-text success@10 | cluster-text retained | median step (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, entry in summary["models"].items():
+        hot, black = entry.get("hotflip", {}), entry.get("cluster-text", {})
+        cell = lambda d, k, pct=True: ("-" if k not in d else (f"{100 * d[k]:.1f} %" if pct else f"{d[k]:.4f}"))  # noqa: E731
+        step = entry.get("finetune", {}).get("median_step_time_s")
+        lines.append(f"| {name} | {cell(entry, 'clean_ndcg@10_all_queries', False)} | {cell(hot or black, 'ndcg@10_clean', False)} | {cell(hot, 'success@1')} | "
+                     f"{cell(hot, 'success@10')} | {cell(hot, 'success@100')} | {cell(hot, 'ndcg@10_retained')} | "
+                     f"{cell(black, 'success@10')} | {cell(black, 'ndcg@10_retained')} | "
+                     f"{'-' if step is None else f'{step:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, required=True)
+    args = parser.parse_args()
+    summary = summarize(args.runs)
+    (HERE / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (HERE / "table.md").write_text(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
