@@ -370,9 +370,12 @@ class InjectionSweep:
         """Scores ``[q, n]`` of a head that cannot be merged: every (query, document) scored on the concatenation."""
         from lir_robust.scoring.scorer import score
 
+        source = self.sources.get(injection) if injection else None
+        if source is None or k == 0:  # the same documents for every query: one call for the whole tile
+            items = [self.corpus.document(document) for document in documents]
+            return score([self.queries[query] for query in range(first, stop)], items, head)
         out = torch.empty(stop - first, len(documents))
         for local, query in enumerate(range(first, stop)):
-            source = self.sources.get(injection) if injection else None
             items = []
             for document in documents:
                 vectors = self.corpus.document(document)
