@@ -176,12 +176,12 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor, workspace: tor
 
 def _document_aware(head: PoolingHead, similarities: torch.Tensor, documents: torch.Tensor,
                     document_mask: torch.Tensor) -> tuple[PoolingHead, torch.Tensor]:
-    """A head that needs the documents' vectors (``needs_documents``, e.g. ``coherent``): its per-patch offsets
-    ``[Nd, Td]`` added to the similarities (whose last axes are ``[Nd, ..., Td]``) and the head that pools them;
+    """A head that needs the documents' vectors (``needs_documents``, e.g. ``coherent``; ``documents`` zero-padded):
+    its per-patch offsets ``[Nd, Td]`` added to the similarities (whose last axes are ``[Nd, ..., Td]``) and the head that pools them;
     any other head and the similarities unchanged."""
     if not head.needs_documents:
         return head, similarities
-    bias = head.document_bias(documents, document_mask).unsqueeze(-2)  # [Nd, 1, Td]
+    bias = head.document_bias(documents, document_mask, padding_is_zero=True).unsqueeze(-2)  # [Nd, 1, Td]
     if torch.is_grad_enabled():
         return head.inner_head, similarities + bias
     return head.inner_head, similarities.add_(bias)  # inference: the similarities are a scratch matrix

@@ -129,8 +129,8 @@ class PoolingHead:
     #: sees all tokens of a query at once, on the last leading axis of the state.
     joint: ClassVar[bool] = False
     #: True when the head also needs each document's own vectors (``coherent``): it then gives per-patch offsets
-    #: ``document_bias(documents [..., Td, D], document_mask) -> [..., Td]`` that the scorer adds to the similarities
-    #: before pooling them with the head's ``inner_head``. Such a head is scored through the scorer only.
+    #: ``document_bias(documents [..., Td, D], document_mask, *, padding_is_zero) -> [..., Td]`` that the scorer adds
+    #: to the similarities before pooling them with its ``inner_head``. Such a head is scored through the scorer only.
     needs_documents: ClassVar[bool] = False
 
     # -- the three parts that make a head mergeable (override all three, or override __call__ only) --

@@ -40,23 +40,31 @@ __all__ = ["CoherentHead", "patch_typicality"]
 TYPICALITIES = ("loo", "topm")
 
 
-def patch_typicality(documents: torch.Tensor, document_mask: torch.Tensor, kind: str = "loo", m: int = 4) -> torch.Tensor:
+def patch_typicality(documents: torch.Tensor, document_mask: torch.Tensor, kind: str = "loo", m: int = 4, *,
+                     padding_is_zero: bool = False) -> torch.Tensor:
     """Typicality ``[..., Td]`` (float32) of each patch of ``documents [..., Td, D]`` among its document's valid
     patches (``document_mask [..., Td]``, True = real). Masked patches get 1 and never influence a valid one's value;
-    a patch with no valid neighbour gets 1."""
+    a patch with no valid neighbour gets 1. ``padding_is_zero``: the masked rows are known to be zero (the scorer
+    zeroes them), which saves a copy of the documents; otherwise they may hold anything, NaN included."""
     mask = document_mask.to(torch.bool)
-    vectors = torch.where(mask.unsqueeze(-1), documents.float(), 0.0)  # padded rows (NaN included) out
-    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    vectors = documents.float()
+    if not padding_is_zero and not bool(mask.all()):
+        vectors = vectors.masked_fill(~mask.unsqueeze(-1), 0.0)
+    norms = torch.linalg.vector_norm(vectors, dim=-1)  # [..., Td]
+    inverse = torch.where(mask & (norms > 0), 1.0 / norms.clamp_min(1e-12), 0.0)  # unit_j = vectors_j * inverse_j
     count = mask.sum(dim=-1, keepdim=True)  # [..., 1]
     lonely = ~mask | (count <= 1)
     if kind == "loo":
-        others = unit.sum(dim=-2, keepdim=True) - unit  # the sum of the other valid patches' unit vectors
-        value = torch.nn.functional.cosine_similarity(unit, others, dim=-1, eps=1e-8)
+        # cos(u_j, S - u_j) with S the sum of the valid unit vectors, without building S - u_j for every j:
+        # u_j . (S - u_j) = u_j . S - 1 and |S - u_j|^2 = |S|^2 - 2 u_j . S + 1 (unit u_j)
+        total = (inverse.unsqueeze(-2) @ vectors).squeeze(-2)  # [..., D]
+        along = (vectors @ total.unsqueeze(-1)).squeeze(-1) * inverse  # [..., Td]
+        squared = (total * total).sum(dim=-1, keepdim=True)
+        value = (along - 1.0) / torch.sqrt(torch.clamp(squared - 2.0 * along + 1.0, min=1e-12))
     elif kind == "topm":
-        cosines = unit @ unit.transpose(-1, -2)  # [..., Td, Td]
+        cosines = (vectors @ vectors.transpose(-1, -2)) * inverse.unsqueeze(-1) * inverse.unsqueeze(-2)  # [..., Td, Td]
         eye = torch.eye(cosines.shape[-1], dtype=torch.bool, device=cosines.device)
-        excluded = eye | ~mask.unsqueeze(-2)
-        cosines = cosines.masked_fill(excluded, -math.inf)
+        cosines = cosines.masked_fill_(eye | ~mask.unsqueeze(-2), -math.inf)
         width = min(int(m), cosines.shape[-1])
         top = cosines.topk(width, dim=-1).values  # [..., Td, width]: -inf where fewer than width others
         available = torch.clamp(count - 1, min=1, max=width)  # [..., 1]
@@ -103,11 +111,11 @@ class CoherentHead(PoolingHead):
     def mergeable(self) -> bool:
         return False  # injected patches change the typicality of the document's own patches
 
-    def document_bias(self, documents: torch.Tensor, document_mask: torch.Tensor) -> torch.Tensor:
+    def document_bias(self, documents: torch.Tensor, document_mask: torch.Tensor, *, padding_is_zero: bool = False) -> torch.Tensor:
         """Offsets ``[..., Td]`` added to every similarity to each patch: ``-beta * (1 - t_j)`` (0 on masked patches)."""
         if self.beta == 0:
             return torch.zeros(document_mask.shape, dtype=torch.float32, device=document_mask.device)
-        typical = patch_typicality(documents, document_mask, self.typicality, self.m)
+        typical = patch_typicality(documents, document_mask, self.typicality, self.m, padding_is_zero=padding_is_zero)
         return torch.where(document_mask.to(torch.bool), -self.beta * (1.0 - typical), 0.0)
 
     def __call__(self, similarities, document_mask, query_mask=None):
