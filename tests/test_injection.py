@@ -376,3 +376,16 @@ def test_a_document_scoring_minus_inf_keeps_its_place_before_padding_in_every_or
     merged = ranked([first_query]).merge(ranked([empty_document]))
     for kept in (in_blocks, merged):
         assert kept.indices["maxsim||0"].tolist() == [[2, 4, 3], [7, -1, -1]], kept.indices
+
+
+def test_coherent_matching_runs_by_brute_force_on_the_injected_documents(toy):
+    """The typicality of a document's patches depends on the injected ones, so the sweep scores ``coherent`` on the
+    concatenated documents; the K = 0 pass scores a whole tile of queries in one call and must agree too."""
+    queries, documents, gold = toy
+    ks, head = [0, 1, 3], "coherent:inner=exclusive,beta=0.4,typicality=topm,m=2"
+    result = sweep_scores(queries, documents, gold, [head, "maxsim"], ["spike", "hard"], ks, show_progress=False)
+    spec = parse_head(head).spec()
+    for kind in ("spike", "hard"):
+        for k in ks:
+            expected = brute_force_scores(queries, documents, gold, head, kind, k, ks)
+            assert torch.allclose(result.scores[spec][kind][k], expected, atol=1e-6), (kind, k)

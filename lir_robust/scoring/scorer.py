@@ -174,6 +174,19 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor, workspace: tor
     return flat.view(n_queries, query_tokens, n_documents, 1, document_tokens)
 
 
+def _document_aware(head: PoolingHead, similarities: torch.Tensor, documents: torch.Tensor,
+                    document_mask: torch.Tensor) -> tuple[PoolingHead, torch.Tensor]:
+    """A head that needs the documents' vectors (``needs_documents``, e.g. ``coherent``; ``documents`` zero-padded):
+    its per-patch offsets ``[Nd, Td]`` added to the similarities (whose last axes are ``[Nd, ..., Td]``) and the head that pools them;
+    any other head and the similarities unchanged."""
+    if not head.needs_documents:
+        return head, similarities
+    bias = head.document_bias(documents, document_mask, padding_is_zero=True).unsqueeze(-2)  # [Nd, 1, Td]
+    if torch.is_grad_enabled():
+        return head.inner_head, similarities + bias
+    return head.inner_head, similarities.add_(bias)  # inference: the similarities are a scratch matrix
+
+
 def late_interaction_scores(
     queries: torch.Tensor,
     query_mask: torch.Tensor,
@@ -190,7 +203,9 @@ def late_interaction_scores(
     ``workspace`` (inference, optional): a flat float32 buffer of at least ``Nq*Tq*Nd*Td`` elements on the same
     device that holds the similarity matrix, reused from call to call (ignored while gradients are recorded).
     """
-    similarities = _similarities(_zero_padding(queries, query_mask), _zero_padding(documents, document_mask), workspace)
+    documents = _zero_padding(documents, document_mask)
+    similarities = _similarities(_zero_padding(queries, query_mask), documents, workspace)
+    head, similarities = _document_aware(head, similarities, documents, document_mask)
     if head.joint:  # the head needs each query's tokens side by side: [Nq, Nd, Tq, Td] (a view), query mask [Nq, 1, Tq]
         per_token = head.pool(similarities.squeeze(3).permute(0, 2, 1, 3), document_mask, query_mask.unsqueeze(1))
         per_token = per_token.transpose(1, 2)  # [Nq, Tq, Nd]
@@ -226,6 +241,7 @@ def paired_scores(
     queries = _zero_padding(queries, query_mask)
     documents = _zero_padding(documents, document_mask)
     similarities = queries @ documents.transpose(-1, -2)  # [N, Tq, Td]
+    head, similarities = _document_aware(head, similarities, documents, document_mask)
     per_token = head.pool(similarities, document_mask, query_mask)
     return torch.where(query_mask, per_token, 0).sum(dim=-1)
 

@@ -257,8 +257,7 @@ class InjectionSweep:
                 clean = {}
                 for spec, head, state in zip(self._mergeable_specs(), self.mergeable, base):
                     clean[spec] = self._finalize(head, tuple(part[rows] for part in state), first, stop)
-                for head in self.brute_force:
-                    clean[head.spec()] = self._brute_force(head, None, 0, first, stop, documents)
+                clean.update(self._brute_force(None, 0, first, stop, documents))
                 for spec in self.specs:
                     yield spec, "", 0, (first, stop), clean[spec], None
                 for injection, source in self.sources.items():
@@ -305,8 +304,7 @@ class InjectionSweep:
             for h, (spec, head) in enumerate(zip(self._mergeable_specs(), self.mergeable)):
                 running[h] = head.merge(running[h], part_states[h])
                 scored[spec] = self._finalize(head, running[h], first, stop)
-            for head in self.brute_force:
-                scored[head.spec()] = self._brute_force(head, injection, k, first, stop, documents)
+            scored.update(self._brute_force(injection, k, first, stop, documents))
             for spec in self.specs:
                 yield spec, injection, k, (first, stop), scores_of(spec, scored[spec]), hijack
 
@@ -366,19 +364,28 @@ class InjectionSweep:
             columns.tolist(), hijack_of=spread_hijack, scores_of=spread_scores,
         )
 
-    def _brute_force(self, head: PoolingHead, injection: str | None, k: int, first: int, stop: int, documents: list[int]) -> torch.Tensor:
-        """Scores ``[q, n]`` of a head that cannot be merged: every (query, document) scored on the concatenation."""
-        from lir_robust.scoring.scorer import score
+    def _brute_force(self, injection: str | None, k: int, first: int, stop: int, documents: list[int]) -> dict[str, torch.Tensor]:
+        """Scores ``{spec: [q, n]}`` of the heads that cannot be merged: every (query, document) scored on the
+        concatenation. The injected documents of a query are built once for all those heads (the corpus and the
+        generated patches hold no NaN rows: no check per head)."""
+        from lir_robust.scoring.scorer import MultiVectors, score
 
-        out = torch.empty(stop - first, len(documents))
+        if not self.brute_force:
+            return {}
+        source = self.sources.get(injection) if injection else None
+        own = [self.corpus.document(document) for document in documents]
+        if source is None or k == 0:  # the same documents for every query: one call per head for the whole tile
+            queries = [self.queries[query] for query in range(first, stop)]
+            return {head.spec(): score(queries, MultiVectors(own), head) for head in self.brute_force}
+        out = {head.spec(): torch.empty(stop - first, len(documents)) for head in self.brute_force}
         for local, query in enumerate(range(first, stop)):
-            source = self.sources.get(injection) if injection else None
             items = []
-            for document in documents:
-                vectors = self.corpus.document(document)
-                extra = source.patches_for(query, document) if source is not None and k > 0 else None
+            for document, vectors in zip(documents, own):
+                extra = source.patches_for(query, document)
                 items.append(vectors if extra is None else torch.cat([vectors, extra[:k]]))
-            out[local] = score([self.queries[query]], items, head)[0]
+            injected = MultiVectors(items)
+            for head in self.brute_force:
+                out[head.spec()][local] = score([self.queries[query]], injected, head)[0]
         return out
 
     # -- what callers use --

@@ -9,7 +9,8 @@ The contract every head keeps (shapes, masking, float32, text form, parts) is th
 - ``compiled``: the compiled (numba) candidate search ``SharedWork.top_candidates`` uses at inference;
 - ``heads``: maxsim, topk (with its grouped inference top-k), softmax, lse, mean;
 - ``exclusive``: the joint capacity-limited head;
-- ``blend``: the joint blend of capacity-limited matching and a softmax.
+- ``blend``: the joint blend of capacity-limited matching and a softmax;
+- ``coherent``: coherence-aware matching (a patch atypical of its own document counts less), any inner head.
 
 Every public name is importable from here: ``from lir_robust.scoring.pooling import parse_head``.
 """
@@ -27,10 +28,11 @@ from lir_robust.scoring.pooling.base import (
 )
 from lir_robust.scoring.pooling.shared import SharedWork, top_k_values
 
-# the heads register in import order, the order available_heads() lists them: maxsim, topk, softmax, lse, mean, exclusive, blend
+# the heads register in import order, the order available_heads() lists them: maxsim, topk, softmax, lse, mean, exclusive, blend, coherent
 from lir_robust.scoring.pooling.heads import LogSumExpHead, MaxSimHead, MeanHead, SoftmaxHead, TopKHead
 from lir_robust.scoring.pooling.exclusive import ExclusiveMatchHead
 from lir_robust.scoring.pooling.blend import BlendHead
+from lir_robust.scoring.pooling.coherent import CoherentHead
 
 __all__ = [
     "PoolingHead",
@@ -41,6 +43,7 @@ __all__ = [
     "MeanHead",
     "ExclusiveMatchHead",
     "BlendHead",
+    "CoherentHead",
     "HEADS",
     "register_head",
     "parse_head",

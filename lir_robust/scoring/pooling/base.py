@@ -25,6 +25,9 @@ capacity-limited matching where a patch can serve only so many query tokens. The
 (``head(S, document_mask, query_mask)``; call any head as ``head.pool(S, document_mask, query_mask)``) and their
 ``finalize`` sees all tokens of a query at once.
 
+Document-aware heads (``needs_documents = True``, e.g. ``coherent``) also see each document's vectors: the scorer
+asks them for per-patch offsets (``document_bias``) and pools the shifted similarities with their ``inner_head``.
+
 Adding a head takes a few lines::
 
     @register_head("median")
@@ -125,6 +128,10 @@ class PoolingHead:
     #: head receives the query mask (``__call__`` / ``finalize`` take ``query_mask [..., Tq]``) and its ``finalize``
     #: sees all tokens of a query at once, on the last leading axis of the state.
     joint: ClassVar[bool] = False
+    #: True when the head also needs each document's own vectors (``coherent``): it then gives per-patch offsets
+    #: ``document_bias(documents [..., Td, D], document_mask, *, padding_is_zero) -> [..., Td]`` that the scorer adds
+    #: to the similarities before pooling them with its ``inner_head``. Such a head is scored through the scorer only.
+    needs_documents: ClassVar[bool] = False
 
     # -- the three parts that make a head mergeable (override all three, or override __call__ only) --
     def partial(self, similarities: torch.Tensor, document_mask: torch.Tensor) -> State:
