@@ -97,7 +97,9 @@ def test_loss_decreases_on_a_repeated_tiny_batch(tiny_bert_no_dropout, tmp_path)
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.7 * (len(losses) - 1)
 
 
-@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"]], ids=["plain", "injected-negatives"])
+@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"],
+                                     ["--injected-negatives", "spike:2", "hard-corpus:2", "--corpus-bank-refresh", "3"]],
+                         ids=["plain", "injected-negatives", "hard-corpus"])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(defence, tiny_bert, tiny_beir, tmp_path):
     # 8 pairs, batch 4: 2 steps per epoch, so the run crosses epochs; stopping after step 3 stops mid-epoch.
     common = ["--pooling", "softmax:tau=0.1", "--max-steps", "6", "--save-every", "3", "--lora-dropout", "0.1", *defence]

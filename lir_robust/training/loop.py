@@ -9,7 +9,8 @@ optimiser, then the loop and the save. Accelerate places the model and the batch
 processes, handles mixed precision, gradient accumulation and checkpoints; everything else is written out here.
 With several processes every query sees the whole global batch of documents as negatives (gathered with gradients);
 each process's queries stay local. ``injected_negatives`` adds, for each query, copies of non-gold batch documents
-carrying injected patches (lir_robust.training.defence) to its negatives.
+carrying injected patches (lir_robust.training.defence) to its negatives; with ``hard-corpus:K`` the loop keeps a bank
+of the training corpus's token vectors (lir_robust.training.corpus_bank), rebuilt every ``corpus_bank_refresh`` steps.
 
 The configuration is the command's options (``lir_robust.commands.finetune`` parses and checks them, and fills in
 the values that depend on others: ``head``, ``max_steps`` / ``warmup_steps``, ``projection_dim`` /
@@ -41,9 +42,9 @@ from lir_robust.core.huggingface import model_family
 from lir_robust.scoring.diagnostics import gold_pair_gradient_concentration
 from lir_robust.scoring.losses import PooledInfoNCELoss
 from lir_robust.scoring.pooling import parse_head
-from lir_robust.training import batching, defence, models, pairs, runs
+from lir_robust.training import batching, corpus_bank, defence, models, pairs, runs
 
-__all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_options", "check_run_folder", "train", "run_finetune"]
+__all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_options", "bank_refresh", "check_run_folder", "train", "run_finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class FinetuneConfig:
     hard_negatives: int = 0
     injected_negatives: list[str] = field(default_factory=list)
     injected_negative_documents: int | None = None
+    corpus_bank_refresh: int | None = None  # with hard-corpus injected negatives (None: corpus_bank.DEFAULT_REFRESH)
     validation_pairs: int = 64
     # optimisation
     lr: float = 4e-4
@@ -121,7 +123,20 @@ def requested_options(config: FinetuneConfig) -> dict:
     options = {key: value for key, value in config.to_dict().items() if not (key in ("max_steps", "warmup_steps") and value is None)}
     if not config.injected_negatives:  # a run without the defence, also one saved before these options existed
         options.pop("injected_negatives"), options.pop("injected_negative_documents")
+    refresh = bank_refresh(config)
+    if refresh is None:  # no hard-corpus negatives, also a run saved before the option
+        options.pop("corpus_bank_refresh", None)
+    else:
+        options["corpus_bank_refresh"] = refresh
     return options
+
+
+def bank_refresh(config: FinetuneConfig) -> int | None:
+    """Steps between two rebuilds of the corpus bank: ``corpus_bank_refresh`` or its default with ``hard-corpus``
+    injected negatives, None without them."""
+    if not any(str(item).startswith("hard-corpus") for item in config.injected_negatives):
+        return None
+    return config.corpus_bank_refresh or corpus_bank.DEFAULT_REFRESH
 
 
 def check_run_folder(config: FinetuneConfig) -> runs.RunFolder:
@@ -222,10 +237,25 @@ def train(config: FinetuneConfig):
         collate = batching.ImagePairCollator(processor)
     model.train()
 
+    # ---------------------------------------------------------------- the defence, and its corpus bank (hard-corpus)
+    injected = defence.InjectedNegatives.parse(config.injected_negatives, config.injected_negative_documents) if config.injected_negatives else None
+    bank_source, bank_inputs, bank, train_collate = None, [], None, collate
+    refresh = bank_refresh(config)
+    if injected is not None and injected.corpus_patches:
+        if family != "text":
+            raise UserError("--injected-negatives hard-corpus:K needs a text model (its bank encodes corpus texts); "
+                            "use hard:K with an image model")
+        bank_source = corpus_bank.BankSource(data.pairs)  # every training document, held-out pairs' too
+        bank_inputs = [model.tokenize(bank_source.texts[i : i + 64], is_query=False, max_length=config.train_document_max_length)
+                       for i in range(0, len(bank_source.texts), 64)]
+        train_collate = bank_source.collator(collate)
+        logger.info("hard-corpus negatives: a bank of %d training documents, rebuilt every %d steps",
+                    len(bank_source.texts), refresh)
+
     # ---------------------------------------------------------------- batches
     sampler = batching.EpochShuffleSampler(len(train_pairs), seed=config.seed)
     loader = torch.utils.data.DataLoader(
-        batching.PairDataset(train_pairs), batch_size=local_batch_size, sampler=sampler, collate_fn=collate,
+        batching.PairDataset(train_pairs), batch_size=local_batch_size, sampler=sampler, collate_fn=train_collate,
         drop_last=True, generator=torch.Generator().manual_seed(config.seed),
     )
     steps_per_epoch = len(train_pairs) // config.batch_size
@@ -241,7 +271,6 @@ def train(config: FinetuneConfig):
     optimizer = torch.optim.AdamW(models.trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
     loss_fn = PooledInfoNCELoss(head, temperature=config.temperature)
-    injected = defence.InjectedNegatives.parse(config.injected_negatives, config.injected_negative_documents) if config.injected_negatives else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = runs.TrainState()
     accelerator.register_for_checkpointing(state)
@@ -255,6 +284,10 @@ def train(config: FinetuneConfig):
         "mixed_precision": precision, "max_steps": max_steps, "warmup_steps": warmup_steps,
         "steps_per_epoch": steps_per_epoch,
     }
+    if bank_source is None:
+        run_config.pop("corpus_bank_refresh")  # as requested_options: absent without hard-corpus negatives
+    else:
+        run_config.update(corpus_bank_refresh=refresh, corpus_bank_documents=len(bank_source.texts))
     checkpoint = None
     if config.resume not in (None, "latest"):
         checkpoint = Path(config.resume).expanduser()
@@ -297,6 +330,11 @@ def train(config: FinetuneConfig):
         sampler.set_epoch(state.epoch)  # the data order depends on (seed, epoch) only, so a resumed run sees the same
         batches.set_epoch(state.epoch)  # batches; Accelerate's loaders reset the sampler's epoch to their own counter
         for batch in batches:
+            if bank_source is not None and (bank is None or (state.step % refresh == 0 and bank.built_at != state.step)):
+                model.eval()  # at step 0, every `refresh` steps and at a (re)start: see corpus_bank
+                bank = corpus_bank.encode_bank(lambda inputs: encode(inputs, False), bank_inputs, state.step,
+                                               accelerator.device, accelerator.is_main_process)
+                model.train()
             with accelerator.accumulate(model):
                 queries, query_mask = encode(batch["query"], True)
                 documents, document_mask = encode(batch["document"], False)
@@ -308,6 +346,8 @@ def train(config: FinetuneConfig):
                 negatives, negative_mask = defence.with_injected_negatives(  # the defence (None: unchanged)
                     negatives, negative_mask, queries, query_mask, all_documents, all_document_mask, offset, injected,
                     key=(config.seed, state.epoch, state.batch_in_epoch),
+                    corpus_patches=corpus_bank.nearest_bank_patches(bank, queries, query_mask, batch["bank_gold"],
+                                                                    injected.corpus_patches) if bank_source else None,
                 )
                 loss = loss_fn(
                     queries, all_documents, negatives, offset,

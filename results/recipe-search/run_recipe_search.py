@@ -36,8 +36,10 @@ def _plan(args) -> StudyPlan:
     for item in args.collections:
         name, _, seeds = item.partition(":")
         collections[name] = [int(seed) for seed in seeds.split(",")]
-    return StudyPlan(model="minilm", collections=collections, heads=["maxsim", *args.heads], defended_heads=[],
-                     kinds=list(KINDS), ks=list(KS), data_root=args.data_root)
+    defence = {"defence": list(args.defence)} if args.defence else {}
+    return StudyPlan(model="minilm", collections=collections, heads=["maxsim", *args.heads],
+                     defended_heads=list(args.defended_heads), **defence, kinds=list(KINDS), ks=list(KS),
+                     finetune_args=list(args.finetune_args), data_root=args.data_root)
 
 
 def run(args) -> None:
@@ -141,6 +143,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--heads", nargs="+", required=True)
     parser.add_argument("--collections", nargs="+", default=["cranfield:0,1,2"])
+    parser.add_argument("--defended-heads", nargs="*", default=[],
+                        help="heads also trained with --defence (variant HEAD+defence; one --defence per --out)")
+    parser.add_argument("--defence", nargs="+", default=None,
+                        help="the defended variants' --injected-negatives (default: the study's spike:4 hard:4), e.g. "
+                             "spike:4 hard-corpus:4")
+    parser.add_argument("--finetune-args", default="", type=str.split,
+                        help="extra fine-tuning options for every trained variant, one string: '--corpus-bank-refresh 10'")
     parser.add_argument("--only", default=".", help="regular expression on the step names to run")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--stream", default="main", help="name of this process's timings file (timings-NAME.json)")
