@@ -339,6 +339,12 @@ def test_injected_negatives_train_maxsim_and_the_joint_head_and_the_model_reload
     (["--injected-negative-documents", "2"], "give --injected-negatives too"),
     (["--injected-negatives", "hard:2", "--injected-negative-documents", "4"], "micro-batch of 4 documents"),
     (["--injected-negatives", "hard:2", "--injected-negative-documents", "2", "--gradient-accumulation", "2"], "micro-batch of 2 documents"),
+    (["--injected-negatives", "hard-corpus:0"], "K an integer >= 1"),
+    (["--corpus-bank-refresh", "5"], "give --injected-negatives hard-corpus:K too"),
+    (["--injected-negatives", "spike:2", "--corpus-bank-refresh", "5"], "give --injected-negatives hard-corpus:K too"),
+    (["--injected-negatives", "hard-corpus:2", "--save-every", "15"], "--save-every 15 must be a multiple of --corpus-bank-refresh 10"),
+    (["--injected-negatives", "hard-corpus:2", "--corpus-bank-refresh", "4", "--save-every", "6"], "multiple of --corpus-bank-refresh 4"),
+    (["--injected-negatives", "hard-corpus:2", "--corpus-bank-refresh", "0"], "integer >= 1"),
 ])
 def test_bad_injected_negative_options_are_refused_before_anything_loads(extra, message, tiny_bert, tiny_beir, tmp_path):
     from lir_robust.commands.cli import UserError, run_command

@@ -239,7 +239,7 @@ def injected_negatives(
             taken, valid = corpus_patches
             if taken.shape[:2] != (batch, count):
                 raise ValueError(f"corpus_patches must be [{batch}, {count}, D], got {list(taken.shape)}")
-            patches[:, position, :, :count] = taken.detach().to(documents.dtype).unsqueeze(1)
+            patches[:, position, :, :count] = taken.detach().masked_fill(~valid.to(torch.bool).unsqueeze(-1), 0).to(documents.dtype).unsqueeze(1)
             patch_mask[:, position, :, :count] = valid.to(torch.bool).unsqueeze(1)
         else:
             positives = torch.arange(batch, device=documents.device).add(offset).view(batch, 1, 1).expand(-1, plan.documents, 1)

@@ -11,6 +11,11 @@ adds the study's retrained maxsim rows and applies the study's own target check 
         --collections cranfield:0,1,2 --only 'blend'
     python results/recipe-search/run_recipe_search.py summarize --out runs/recipe-search --heads blend:... \
         --collections cranfield:0,1,2 med:0 --write results/recipe-search/summary.json
+
+A defended variant (HEAD+defence, fine-tuned with --injected-negatives DEFENCE; one --defence per --out):
+
+    python results/recipe-search/run_recipe_search.py run --out runs/corpus-hard --heads exclusive \
+        --defended-heads exclusive --defence spike:4 hard-corpus:4 --collections cranfield:0 --only defence
 """
 
 from __future__ import annotations
@@ -85,8 +90,8 @@ def summarize(args) -> None:
     per_seed = []
     for collection, seeds in plan.collections.items():
         for seed in seeds:
-            for head in plan.heads:
-                name = retraining.variant_name(head)
+            for head, defended in [(head, False) for head in plan.heads] + [(head, True) for head in plan.defended_heads]:
+                name = retraining.variant_name(head, defended)
                 path = out / "sweeps" / collection / name / f"seed{seed}" / "results.json"
                 if not path.is_file():
                     continue
@@ -95,6 +100,7 @@ def summarize(args) -> None:
                     metrics = results["metrics"][scored]
                     per_seed.append({
                         "collection": collection, "seed": seed, "trained_with": head, "scored_with": scored,
+                        "injected_negatives": plan.defence if defended else [],
                         "weights": results["encoder"].get("weights"),
                         "ndcg10_k0": metrics["hard"]["by_k"]["0"]["mean"]["ndcg@10"],
                         "retained_spike_k4": metrics["spike"]["by_k"]["4"]["retained"]["ndcg@10"],
