@@ -67,6 +67,28 @@ def run(args) -> None:
         write_json_atomic(timings_path, timings, indent=2)
 
 
+def _paired_baseline(args, collection: str, seed: int) -> dict | None:
+    """The retrained maxsim sweep of ``--paired-with COLLECTION:SEED=results.json`` for this collection and seed."""
+    for item in args.paired_with:
+        key, _, path = item.partition("=")
+        if key == f"{collection}:{seed}":
+            return json.loads(Path(path).read_text())
+    return None
+
+
+def _paired_difference(results: dict, head: str, baseline: dict, kind: str, k: int) -> dict:
+    """Per-query nDCG@10 (this head - maxsim on its own retrained model), same queries: mean and standard error."""
+    if results["query_ids"] != baseline["query_ids"]:
+        raise SystemExit("--paired-with: the sweeps hold different queries")
+    mine = results["metrics"][head][kind]["by_k"][str(k)]["per_query"]["ndcg@10"]
+    theirs = baseline["metrics"]["maxsim"][kind]["by_k"][str(k)]["per_query"]["ndcg@10"]
+    differences = [a - b for a, b in zip(mine, theirs)]
+    n = len(differences)
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return {"mean": mean, "se": (variance / n) ** 0.5, "n": n}
+
+
 def summarize(args) -> None:
     plan = _plan(args)
     out = Path(args.out)
@@ -96,8 +118,13 @@ def summarize(args) -> None:
                 if not path.is_file():
                     continue
                 results = json.loads(path.read_text())
+                baseline = _paired_baseline(args, collection, seed)
                 for scored in results["heads"]:
                     metrics = results["metrics"][scored]
+                    paired = {}
+                    if baseline is not None:
+                        paired = {f"paired_ndcg10_vs_maxsim_{kind}_k{k}": _paired_difference(results, scored, baseline, kind, k)
+                                  for kind, k in (("hard", 0), ("spike", 4), ("hard", 4))}
                     per_seed.append({
                         "collection": collection, "seed": seed, "trained_with": head, "scored_with": scored,
                         "injected_negatives": plan.defence if defended else [],
@@ -107,6 +134,7 @@ def summarize(args) -> None:
                         "retained_hard_k4": metrics["hard"]["by_k"]["4"]["retained"]["ndcg@10"],
                         "budget_median_spike": metrics["spike"]["hijack_budget"]["median"],
                         "budget_median_hard": metrics["hard"]["hijack_budget"]["median"],
+                        **paired,
                     })
     screen = []
     for path in args.screen:
@@ -138,7 +166,7 @@ def summarize(args) -> None:
     }
     write_json_atomic(Path(args.write), result, indent=1)
     for target in targets:
-        print(target["collection"], target["head"], f"gap {target['clean_ndcg10_gap']:+.4f}",
+        print(target["collection"], target["variant"], f"gap {target['clean_ndcg10_gap']:+.4f}",
               f"spike4 {100 * target['spike_k4_retained']:.1f}%", f"hard4 {100 * target['hard_k4_retained']:.1f}%",
               f"(maxsim {100 * target['hard_k4_retained_maxsim']:.1f}%)", target["budgets"], target["reached"])
 
@@ -161,6 +189,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stream", default="main", help="name of this process's timings file (timings-NAME.json)")
     parser.add_argument("--reference", default="results/study/summary.json")
     parser.add_argument("--screen", nargs="*", default=[], help="results.json of the untrained screen sweeps")
+    parser.add_argument("--paired-with", nargs="*", default=[], metavar="COLLECTION:SEED=RESULTS",
+                        help="retrained maxsim sweeps (results.json) to pair per-seed rows with, per query")
     parser.add_argument("--write", default="results/recipe-search/summary.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
