@@ -203,6 +203,7 @@ BAD_INPUTS = [
     ("bench_sweep", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
     ("bench_train", ["--variants", "maxsim", "exclusive:capacity=0"], "argument --variants: pooling head 'exclusive': capacity must be an integer >= 1, got 0"),
     ("bench_train", ["--variants", "maxsim", "topk:k=4+spike:4,spike:2"], "give each injected-negative kind once"),
+    ("bench_train", ["--variants", "maxsim", "topk:k=4+hard-corpus:4"], "hard-corpus needs the fine-tuning loop's corpus bank"),
     ("bench_train", ["--variants", "maxsim+spikes:4"], "argument --variants:"),
     ("bench_train", ["--real-runs", "2", "--real-heads", "maxsim", "maxsim"], "the real runs compare at least two different heads"),
     ("bench_train", ["--real-runs", "-1"], "argument --real-runs:"),

@@ -97,7 +97,9 @@ def test_loss_decreases_on_a_repeated_tiny_batch(tiny_bert_no_dropout, tmp_path)
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.7 * (len(losses) - 1)
 
 
-@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"]], ids=["plain", "injected-negatives"])
+@pytest.mark.parametrize("defence", [[], ["--injected-negatives", "spike:2", "hard:2"],
+                                     ["--injected-negatives", "spike:2", "hard-corpus:2", "--corpus-bank-refresh", "3"]],
+                         ids=["plain", "injected-negatives", "hard-corpus"])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(defence, tiny_bert, tiny_beir, tmp_path):
     # 8 pairs, batch 4: 2 steps per epoch, so the run crosses epochs; stopping after step 3 stops mid-epoch.
     common = ["--pooling", "softmax:tau=0.1", "--max-steps", "6", "--save-every", "3", "--lora-dropout", "0.1", *defence]
@@ -337,6 +339,12 @@ def test_injected_negatives_train_maxsim_and_the_joint_head_and_the_model_reload
     (["--injected-negative-documents", "2"], "give --injected-negatives too"),
     (["--injected-negatives", "hard:2", "--injected-negative-documents", "4"], "micro-batch of 4 documents"),
     (["--injected-negatives", "hard:2", "--injected-negative-documents", "2", "--gradient-accumulation", "2"], "micro-batch of 2 documents"),
+    (["--injected-negatives", "hard-corpus:0"], "K an integer >= 1"),
+    (["--corpus-bank-refresh", "5"], "give --injected-negatives hard-corpus:K too"),
+    (["--injected-negatives", "spike:2", "--corpus-bank-refresh", "5"], "give --injected-negatives hard-corpus:K too"),
+    (["--injected-negatives", "hard-corpus:2", "--save-every", "15"], "--save-every 15 must be a multiple of --corpus-bank-refresh 10"),
+    (["--injected-negatives", "hard-corpus:2", "--corpus-bank-refresh", "4", "--save-every", "6"], "multiple of --corpus-bank-refresh 4"),
+    (["--injected-negatives", "hard-corpus:2", "--corpus-bank-refresh", "0"], "integer >= 1"),
 ])
 def test_bad_injected_negative_options_are_refused_before_anything_loads(extra, message, tiny_bert, tiny_beir, tmp_path):
     from lir_robust.commands.cli import UserError, run_command

@@ -46,6 +46,9 @@ def variant_option(text: str) -> str:
     if not negatives:
         return head
     items = [cli.injected_negative(item) for item in negatives.split(",")]
+    if any(item.startswith("hard-corpus") for item in items):
+        raise argparse.ArgumentTypeError(f"{text!r}: hard-corpus needs the fine-tuning loop's corpus bank; time spike "
+                                         "and hard here (or a whole fine-tune with --real-runs)")
     try:
         defence.InjectedNegatives.parse(items)
     except ValueError as error:

@@ -43,6 +43,7 @@ from lir_robust.core.naming import head_folder_name  # noqa: E402
 from lir_robust.data import locate_data  # noqa: E402
 from lir_robust.scoring.pooling import HEADS, available_heads, parse_head  # noqa: E402
 from lir_robust.training import models, pairs, runs  # noqa: E402
+from lir_robust.training.corpus_bank import DEFAULT_REFRESH  # noqa: E402
 from lir_robust.training.loop import DEFAULT_MAX_STEPS, WARMUP_SHARE, FinetuneConfig, train as train_config  # noqa: E402
 
 
@@ -69,7 +70,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--temperature", type=cli.positive_float, default=0.02, help="InfoNCE temperature (scores are divided by query length first)")
     p.add_argument("--pseudo-queries", default="sentence", choices=sorted(pairs.PSEUDO_QUERIES), help="text data without a train split: the query of each corpus pair: sentence (inverse cloze: one sentence of the abstract -> title + the rest; on a corpus where no document has a title or two sentences, crop instead, with a logged warning), title (title -> text) or crop (Contriever's independent cropping: a random span of 10-50%% of a document's words -> another such span; needs documents of 8+ words, nothing else)")
     p.add_argument("--hard-negatives", type=cli.non_negative_int, default=0, help="text data: TF-IDF-mined hard negatives per query (0 = in-batch only)")
-    p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative_or_none, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings) or hard (nearest patches of other batch documents), e.g. spike:4 hard:4; none: no defence (default: none)")
+    p.add_argument("--injected-negatives", nargs="+", type=cli.injected_negative_or_none, default=[], metavar="KIND:K", help="the training-side defence: for every query, non-gold documents of the batch with K injected patches appended join its negatives; KIND spike (from the query's current embeddings), hard (nearest patches of other batch documents) or hard-corpus (nearest patches of the whole training corpus, as the evaluation's hard attack; see --corpus-bank-refresh), e.g. spike:4 hard:4; none: no defence (default: none)")
+    p.add_argument("--corpus-bank-refresh", type=cli.positive_int, default=None, metavar="R", help="with --injected-negatives hard-corpus:K: rebuild the bank of the corpus's token vectors (encoded by the current encoder) every R steps; --save-every must be a multiple of R (default 10)")
     p.add_argument("--injected-negative-documents", type=cli.positive_int, default=None, help="with --injected-negatives: injected copies per query and kind (default 1)")
     p.add_argument("--adversarial-passages", nargs="+", type=cli.adversarial_passage, default=[], metavar="KIND:N", help="the training-side defence against TEXT attacks (text models): N adversarial passages per kind, crafted against k-means clusters of the training pairs' own queries (never the evaluation queries), join every query's negatives, re-encoded through the current encoder at each step; KIND cluster-text (each cluster's query texts joined, no gradients) or hotflip (HotFlip against the current model and the head being trained, rebuilt every --adversarial-passage-refresh steps), e.g. cluster-text:10 hotflip:10; saved in <output-dir>/adversarial-passages (default: none)")
     p.add_argument("--adversarial-passage-refresh", type=cli.non_negative_int, default=None, help="with --adversarial-passages hotflip:N: steps between HotFlip builds, each continuing from the last (default 10; 0: built once, at the start). A build costs N x iterations x about 2 s on a CPU core (L = 32)")
@@ -200,6 +202,17 @@ def check_args(args: argparse.Namespace) -> None:
                 f"micro-batch of {documents} documents holds (batch size / accumulation); lower it"
             )
     _check_adversarial_passages(args, family)
+    has_bank = any(item.startswith("hard-corpus") for item in args.injected_negatives)
+    if args.corpus_bank_refresh is not None and not has_bank:
+        raise cli.UserError("--corpus-bank-refresh sets how often the hard-corpus bank is rebuilt; give --injected-negatives "
+                            "hard-corpus:K too (e.g. spike:4 hard-corpus:4) or drop it")
+    if has_bank:
+        args.corpus_bank_refresh = args.corpus_bank_refresh or DEFAULT_REFRESH
+        if args.save_every % args.corpus_bank_refresh:
+            raise cli.UserError(
+                f"--save-every {args.save_every} must be a multiple of --corpus-bank-refresh {args.corpus_bank_refresh} "
+                "(a resumed run rebuilds the hard-corpus bank at its checkpoint's step); change one of them"
+            )
     if args.output_dir is None:
         args.output_dir = "runs/finetune-" + head_folder_name(args.head)
         try:

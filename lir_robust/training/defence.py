@@ -32,7 +32,13 @@ How each injected negative is built (the evaluation's recipe, with the batch as 
   The choice is made on detached similarities (an index is not differentiable); the patches themselves keep their
   gradient, as any in-batch negative document does: the encoder may learn to move those document patches away from
   the query tokens they mimic (the patch is a real document patch, and the evaluation's hard patches are too).
-  A batch with fewer than K candidate patches gives fewer (the rest masked).
+  A batch with fewer than K candidate patches gives fewer (the rest masked);
+- ``hard-corpus:K``: the evaluation's hard patches, searched over the whole training corpus instead of the batch
+  (:mod:`lir_robust.training.corpus_bank`: a bank of the corpus's token vectors encoded by the current encoder,
+  rebuilt every ``--corpus-bank-refresh`` steps; each query's gold documents excluded; round robin, the first K).
+  The loop computes them (``corpus_patches`` of :func:`injected_negatives`: ``[B, K, D]`` and their validity) and
+  every host of the query receives the same K. Detached, like the spikes: bank rows are constants computed outside
+  the step's graph.
 
 Determinism: every draw of query ``offset + i`` comes from a generator seeded by ``(key..., offset + i)``, with
 ``key`` naming the micro-batch (the loop passes ``(seed, epoch, micro-batch in the epoch)``, which a resumed run
@@ -58,17 +64,19 @@ __all__ = [
     "query_generator",
     "host_documents",
     "query_spike_patches",
+    "round_robin_first",
     "hard_patch_indices",
     "injected_negatives",
     "with_injected_negatives",
     "concatenate_negatives",
 ]
 
-INJECTED_NEGATIVE_KINDS = ("spike", "hard")
+INJECTED_NEGATIVE_KINDS = ("spike", "hard", "hard-corpus")
 
 
 def parse_injected_negative(text: str) -> tuple[str, int]:
-    """``"spike:4"`` -> ``("spike", 4)``: an injection kind (spike or hard) and its number of patches K >= 1."""
+    """``"spike:4"`` -> ``("spike", 4)``: an injection kind (spike, hard or hard-corpus) and its number of patches
+    K >= 1."""
     kind, sep, count = str(text).strip().lower().partition(":")
     if kind not in INJECTED_NEGATIVE_KINDS:
         raise ValueError(f"expected KIND:K with KIND one of {', '.join(INJECTED_NEGATIVE_KINDS)}, got {text!r} (e.g. spike:4)")
@@ -118,6 +126,11 @@ class InjectedNegatives:
     def max_patches(self) -> int:
         return max(count for _, count in self.kinds)
 
+    @property
+    def corpus_patches(self) -> int:
+        """K of ``hard-corpus`` (0 when the plan has none): the patches the corpus bank must give each query."""
+        return dict(self.kinds).get("hard-corpus", 0)
+
 
 def query_generator(key: Sequence[object], query: int) -> torch.Generator:
     """A CPU generator for global query ``query`` of the micro-batch named by ``key`` (stable across runs,
@@ -142,6 +155,27 @@ def query_spike_patches(query: torch.Tensor, query_mask: torch.Tensor, count: in
     return spike_patches(query.detach()[query_mask.to(torch.bool)], count, spike_tokens, generator)
 
 
+def round_robin_first(indices: torch.Tensor, valid: torch.Tensor, count: int) -> torch.Tensor:
+    """The round robin of the hard kinds: ``indices [..., Tq, depth]`` (each query token's candidates, nearest first)
+    with ``valid`` of the same shape -> the first ``count`` distinct valid ones, long ``[..., count]`` (-1: none).
+    The order is every token's nearest (in token order), then every token's second nearest, ...; a candidate already
+    taken is skipped."""
+    *lead, tokens, depth = indices.shape
+    with torch.no_grad():
+        order_ids = indices.transpose(-1, -2).reshape(-1, depth * tokens)  # rank-major, token-minor
+        order_valid = valid.transpose(-1, -2).reshape(-1, depth * tokens)
+        width = order_ids.shape[1]
+        earlier = torch.ones(width, width, dtype=torch.bool, device=order_ids.device).tril(-1)  # [later, earlier]
+        repeated = ((order_ids.unsqueeze(2) == order_ids.unsqueeze(1)) & order_valid.unsqueeze(1) & earlier).any(dim=2)
+        keep = order_valid & ~repeated
+        first = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :count]  # kept ones, in order
+        chosen = order_ids.gather(1, first)
+        chosen = torch.where(keep.gather(1, first), chosen, torch.full_like(chosen, -1))
+        if chosen.shape[1] < count:
+            chosen = torch.cat([chosen, chosen.new_full((chosen.shape[0], count - chosen.shape[1]), -1)], dim=1)
+    return chosen.view(*lead, count)
+
+
 def hard_patch_indices(queries: torch.Tensor, query_mask: torch.Tensor, documents: torch.Tensor,
                        document_mask: torch.Tensor, excluded: torch.Tensor, count: int) -> torch.Tensor:
     """Round-robin hard patches: flat indices into ``documents.reshape(N * Td, D)``, long ``[B, H, count]`` (-1: none).
@@ -163,18 +197,7 @@ def hard_patch_indices(queries: torch.Tensor, query_mask: torch.Tensor, document
         depth = min(count, n_documents * length)  # depth K holds at least K distinct patches: the first K are exact
         values, indices = filled.topk(depth, dim=-1)  # [B, H, Tq, depth], nearest first
         valid = torch.isfinite(values) & query_mask.to(torch.bool).view(batch, 1, tokens, 1)
-        # round robin: rank-major, token-minor
-        order_ids = indices.transpose(2, 3).reshape(batch * hosts, depth * tokens)
-        order_valid = valid.transpose(2, 3).reshape(batch * hosts, depth * tokens)
-        width = order_ids.shape[1]
-        earlier = torch.ones(width, width, dtype=torch.bool, device=order_ids.device).tril(-1)  # [later, earlier]
-        repeated = ((order_ids.unsqueeze(2) == order_ids.unsqueeze(1)) & order_valid.unsqueeze(1) & earlier).any(dim=2)
-        keep = order_valid & ~repeated
-        first = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :count]  # kept ones, in order
-        chosen = order_ids.gather(1, first)
-        chosen = torch.where(keep.gather(1, first), chosen, torch.full_like(chosen, -1))
-        if chosen.shape[1] < count:
-            chosen = torch.cat([chosen, chosen.new_full((chosen.shape[0], count - chosen.shape[1]), -1)], dim=1)
+        chosen = round_robin_first(indices, valid.expand_as(indices), count)
     return chosen.view(batch, hosts, count)
 
 
@@ -186,10 +209,15 @@ def injected_negatives(
     offset: int,
     plan: InjectedNegatives,
     key: Sequence[object],
+    corpus_patches: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's injected negatives: ``([B, plan.per_query, Td + K_max, D], bool mask [B, plan.per_query,
     Td + K_max])``, kind-major (see the module docstring for how hosts and patches are chosen, and why spikes are
-    detached while hard patches keep their gradient). ``key`` names the micro-batch (``(seed, epoch, batch)``)."""
+    detached while hard patches keep their gradient). ``key`` names the micro-batch (``(seed, epoch, batch)``).
+    ``corpus_patches``: the ``hard-corpus`` patches of each query, ``([B, K, D], valid [B, K])`` (the plan's K;
+    lir_robust.training.corpus_bank.nearest_bank_patches), required when the plan has that kind."""
+    if plan.corpus_patches and corpus_patches is None:
+        raise ValueError("hard-corpus injected negatives need corpus_patches (from lir_robust.training.corpus_bank)")
     batch, _, dim = queries.shape
     n_documents, length, _ = documents.shape
     query_mask, document_mask = query_mask.to(torch.bool), document_mask.to(torch.bool)
@@ -208,6 +236,12 @@ def injected_negatives(
             ])  # [B, H, K, D]
             patches[:, position, :, :count] = spikes.to(documents.dtype)
             patch_mask[:, position, :, :count] = True
+        elif kind == "hard-corpus":
+            taken, valid = corpus_patches
+            if taken.shape[:2] != (batch, count):
+                raise ValueError(f"corpus_patches must be [{batch}, {count}, D], got {list(taken.shape)}")
+            patches[:, position, :, :count] = taken.detach().masked_fill(~valid.to(torch.bool).unsqueeze(-1), 0).to(documents.dtype).unsqueeze(1)
+            patch_mask[:, position, :, :count] = valid.to(torch.bool).unsqueeze(1)
         else:
             positives = torch.arange(batch, device=documents.device).add(offset).view(batch, 1, 1).expand(-1, plan.documents, 1)
             excluded = torch.cat([positives, hosts.unsqueeze(-1)], dim=-1)  # [B, H, 2]
@@ -240,13 +274,15 @@ def with_injected_negatives(
     offset: int,
     plan: InjectedNegatives | None,
     key: Sequence[object],
+    corpus_patches: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The loop's one call: a query's hard negatives ``[B, n, T, D]`` (or None) followed by its injected negatives,
     padded to one length: ``([B, n + plan.per_query, T', D], [B, n + plan.per_query, T'])``. ``plan`` None: the
-    inputs unchanged (the defence is off)."""
+    inputs unchanged (the defence is off). ``corpus_patches``: see :func:`injected_negatives`."""
     if plan is None:
         return negatives, negative_mask
-    injected, injected_mask = injected_negatives(queries, query_mask, documents, document_mask, offset, plan, key)
+    injected, injected_mask = injected_negatives(queries, query_mask, documents, document_mask, offset, plan, key,
+                                                 corpus_patches)
     return concatenate_negatives(negatives, negative_mask, injected, injected_mask)
 
 

@@ -10,7 +10,8 @@ processes, handles mixed precision, gradient accumulation and checkpoints; every
 With several processes every query sees the whole global batch of documents as negatives (gathered with gradients);
 each process's queries stay local. ``injected_negatives`` adds, for each query, copies of non-gold batch documents
 carrying injected patches (lir_robust.training.defence) to its negatives; ``adversarial_passages`` adds adversarial
-passages crafted against the training queries (text, re-encoded at every step; lir_robust.training.adversarial_passages).
+passages crafted against the training queries (text, re-encoded at every step; lir_robust.training.adversarial_passages); with ``hard-corpus:K`` the loop keeps a bank
+of the training corpus's token vectors (lir_robust.training.corpus_bank), rebuilt every ``corpus_bank_refresh`` steps.
 
 The configuration is the command's options (``lir_robust.commands.finetune`` parses and checks them, and fills in
 the values that depend on others: ``head``, ``max_steps`` / ``warmup_steps``, ``projection_dim`` /
@@ -42,10 +43,10 @@ from lir_robust.core.huggingface import model_family
 from lir_robust.scoring.diagnostics import gold_pair_gradient_concentration
 from lir_robust.scoring.losses import PooledInfoNCELoss
 from lir_robust.scoring.pooling import parse_head
-from lir_robust.training import batching, defence, models, pairs, runs
+from lir_robust.training import batching, corpus_bank, defence, models, pairs, runs
 from lir_robust.training.adversarial_passages import PASSAGE_FOLDER, AdversarialPassages, PassageBank
 
-__all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_options", "check_run_folder", "train", "run_finetune"]
+__all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_options", "bank_refresh", "check_run_folder", "train", "run_finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class FinetuneConfig:
     adversarial_passage_refresh: int | None = None  # None: AdversarialPassages' defaults (10, 10, 32)
     adversarial_passage_iterations: int | None = None
     adversarial_passage_length: int | None = None
+    corpus_bank_refresh: int | None = None  # with hard-corpus injected negatives (None: corpus_bank.DEFAULT_REFRESH)
     validation_pairs: int = 64
     # optimisation
     lr: float = 4e-4
@@ -132,7 +134,20 @@ def requested_options(config: FinetuneConfig) -> dict:
     if not config.adversarial_passages:  # likewise: a run without passages compares as before these options
         for key in ADVERSARIAL_PASSAGE_OPTIONS:
             options.pop(key)
+    refresh = bank_refresh(config)
+    if refresh is None:  # no hard-corpus negatives, also a run saved before the option
+        options.pop("corpus_bank_refresh", None)
+    else:
+        options["corpus_bank_refresh"] = refresh
     return options
+
+
+def bank_refresh(config: FinetuneConfig) -> int | None:
+    """Steps between two rebuilds of the corpus bank: ``corpus_bank_refresh`` or its default with ``hard-corpus``
+    injected negatives, None without them."""
+    if not any(str(item).startswith("hard-corpus") for item in config.injected_negatives):
+        return None
+    return config.corpus_bank_refresh or corpus_bank.DEFAULT_REFRESH
 
 
 def check_run_folder(config: FinetuneConfig) -> runs.RunFolder:
@@ -233,10 +248,25 @@ def train(config: FinetuneConfig):
         collate = batching.ImagePairCollator(processor)
     model.train()
 
+    # ---------------------------------------------------------------- the defence, and its corpus bank (hard-corpus)
+    injected = defence.InjectedNegatives.parse(config.injected_negatives, config.injected_negative_documents) if config.injected_negatives else None
+    bank_source, bank_inputs, bank, train_collate = None, [], None, collate
+    refresh = bank_refresh(config)
+    if injected is not None and injected.corpus_patches:
+        if family != "text":
+            raise UserError("--injected-negatives hard-corpus:K needs a text model (its bank encodes corpus texts); "
+                            "use hard:K with an image model")
+        bank_source = corpus_bank.BankSource(data.pairs)  # every training document, held-out pairs' too
+        bank_inputs = [model.tokenize(bank_source.texts[i : i + 64], is_query=False, max_length=config.train_document_max_length)
+                       for i in range(0, len(bank_source.texts), 64)]
+        train_collate = bank_source.collator(collate)
+        logger.info("hard-corpus negatives: a bank of %d training documents, rebuilt every %d steps",
+                    len(bank_source.texts), refresh)
+
     # ---------------------------------------------------------------- batches
     sampler = batching.EpochShuffleSampler(len(train_pairs), seed=config.seed)
     loader = torch.utils.data.DataLoader(
-        batching.PairDataset(train_pairs), batch_size=local_batch_size, sampler=sampler, collate_fn=collate,
+        batching.PairDataset(train_pairs), batch_size=local_batch_size, sampler=sampler, collate_fn=train_collate,
         drop_last=True, generator=torch.Generator().manual_seed(config.seed),
     )
     steps_per_epoch = len(train_pairs) // config.batch_size
@@ -252,7 +282,6 @@ def train(config: FinetuneConfig):
     optimizer = torch.optim.AdamW(models.trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
     loss_fn = PooledInfoNCELoss(head, temperature=config.temperature)
-    injected = defence.InjectedNegatives.parse(config.injected_negatives, config.injected_negative_documents) if config.injected_negatives else None
     passages = None  # adversarial passages, re-encoded as every query's negatives (text models)
     if config.adversarial_passages:
         if family != "text":
@@ -277,6 +306,10 @@ def train(config: FinetuneConfig):
         "mixed_precision": precision, "max_steps": max_steps, "warmup_steps": warmup_steps,
         "steps_per_epoch": steps_per_epoch,
     }
+    if bank_source is None:
+        run_config.pop("corpus_bank_refresh")  # as requested_options: absent without hard-corpus negatives
+    else:
+        run_config.update(corpus_bank_refresh=refresh, corpus_bank_documents=len(bank_source.texts))
     checkpoint = None
     if config.resume not in (None, "latest"):
         checkpoint = Path(config.resume).expanduser()
@@ -326,6 +359,11 @@ def train(config: FinetuneConfig):
         sampler.set_epoch(state.epoch)  # the data order depends on (seed, epoch) only, so a resumed run sees the same
         batches.set_epoch(state.epoch)  # batches; Accelerate's loaders reset the sampler's epoch to their own counter
         for batch in batches:
+            if bank_source is not None and (bank is None or (state.step % refresh == 0 and bank.built_at != state.step)):
+                model.eval()  # at step 0, every `refresh` steps and at a (re)start: see corpus_bank
+                bank = corpus_bank.encode_bank(lambda inputs: encode(inputs, False), bank_inputs, state.step,
+                                               accelerator.device, accelerator.is_main_process)
+                model.train()
             with accelerator.accumulate(model):
                 queries, query_mask = encode(batch["query"], True)
                 documents, document_mask = encode(batch["document"], False)
@@ -337,6 +375,8 @@ def train(config: FinetuneConfig):
                 negatives, negative_mask = defence.with_injected_negatives(  # the defence (None: unchanged)
                     negatives, negative_mask, queries, query_mask, all_documents, all_document_mask, offset, injected,
                     key=(config.seed, state.epoch, state.batch_in_epoch),
+                    corpus_patches=corpus_bank.nearest_bank_patches(bank, queries, query_mask, batch["bank_gold"],
+                                                                    injected.corpus_patches) if bank_source else None,
                 )
                 if passages is not None:  # the text defence: adversarial passages, encoded now (with gradients)
                     negatives, negative_mask = defence.concatenate_negatives(negatives, negative_mask, *passage_negatives(queries.shape[0]))

@@ -11,6 +11,11 @@ adds the study's retrained maxsim rows and applies the study's own target check 
         --collections cranfield:0,1,2 --only 'blend'
     python results/recipe-search/run_recipe_search.py summarize --out runs/recipe-search --heads blend:... \
         --collections cranfield:0,1,2 med:0 --write results/recipe-search/summary.json
+
+A defended variant (HEAD+defence, fine-tuned with --injected-negatives DEFENCE; one --defence per --out):
+
+    python results/recipe-search/run_recipe_search.py run --out runs/corpus-hard --heads exclusive \
+        --defended-heads exclusive --defence spike:4 hard-corpus:4 --collections cranfield:0 --only defence
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ def _plan(args) -> StudyPlan:
     for item in args.collections:
         name, _, seeds = item.partition(":")
         collections[name] = [int(seed) for seed in seeds.split(",")]
-    return StudyPlan(model="minilm", collections=collections, heads=["maxsim", *args.heads], defended_heads=[],
-                     kinds=list(KINDS), ks=list(KS), data_root=args.data_root)
+    defence = {"defence": list(args.defence)} if args.defence else {}
+    return StudyPlan(model="minilm", collections=collections, heads=["maxsim", *args.heads],
+                     defended_heads=list(args.defended_heads), **defence, kinds=list(KINDS), ks=list(KS),
+                     finetune_args=list(args.finetune_args), data_root=args.data_root)
 
 
 def run(args) -> None:
@@ -58,6 +65,28 @@ def run(args) -> None:
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
         timings[step.name] = seconds
         write_json_atomic(timings_path, timings, indent=2)
+
+
+def _paired_baseline(args, collection: str, seed: int) -> dict | None:
+    """The retrained maxsim sweep of ``--paired-with COLLECTION:SEED=results.json`` for this collection and seed."""
+    for item in args.paired_with:
+        key, _, path = item.partition("=")
+        if key == f"{collection}:{seed}":
+            return json.loads(Path(path).read_text())
+    return None
+
+
+def _paired_difference(results: dict, head: str, baseline: dict, kind: str, k: int) -> dict:
+    """Per-query nDCG@10 (this head - maxsim on its own retrained model), same queries: mean and standard error."""
+    if results["query_ids"] != baseline["query_ids"]:
+        raise SystemExit("--paired-with: the sweeps hold different queries")
+    mine = results["metrics"][head][kind]["by_k"][str(k)]["per_query"]["ndcg@10"]
+    theirs = baseline["metrics"]["maxsim"][kind]["by_k"][str(k)]["per_query"]["ndcg@10"]
+    differences = [a - b for a, b in zip(mine, theirs)]
+    n = len(differences)
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return {"mean": mean, "se": (variance / n) ** 0.5, "n": n}
 
 
 def summarize(args) -> None:
@@ -83,22 +112,29 @@ def summarize(args) -> None:
     per_seed = []
     for collection, seeds in plan.collections.items():
         for seed in seeds:
-            for head in plan.heads:
-                name = retraining.variant_name(head)
+            for head, defended in [(head, False) for head in plan.heads] + [(head, True) for head in plan.defended_heads]:
+                name = retraining.variant_name(head, defended)
                 path = out / "sweeps" / collection / name / f"seed{seed}" / "results.json"
                 if not path.is_file():
                     continue
                 results = json.loads(path.read_text())
+                baseline = _paired_baseline(args, collection, seed)
                 for scored in results["heads"]:
                     metrics = results["metrics"][scored]
+                    paired = {}
+                    if baseline is not None:
+                        paired = {f"paired_ndcg10_vs_maxsim_{kind}_k{k}": _paired_difference(results, scored, baseline, kind, k)
+                                  for kind, k in (("hard", 0), ("spike", 4), ("hard", 4))}
                     per_seed.append({
                         "collection": collection, "seed": seed, "trained_with": head, "scored_with": scored,
+                        "injected_negatives": plan.defence if defended else [],
                         "weights": results["encoder"].get("weights"),
                         "ndcg10_k0": metrics["hard"]["by_k"]["0"]["mean"]["ndcg@10"],
                         "retained_spike_k4": metrics["spike"]["by_k"]["4"]["retained"]["ndcg@10"],
                         "retained_hard_k4": metrics["hard"]["by_k"]["4"]["retained"]["ndcg@10"],
                         "budget_median_spike": metrics["spike"]["hijack_budget"]["median"],
                         "budget_median_hard": metrics["hard"]["hijack_budget"]["median"],
+                        **paired,
                     })
     screen = []
     for path in args.screen:
@@ -130,7 +166,7 @@ def summarize(args) -> None:
     }
     write_json_atomic(Path(args.write), result, indent=1)
     for target in targets:
-        print(target["collection"], target["head"], f"gap {target['clean_ndcg10_gap']:+.4f}",
+        print(target["collection"], target["variant"], f"gap {target['clean_ndcg10_gap']:+.4f}",
               f"spike4 {100 * target['spike_k4_retained']:.1f}%", f"hard4 {100 * target['hard_k4_retained']:.1f}%",
               f"(maxsim {100 * target['hard_k4_retained_maxsim']:.1f}%)", target["budgets"], target["reached"])
 
@@ -141,11 +177,20 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--heads", nargs="+", required=True)
     parser.add_argument("--collections", nargs="+", default=["cranfield:0,1,2"])
+    parser.add_argument("--defended-heads", nargs="*", default=[],
+                        help="heads also trained with --defence (variant HEAD+defence; one --defence per --out)")
+    parser.add_argument("--defence", nargs="+", default=None,
+                        help="the defended variants' --injected-negatives (default: the study's spike:4 hard:4), e.g. "
+                             "spike:4 hard-corpus:4")
+    parser.add_argument("--finetune-args", default="", type=str.split,
+                        help="extra fine-tuning options for every trained variant, one string: '--corpus-bank-refresh 10'")
     parser.add_argument("--only", default=".", help="regular expression on the step names to run")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--stream", default="main", help="name of this process's timings file (timings-NAME.json)")
     parser.add_argument("--reference", default="results/study/summary.json")
     parser.add_argument("--screen", nargs="*", default=[], help="results.json of the untrained screen sweeps")
+    parser.add_argument("--paired-with", nargs="*", default=[], metavar="COLLECTION:SEED=RESULTS",
+                        help="retrained maxsim sweeps (results.json) to pair per-seed rows with, per query")
     parser.add_argument("--write", default="results/recipe-search/summary.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
