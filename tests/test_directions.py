@@ -89,16 +89,18 @@ def test_the_target_table_comes_from_the_files_and_changes_when_they_change(tmp_
     assert (f"- tiny, blend retrained + spike:4 hard-corpus:4 (`{HEAD}`; seed 0, 1, 2): meets clean nDCG@10 within 0.01, "
             "hard K=4 >= +15 points, budgets >= 2x; misses spike K=4 >= 60 % (0 of 3 seeds; best 45.0 %).") in part
     assert "- tiny: the whole target (every check in every seed) is reached by no direction; most checks met in every seed (3 of 4)" in part
+    assert "above two standard errors" not in part  # +0.0045 ± 0.0062: not a gain
     # the file changes, the table and the checks follow
     summary = json.loads(paths["corpus_hard"].read_text())
     summary["per_seed"][0].update(retained_hard_k4=0.70, retained_spike_k4=0.65)
     summary["per_seed"][1].update(retained_hard_k4=0.90, retained_spike_k4=0.70)
-    summary["per_seed"][2].update(retained_hard_k4=0.90, retained_spike_k4=0.70)
+    summary["per_seed"][2].update(retained_hard_k4=0.90, retained_spike_k4=0.70,
+                                  paired_ndcg10_vs_maxsim_hard_k0={"mean": 0.013, "se": 0.006, "n": 225})
     paths["corpus_hard"].write_text(json.dumps(summary))
     changed = _render(paths)
     assert row not in changed
     assert "| 0 | 0.410 (+0.010) | +0.0045 ± 0.0062 | 65.0 % | 70.0 % (+10.0) | 8 / 16 | ok | ok | no | ok |" in changed
-    assert "misses hard K=4 >= +15 points (2 of 3 seeds; best +30.0 points)" in changed
+    assert "misses hard K=4 >= +15 points (2 of 3 seeds; best +30.0 points); paired clean gain over maxsim above two standard errors in 1 of 3" in changed
 
 
 def test_a_missing_file_leaves_its_rows_out_with_a_note(tmp_path, caplog):
@@ -108,6 +110,10 @@ def test_a_missing_file_leaves_its_rows_out_with_a_note(tmp_path, caplog):
         text = _render(paths)
     assert "coherence_screen: no file at" in caplog.text
     assert "blend retrained + spike:4 hard-corpus:4" in text and "(screen)" not in text
+    retrained = tmp_path / "retrained.json"  # a run not finished when the rows were written is named
+    retrained.write_text(json.dumps({"plan": {}, "per_seed": [], "unfinished": ["sweep-tiny-s1"]}))
+    assert "Not finished when coherence/retrained.json was written (no rows yet): sweep-tiny-s1." in _render(
+        {**paths, "coherence_retrained": retrained})
     paths["text_defence"].unlink()
     assert "### Text defence" not in _render(paths)
     for path in paths.values():
