@@ -12,6 +12,7 @@ from finetune_fixtures import save_dropout_bert, write_tiny_beir
 
 from lir_robust.commands import cli
 from lir_robust.commands import study as study_command
+from lir_robust.studies.directions import read_directions
 from lir_robust.studies.results_doc import render_results
 from lir_robust.studies.text_attack_doc import read_text_attacks
 from lir_robust.studies.retraining import StudyPlan, parts_of, plan_steps, run_study, summarize_study, variant_name
@@ -196,6 +197,12 @@ def test_the_committed_results_doc_is_generated_from_the_committed_results(tmp_p
     search = ROOT / "results" / "recipe-search" / "summary.json"
     search_data = json.loads(search.read_text()) if search.is_file() else None
     text_attacks = read_text_attacks(ROOT / "results" / "text-attacks")
+    recipe = ROOT / "results" / "recipe-search"
+    directions = read_directions({"corpus_hard": recipe / "corpus-hard" / "summary.json",
+                                  "corpus_hard_docs4": recipe / "corpus-hard" / "docs4-summary.json",
+                                  "coherence_screen": recipe / "coherence" / "summary.json",
+                                  "coherence_retrained": recipe / "coherence" / "retrained.json",
+                                  "text_defence": ROOT / "results" / "text-defence" / "summary.json"})  # = make results-doc
     assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data,
-                          text_attacks=text_attacks) == committed.read_text(), (
+                          text_attacks=text_attacks, directions=directions) == committed.read_text(), (
         "docs/RESULTS.md differs from what `make results-doc` makes of the committed results: rerun it")

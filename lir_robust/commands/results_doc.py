@@ -20,6 +20,14 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--synthetic", type=Path, default=Path("results/synthetic/results.json"), help="the synthetic study's results.json")
     parser.add_argument("--recipe-search", type=Path, default=Path("results/recipe-search/summary.json"),
                         help="the recipe search's summary.json (issue 20; its section is left out when absent)")
+    parser.add_argument("--corpus-hard", type=Path, default=Path("results/recipe-search/corpus-hard"),
+                        help="folder of the hard-corpus defence's summary.json and docs4-summary.json (issue 20; rows "
+                             "of an absent file are left out)")
+    parser.add_argument("--coherence", type=Path, default=Path("results/recipe-search/coherence"),
+                        help="folder of the coherent head's screen (summary.json) and retrained / swap rows "
+                             "(retrained.json) (issue 20; rows of an absent file are left out)")
+    parser.add_argument("--text-defence", type=Path, default=Path("results/text-defence/summary.json"),
+                        help="the text defence's summary.json (issue 19; its part is left out when absent)")
     parser.add_argument("--text-attacks", type=Path, default=Path("results/text-attacks"),
                         help="folder of text-attack runs' compact results.json, one folder per run (issue 19; its "
                              "section is left out when absent)")
@@ -51,5 +59,8 @@ def main(argv=None) -> None:
     runs = [found for run in args.add_text_attack for found in text_attack_runs(run)]  # all checked, then written
     for path in add_text_attacks(runs, args.text_attacks):
         logging.getLogger("results_doc").info("added %s", path)
-    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks)
+    directions = {"corpus_hard": args.corpus_hard / "summary.json", "corpus_hard_docs4": args.corpus_hard / "docs4-summary.json",
+                  "coherence_screen": args.coherence / "summary.json", "coherence_retrained": args.coherence / "retrained.json",
+                  "text_defence": args.text_defence}
+    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks, directions)
     logging.getLogger("results_doc").info("wrote %s", path)

@@ -2,6 +2,13 @@
 
     python results/recipe-search/coherence/summarize.py OUT_DIR NAME=RESULTS_JSON [NAME=RESULTS_JSON ...]
 
+The coherent head retrained (sweep-<collection>-s<seed>/) and swapped in (swap-<collection>-s<seed>/: the
+recipe search's retrained-maxsim encoder scored with it) -> retrained.json + retrained.md beside this file, per-seed
+rows in the recipe search's schema (lir_robust.studies.directions.sweep_seed_rows; needs PYTHONPATH=$PWD), paired
+against <baselines>/<collection>-maxsim-seed<seed>.json where it exists:
+
+    python results/recipe-search/coherence/summarize.py --retrained RUNS_DIR [--baselines DIR]
+
 Per head: nDCG@10 at K = 0, retained nDCG@10 at spike / hard K = 4, median hijack budgets (null: above the largest K),
 and the paired difference of clean nDCG@10 to maxsim on the same queries (from any given file; mean and standard
 error over queries).
@@ -13,6 +20,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 def rows_of(name: str, path: str, references: dict) -> list[dict]:
@@ -44,7 +53,58 @@ def _budget(value: float) -> str:
     return "> 4" if value is None else f"{value:g}"
 
 
+def retrained(runs: Path, baselines: Path | None) -> None:
+    """retrained.json + retrained.md from every finished sweep / swap folder under ``runs``."""
+    import re
+
+    from lir_robust.core.files import write_json_atomic, write_text_atomic
+    from lir_robust.studies.directions import sweep_seed_rows
+
+    rows, found, missing, paired_with = [], [], [], {}
+    for folder in sorted(runs.glob("*-s*")):
+        match = re.fullmatch(r"(sweep|swap)-(.+)-s(\d+)", folder.name)
+        if not match or not folder.is_dir():
+            continue
+        protocol, collection, seed = match.group(1), match.group(2), int(match.group(3))
+        path = folder / "results.json"
+        if not path.is_file():
+            missing.append(folder.name)
+            continue
+        results = json.loads(path.read_text())
+        model_config = Path(results["config"]["model"]) / "config.json"
+        injected = json.loads(model_config.read_text()).get("injected_negatives") if model_config.is_file() else None
+        baseline_path = None if baselines is None else baselines / f"{collection}-maxsim-seed{seed}.json"
+        baseline = json.loads(baseline_path.read_text()) if baseline_path is not None and baseline_path.is_file() else None
+        if baseline is not None:
+            paired_with[f"{collection}:{seed}"] = str(baseline_path)
+        rows += [dict(row, protocol=protocol) for row in sweep_seed_rows(results, collection, seed, injected, baseline)]
+        found.append(str(path))
+    rows.sort(key=lambda row: (row["collection"], row["protocol"], row["seed"], row["scored_with"]))
+    summary = {"plan": {"finetune_args": [], "reference": "results/study/summary.json", "kinds": ["spike", "hard"],
+                        "ks": [0, 4], "note": "budgets null: the sweeps ran K = 0 and 4 only; paired differences null "
+                        "where no maxsim baseline of that collection and seed was given"},
+               "sources": found, "unfinished": missing, "paired_with": paired_with, "per_seed": rows}
+    write_json_atomic(HERE / "retrained.json", summary)
+    lines = ["| collection | seed | trained with | scored with | nDCG@10 K=0 | vs maxsim K=0 (paired, ±SE) | retained spike K=4 | retained hard K=4 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        paired = row["paired_ndcg10_vs_maxsim_hard_k0"]
+        paired_text = "" if paired is None else f"{paired['mean']:+.4f} ± {paired['se']:.4f}"
+        lines.append(f"| {row['collection']} | {row['seed']} | `{row['trained_with']}` | `{row['scored_with']}` | "
+                     f"{row['ndcg10_k0']:.3f} | {paired_text} | "
+                     f"{100 * row['retained_spike_k4']:.1f} % | {100 * row['retained_hard_k4']:.1f} % |")
+    if missing:
+        lines += ["", "Not finished when summarised: " + ", ".join(missing) + "."]
+    write_text_atomic(HERE / "retrained.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--retrained":
+        rest = argv[1:]
+        baselines = Path(rest[rest.index("--baselines") + 1]) if "--baselines" in rest else None
+        retrained(Path(rest[0]), baselines)
+        return
     out = Path(argv[0])
     references = {}
     for item in argv[1:]:
