@@ -35,3 +35,13 @@ def tiny_colqwen2_dir(tmp_path_factory):
     from tiny_colpali import save_tiny_colqwen2
 
     return save_tiny_colqwen2(tmp_path_factory.mktemp("tiny-colqwen2"))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each in-process fine-tune builds its own Accelerator; forget the previous one's shared state after the test."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -15,13 +15,7 @@ from lir_robust.training.adversarial_passages import AdversarialPassages, parse_
 from lir_robust.training.pairs import load_training_pairs
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ SCRIPT = ROOT / "train" / "finetune.py"  # the wrapper `accelerate launch train/
 HEADS = ["maxsim", "topk:k=2", "softmax:tau=0.1", "lse:tau=0.1", "mean"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator; forget the previous one's shared state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -456,15 +456,6 @@ def _numbers(results: dict) -> dict:
     return {"metrics": results["metrics"], "gini": results["gradient_concentration_gold_pairs"]}
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def test_a_fine_tuned_text_adapter_changed_in_place_is_encoded_again(tmp_path, caplog, fresh_accelerate_state):
     from finetune_fixtures import save_dropout_bert, write_tiny_beir
     from lir_robust.commands import finetune
