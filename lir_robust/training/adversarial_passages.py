@@ -45,6 +45,7 @@ from lir_robust.attacks.text.hotflip import HotFlipSettings, candidate_vocabular
 from lir_robust.attacks.text.queries import cluster_members, kmeans, mean_vectors
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.scoring.pooling import PoolingHead
+from lir_robust.training.defence import parse_kind_count
 
 __all__ = ["ADVERSARIAL_PASSAGE_KINDS", "PASSAGE_FOLDER", "AdversarialPassages", "parse_adversarial_passage",
            "PassageBank"]
@@ -58,12 +59,7 @@ PASSAGE_FOLDER = "adversarial-passages"
 def parse_adversarial_passage(text: str) -> tuple[str, int]:
     """``"hotflip:10"`` -> ``("hotflip", 10)``: a passage kind (cluster-text or hotflip) and its number of passages
     N >= 1 (one per cluster of training queries)."""
-    kind, sep, count = str(text).strip().lower().partition(":")
-    if kind not in ADVERSARIAL_PASSAGE_KINDS:
-        raise ValueError(f"expected KIND:N with KIND one of {', '.join(ADVERSARIAL_PASSAGE_KINDS)}, got {text!r} (e.g. hotflip:10)")
-    if not sep or not count.strip().isdigit() or int(count) < 1:
-        raise ValueError(f"expected KIND:N with N an integer >= 1 (passages, one per query cluster), got {text!r} (e.g. {kind}:10)")
-    return kind, int(count)
+    return parse_kind_count(text, ADVERSARIAL_PASSAGE_KINDS, "N", "passages, one per query cluster", "hotflip:10")
 
 
 @dataclass(frozen=True)

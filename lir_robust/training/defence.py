@@ -69,20 +69,28 @@ __all__ = [
     "injected_negatives",
     "with_injected_negatives",
     "concatenate_negatives",
+    "parse_kind_count",
 ]
 
 INJECTED_NEGATIVE_KINDS = ("spike", "hard", "hard-corpus")
 
 
+def parse_kind_count(text: str, kinds: Sequence[str], symbol: str, meaning: str, example: str) -> tuple[str, int]:
+    """``KIND:<symbol>`` -> ``(kind, count)``, kind one of ``kinds`` and count an integer >= 1 (``meaning`` and
+    ``example``, e.g. ``"spike:4"``, word the ValueError): the text form of the training-side defences' options."""
+    example_count = example.partition(":")[2]
+    kind, sep, count = str(text).strip().lower().partition(":")
+    if kind not in kinds:
+        raise ValueError(f"expected KIND:{symbol} with KIND one of {', '.join(kinds)}, got {text!r} (e.g. {example})")
+    if not sep or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f"expected KIND:{symbol} with {symbol} an integer >= 1 ({meaning}), got {text!r} (e.g. {kind}:{example_count})")
+    return kind, int(count)
+
+
 def parse_injected_negative(text: str) -> tuple[str, int]:
     """``"spike:4"`` -> ``("spike", 4)``: an injection kind (spike, hard or hard-corpus) and its number of patches
     K >= 1."""
-    kind, sep, count = str(text).strip().lower().partition(":")
-    if kind not in INJECTED_NEGATIVE_KINDS:
-        raise ValueError(f"expected KIND:K with KIND one of {', '.join(INJECTED_NEGATIVE_KINDS)}, got {text!r} (e.g. spike:4)")
-    if not sep or not count.strip().isdigit() or int(count) < 1:
-        raise ValueError(f"expected KIND:K with K an integer >= 1 (patches per injected negative), got {text!r} (e.g. {kind}:4)")
-    return kind, int(count)
+    return parse_kind_count(text, INJECTED_NEGATIVE_KINDS, "K", "patches per injected negative", "spike:4")
 
 
 @dataclass(frozen=True)
