@@ -22,6 +22,7 @@ from lir_robust.reporting.figures import plot_study_retained, synthetic_figures
 from lir_robust.studies.directions import read_directions
 from lir_robust.studies.directions_doc import directions_section, text_defence_section
 from lir_robust.studies.text_attack_doc import read_text_attacks, text_attack_section
+from lir_robust.studies.text_attack_proxy import proxy_summary
 from lir_robust.reporting.format import (
     budget,
     budget_stats,
@@ -294,7 +295,7 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
         if found and recipe_search is None:
             found = ["## Recipe search (issue 20)", ""] + found
         lines += found
-    lines += text_attack_section(text_attacks, study, figures, figures_link)
+    lines += text_attack_section(text_attacks, proxy_summary(study, recipe_search, directions), figures, figures_link)
     if synthetic is None:
         lines += ["## Synthetic study", "", "No `results/synthetic/results.json` yet: run `make synth`.", ""]
     else:

@@ -7,10 +7,11 @@ missing folder leaves the section out (logged); a file that is not a text attack
 
 Per collection and model (weights): one table of passage attacks (cluster-text, HotFlip: clean nDCG@10,
 success@1/10/100, retained nDCG@10, the run's settings) and one of edit attacks (insertion, stuffing, query-text:
-retained nDCG@10, hijack@10), each row with the embedding-level proxy beside it (spike / hard K = 4 retained from the
-retraining study's summary, protocol raw, for the untrained model's heads); a figure of success@10 against the
-passages used, per head, for the runs that hold those values; and statements computed from the numbers by the rules
-they state (:func:`_findings`).
+retained nDCG@10, hijack@10), each row with the embedding-level proxy beside it (spike / hard K = 4 retained of the
+same model and head: :func:`lir_robust.studies.text_attack_proxy.proxy_summary`); a figure of success@10 against the
+passages used, per head, for the runs that hold those values; statements computed from the numbers by the rules
+they state (:func:`_findings`); and the rank correlation over variants between the proxy and the text attacks
+(:func:`lir_robust.studies.text_attack_proxy.correlation_lines`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lir_robust.core.files import write_json_atomic
 from lir_robust.reporting.figures import plot_success_panels
 from lir_robust.reporting.format import number, percent, table_header, table_row
 from lir_robust.studies.attack_summary import study_proxy
+from lir_robust.studies.text_attack_proxy import correlation_lines, study_row
 
 __all__ = ["read_text_attacks", "text_attack_runs", "add_text_attacks", "text_attack_section", "TEXT_ATTACKS_FOLDER"]
 
@@ -77,20 +79,9 @@ def add_text_attacks(runs: Sequence[tuple[str, dict[str, Any]]], folder: str | o
     return written
 
 
-def _study_row(name: str, report: dict[str, Any]) -> tuple[str, str] | None:
-    """(protocol, variant) of the retraining study's row that matches the run: from a ``make attack`` path
-    (``<collection>/<variant>/...``; ``raw`` is the untrained model), else ("raw", "raw") for the untrained model's
-    weights; None when neither tells."""
-    parts, collection = name.split("/"), report["data"]["name"]
-    if collection in parts[:-2]:
-        variant = parts[parts.index(collection) + 1]
-        return ("raw", "raw") if variant == "raw" else ("retrained", variant)
-    return ("raw", "raw") if (report.get("encoder") or {}).get("weights") == "base" else None
-
-
 def _model_label(name: str, report: dict[str, Any]) -> str:
     weights = (report.get("encoder") or {}).get("weights")
-    row = _study_row(name, report)
+    row = study_row(name, report)
     model = row[1] if row and row[0] == "retrained" else report["config"]["model"]
     return f"{model} (" + ("untrained" if weights == "base" else f"weights {weights}") + ")"
 
@@ -108,8 +99,8 @@ def _groups(runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str],
 
 def _proxy(study: dict[str, Any] | None, name: str, report: dict[str, Any], head: str) -> list[str]:
     """The embedding-level proxy cells (spike, hard K = 4 retained): the study's row of the same model and head
-    (:func:`_study_row`); ``-`` when the run does not say which model of the study it attacked."""
-    row = _study_row(name, report)
+    (:func:`~lir_robust.studies.text_attack_proxy.study_row`); ``-`` when the run does not say which model of the study it attacked."""
+    row = study_row(name, report)
     if row is None:
         return ["-", "-"]
     values = study_proxy(study, report["data"]["name"], row[0], row[1], head)
@@ -198,7 +189,9 @@ def _figure(members, title: str, path: Path) -> Path | None:
 
 def text_attack_section(runs: Sequence[tuple[str, dict[str, Any]]], study: dict[str, Any] | None = None,
                         figures: Path | None = None, figures_link: str = "figures") -> list[str]:
-    """The section's Markdown lines ([] without runs); its figures (PNG) go into ``figures`` when given."""
+    """The section's Markdown lines ([] without runs); its figures (PNG) go into ``figures`` when given. ``study``:
+    the proxy rows in the study summary's shape (the study's summary.json, or
+    :func:`~lir_robust.studies.text_attack_proxy.proxy_summary` of it and the recipe search's files)."""
     if not runs:
         return []
     lines = ["## Text attacks (issue 19): adversarial text, re-encoded", "",
@@ -212,10 +205,12 @@ def text_attack_section(runs: Sequence[tuple[str, dict[str, Any]]], study: dict[
              "queries; query-text: each held-out query's own text, the ceiling): hijack@10 = share of held-out queries "
              "whose top 10 gains an edited document; over length = share of edited documents longer than the model's "
              "document length (cut there: an appended snippet may be lost). Retained = attacked / clean nDCG@10. The proxy columns are the "
-             "embedding-level attack of the same head on the same model (the retraining study's raw rows for the untrained model: "
-             "spike / hard K = 4 retained nDCG@10; for a `make attack` run of a retrained model, that variant's retrained "
-             "row; `-` when the run does not name the study's model, n/a where the study has no such row). "
-             "Inputs: `results/text-attacks/<run>/results.json` (the README there gives the command of each run).", ""]
+             "embedding-level attack of the same head on the same model (spike / hard K = 4 retained nDCG@10: the "
+             "retraining study's raw rows for the untrained model, else the recipe search's untrained screens; for a run "
+             "kept as `<collection>/<variant>/<run>`, that variant of the study's recipe retrained, from the study, the "
+             "recipe search or the coherence direction; `-` when the run does not name the model, n/a where no source "
+             "has the row). Inputs: `results/text-attacks/<run>/results.json` (the README there gives the command of "
+             "each run).", ""]
     for (collection, model), members in _groups(runs).items():
         lines += [f"### {collection}, {model}", ""]
         findings = _findings(members)
@@ -231,4 +226,4 @@ def text_attack_section(runs: Sequence[tuple[str, dict[str, Any]]], study: dict[
             name = "text_attacks_" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{collection} {model}").strip("-") + ".png"
             if _figure(passages, f"success@10 against passages used: {collection}, {model}", figures / name) is not None:
                 lines += [f"![success@10 against adversarial passages used, {collection}, {model}]({figures_link}/{name})", ""]
-    return lines
+    return lines + correlation_lines(runs, study)
