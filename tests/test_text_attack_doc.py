@@ -93,6 +93,7 @@ def test_the_findings_state_issue_19s_target_by_its_rule(tmp_path):
     missed = "\n".join(text_attack_section([("a", runs["missed"])]))
     assert "Issue 19's target" in reached and ": reached; the best run is a (50.0 %)." in reached
     assert ": not reached; the best run is a (49.0 %)." in missed
+    assert "the issue sets it on Cranfield, the same rule here on tiny" in missed  # the issue's target is Cranfield's
     assert "Issue 19's target" not in "\n".join(text_attack_section([("a", _hotflip(0.9))]))  # N = 2
 
 

@@ -167,8 +167,10 @@ def _findings(members) -> list[str]:
               if head == "maxsim"]
     if maxsim:
         value, name = max(maxsim)
+        collection = members[0][1]["data"]["name"]
+        where = "" if collection == "cranfield" else f"; the issue sets it on Cranfield, the same rule here on {collection}"
         lines.append(f"- Issue 19's target (untrained maxsim, N = 10 passages in the top 10 for >= 50 % of held-out "
-                     f"queries): {'reached' if value >= 0.5 else 'not reached'}; the best run is {name} ({percent(value)}).")
+                     f"queries{where}): {'reached' if value >= 0.5 else 'not reached'}; the best run is {name} ({percent(value)}).")
     for kind in EDIT_KINDS:
         rows = [(entry["metrics"]["hijack@10"], head, name) for name, report in members
                 if report["config"]["attack"] == kind for head, entry in report["results"].items()]
