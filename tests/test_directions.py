@@ -190,3 +190,16 @@ def test_results_doc_takes_the_directions_files_from_its_options(tmp_path):
     assert status in (0, None)
     assert "## Recipe search (issue 20)" in text and "blend retrained + spike:4 hard-corpus:4" in text
     assert "(screen)" in text and "### Text defence" in text
+
+
+def test_each_defended_model_is_compared_with_the_undefended_one_of_its_collection(tmp_path):
+    paths = _files(tmp_path)
+    models = json.loads(paths["text_defence"].read_text())["models"]
+    both = {f"{collection}/{name}": {**entry, "collection": collection} for collection in ("cranfield", "med")
+            for name, entry in models.items()}
+    both["med/baseline"]["clean_ndcg@10_all_queries"] = 0.8
+    both["med/baseline"]["hotflip"] = {"success@10": 0.2, "success@100": 0.5, "held_out_queries": 15}
+    paths["text_defence"].write_text(json.dumps({"models": both}))
+    part = _render(paths)[_render(paths).index("### Text defence"):]
+    assert "- cranfield/defended-hotflip: clean nDCG@10 0.378 -> 0.359 (-0.019, outside issue 20's 0.01); HotFlip success@10 3.6 %" in part
+    assert "- med/defended-hotflip: clean nDCG@10 0.800 -> 0.359 (-0.441, outside issue 20's 0.01); HotFlip success@10 20.0 %" in part

@@ -125,7 +125,8 @@ def directions_section(inputs: Mapping[str, Any], study: Mapping[str, Any] | Non
 
 def text_defence_section(summary: Mapping[str, Any] | None) -> list[str]:
     """Issue 19's text defence (adversarial passages as fine-tuning negatives), judged by new attacks on held-out
-    queries. Each defended model is compared with the model of the same run trained without passages."""
+    queries. Each defended model is compared with the model of its collection (its entry's ``collection``; one group
+    when entries name none) trained without passages."""
     models = (summary or {}).get("models") or {}
     if not models:
         return []
@@ -147,9 +148,11 @@ def text_defence_section(summary: Mapping[str, Any] | None) -> list[str]:
                                 percent(attack(entry, "cluster-text", "success@10")),
                                 attack(entry, "hotflip", "held_out_queries") or "n/a",
                                 number(config.get("median_step_time_s"), digits=1)]))
-    lines += ["", "What it gave (each defended model against the one trained without passages):", ""]
-    baseline = next((entry for entry in models.values() if not (entry.get("finetune") or {}).get("adversarial_passages")), None)
+    lines += ["", "What it gave (each defended model against the one of its collection trained without passages):", ""]
+    baselines = {entry.get("collection"): entry for entry in reversed(models.values())
+                 if not (entry.get("finetune") or {}).get("adversarial_passages")}  # the first of each collection
     for name, entry in models.items():
+        baseline = baselines.get(entry.get("collection"))
         if baseline is None or entry is baseline:
             continue
         clean = (baseline.get("clean_ndcg@10_all_queries"), entry.get("clean_ndcg@10_all_queries"))

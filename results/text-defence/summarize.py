@@ -1,8 +1,8 @@
 """Summarise the text-defence comparison (issue 19 item 3) into summary.json + table.md beside this file.
 
-    python results/text-defence/summarize.py --runs /work/runs/h3
+    python results/text-defence/summarize.py --runs cranfield=/work/runs/h3 med=/work/runs/p/defence-med
 
-Reads, for each model (baseline: fine-tuned without the defence; defended: with --adversarial-passages cluster-text:10
+Reads, per collection (COLLECTION=FOLDER; a bare FOLDER is Cranfield's) and for each model (baseline: fine-tuned without the defence; defended: with --adversarial-passages cluster-text:10
 hotflip:10; defended-hotflip: hotflip:10 alone), the
 fine-tune's summary.json / config.json / log.jsonl / adversarial-passages/*.json and the results.json of
 eval/attack.py --attack hotflip and --attack cluster-text run against that model and its head.
@@ -23,48 +23,55 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def summarize(runs: Path) -> dict:
+def summarize(folders: dict[str, Path]) -> dict:
     out = {"models": {}}
-    for name in MODELS:
-        run = runs / name
-        summary, config = _read(run / "summary.json"), _read(run / "config.json")
-        entry = {"run": str(run), "finished": summary is not None}
-        if config:
-            entry["finetune"] = {key: config.get(key) for key in ("pooling", "seed", "max_steps", "injected_negatives",
-                                                                    "adversarial_passages", "adversarial_passage_refresh",
-                                                                    "adversarial_passage_iterations", "adversarial_passage_length")}
-        if summary:
-            entry["finetune"].update(median_step_time_s=summary.get("median_step_time_s"), val_loss=summary.get("val_loss"),
-                                     val_top1=summary.get("val_top1"))
-        builds = sorted((run / "adversarial-passages").glob("step-*.json"))
-        if builds:
-            entry["passage_builds"] = [{"step": _read(path)["step"], "seconds": _read(path)["seconds"]} for path in builds]
-        clean = _read(runs / "clean" / name / "results.json")  # eval/length_sweep.py --ks 0: every judged query
-        if clean:
-            (head, by_kind), = clean["metrics"].items()
-            entry["clean_ndcg@10_all_queries"] = next(iter(by_kind.values()))["by_k"]["0"]["mean"]["ndcg@10"]
-            entry["clean_queries"] = clean["evaluated_queries"]
-        for attack in ATTACKS:
-            report = _read(runs / "attack" / name / attack / "results.json")
-            if report is None:
-                continue
-            (head, result), = report["results"].items()
-            item = {"head": head, **{key: result["metrics"][key] for key in result["metrics"]},
-                    "held_out_queries": report["split"]["held_out_queries"], "seconds_total": report["timings_s"]["total"]}
-            if result.get("hotflip"):
-                stats = result["hotflip"]
-                item["hotflip_seconds_per_iteration"] = sum(s["seconds_per_iteration"] for s in stats) / len(stats)
-                item["hotflip_iterations"] = report["config"]["iterations"]
-            entry[attack] = item
-        out["models"][name] = entry
+    for collection, runs in folders.items():
+        for name in MODELS:
+            if (runs / name).is_dir():
+                out["models"][f"{collection}/{name}"] = {"collection": collection, **_model(runs, name)}
     return out
 
 
+def _model(runs: Path, name: str) -> dict:
+    """One model's fine-tune, clean nDCG@10 and judging attacks, from ``runs/<name>``, ``runs/clean/<name>``, ``runs/attack/<name>/<attack>``."""
+    run = runs / name
+    summary, config = _read(run / "summary.json"), _read(run / "config.json")
+    entry = {"run": str(run), "finished": summary is not None}
+    if config:
+        entry["finetune"] = {key: config.get(key) for key in ("pooling", "seed", "max_steps", "injected_negatives",
+                                                                "adversarial_passages", "adversarial_passage_refresh",
+                                                                "adversarial_passage_iterations", "adversarial_passage_length")}
+    if summary:
+        entry["finetune"].update(median_step_time_s=summary.get("median_step_time_s"), val_loss=summary.get("val_loss"),
+                                 val_top1=summary.get("val_top1"))
+    builds = sorted((run / "adversarial-passages").glob("step-*.json"))
+    if builds:
+        entry["passage_builds"] = [{"step": _read(path)["step"], "seconds": _read(path)["seconds"]} for path in builds]
+    clean = _read(runs / "clean" / name / "results.json")  # eval/length_sweep.py --ks 0: every judged query
+    if clean:
+        (head, by_kind), = clean["metrics"].items()
+        entry["clean_ndcg@10_all_queries"] = next(iter(by_kind.values()))["by_k"]["0"]["mean"]["ndcg@10"]
+        entry["clean_queries"] = clean["evaluated_queries"]
+    for attack in ATTACKS:
+        report = _read(runs / "attack" / name / attack / "results.json")
+        if report is None:
+            continue
+        (head, result), = report["results"].items()
+        item = {"head": head, **{key: result["metrics"][key] for key in result["metrics"]},
+                "held_out_queries": report["split"]["held_out_queries"], "seconds_total": report["timings_s"]["total"]}
+        if result.get("hotflip"):
+            stats = result["hotflip"]
+            item["hotflip_seconds_per_iteration"] = sum(s["seconds_per_iteration"] for s in stats) / len(stats)
+            item["hotflip_iterations"] = report["config"]["iterations"]
+        entry[attack] = item
+    return entry
+
+
 def markdown(summary: dict) -> str:
-    lines = ["# Text defence: adversarial passages as fine-tuning negatives (Cranfield, seed 0, 40 steps, exclusive)", "",
+    lines = ["# Text defence: adversarial passages as fine-tuning negatives (seed 0, 40 steps, exclusive)", "",
              "Judged only by NEW attacks optimised against each trained model and its head (held-out half of the "
              "judged queries, seed-0 split; the defence saw only its own pseudo-queries).", "",
-             "| model | clean nDCG@10 (all 225) | clean nDCG@10 (held-out) | HotFlip success@1 | success@10 | success@100 | nDCG@10 retained | "
+             "| model | clean nDCG@10 (all judged queries) | clean nDCG@10 (held-out) | HotFlip success@1 | success@10 | success@100 | nDCG@10 retained | "
              "cluster-text success@10 | cluster-text retained | median step (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, entry in summary["models"].items():
         hot, black = entry.get("hotflip", {}), entry.get("cluster-text", {})
@@ -79,9 +86,10 @@ def markdown(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--runs", nargs="+", required=True, metavar="[COLLECTION=]FOLDER")
     args = parser.parse_args()
-    summary = summarize(args.runs)
+    summary = summarize({(item.split("=", 1)[0] if "=" in item else "cranfield"): Path(item.split("=", 1)[-1])
+                         for item in args.runs})
     (HERE / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (HERE / "table.md").write_text(markdown(summary))
 
