@@ -64,11 +64,13 @@ def test_the_doc_carries_the_correlation_computed_from_the_runs():
     hard = spearman([0.7, 0.9, 0.6, 0.8], [0.5, 0.5, 0.25, 0.125])
     # by hand: ranks (3, 1, 4, 2) vs (3.5, 3.5, 2, 1), both means 2.5: sum dx dy = -1, sum dx^2 = 5, sum dy^2 = 4.5
     assert spike == pytest.approx(-1 / (5 * 4.5) ** 0.5) and hard == pytest.approx(1 / (5 * 4.5) ** 0.5)
-    hotflip = "| tiny | HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates |"
+    hotflip = "| tiny | HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates | success@10 |"
     assert f"{hotflip} spike K=4 kept | 4 | {spike:+.2f} | untrained: exclusive:capacity=1,candidates=8; maxsim; softmax:tau=1.0 / retrained: maxsim |" in text
     assert f"{hotflip} hard K=4 kept | 4 | {hard:+.2f} |" in text
-    assert "| tiny | cluster-text N = 10 | spike K=4 kept | 2 | too few | untrained: maxsim; softmax:tau=1.0 |" in text
-    assert "| retrained | maxsim | 20.0 % | 80.0 % | 12.5 % | n/a |" in text   # the points table
+    assert "| tiny | cluster-text N = 10 | success@10 | spike K=4 kept | 2 | too few | untrained: maxsim; softmax:tau=1.0 |" in text
+    # success@100 is 1.0 everywhere: a constant column has no rank correlation
+    assert "| tiny | HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates | success@100 | spike K=4 kept | 4 | undefined (a constant column) |" in text
+    assert "| retrained | maxsim | 20.0 % | 80.0 % | 12.5 % | 100.0 % | n/a | n/a |" in text   # the points table
 
 
 def test_proxy_rows_come_from_the_study_then_the_recipe_search_and_the_coherence_files():

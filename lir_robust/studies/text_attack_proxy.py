@@ -1,5 +1,5 @@
 """The embedding-level proxy beside docs/RESULTS.md's text attacks (issue 19 item 1d): where each proxy value comes
-from, and the rank correlation over variants between each proxy and text-attack success@10.
+from, and the rank correlation over variants between each proxy and text-attack success@10 (and success@100).
 
 Proxy rows (:func:`proxy_summary`): rows shaped like the retraining study's summary (``collection``, ``protocol``,
 ``variant``, ``head``, ``retained`` spike / hard K = 4 means, ``seeds``), gathered in this order, the first match
@@ -13,7 +13,8 @@ layout; ``raw`` = the untrained model) attacked that variant of the study's reci
 weights is ``raw``, and any other run is unknown (no proxy).
 
 Correlation (:func:`correlation_lines`): per collection, per text attack (HotFlip N = 10 at the suite's settings:
-:data:`HOTFLIP_SETTINGS`; cluster-text N = 10) and per proxy: Spearman's rho
+:data:`HOTFLIP_SETTINGS`; cluster-text N = 10), per measure (:data:`MEASURES`: success@10, the issue's; success@100, finer where few
+queries are held out: MED's 15 make success@10 move in steps of 6.7 points) and per proxy: Spearman's rho
 (:func:`lir_robust.studies.attack_summary.spearman`) over the (model, head) variants that have both numbers, the
 untrained model's heads and the retrained models (each through its own head) together; fewer than 3 variants say
 'too few'. The proxies are shares kept (higher = more robust): a proxy that predicts the text attack has rho < 0.
@@ -27,8 +28,9 @@ from lir_robust.reporting.format import percent, real_value, table_header, table
 from lir_robust.studies.attack_summary import PROXIES, spearman, study_proxy
 from lir_robust.studies.retraining import variant_name
 
-__all__ = ["HOTFLIP_SETTINGS", "SCREEN_COLLECTION", "study_row", "proxy_summary", "correlation_points", "correlation_lines"]
+__all__ = ["MEASURES", "HOTFLIP_SETTINGS", "SCREEN_COLLECTION", "study_row", "proxy_summary", "correlation_points", "correlation_lines"]
 
+MEASURES = ("success@10", "success@100")
 HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32}
 SCREEN_COLLECTION = "cranfield"  # the recipe search's untrained screen (its summary's raw_screen) ran on Cranfield only
 _KINDS = (("hotflip", "HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates"), ("cluster-text", "cluster-text N = 10"))
@@ -87,7 +89,8 @@ def _standard(config: Mapping[str, Any], kind: str) -> bool:
 def correlation_points(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Mapping[str, Any] | None,
                        kind: str) -> dict[str, list[dict[str, Any]]]:
     """Per collection, one point per (model, head) with a ``kind`` run at N = 10 (HotFlip: the suite's settings):
-    ``{"model", "head", "run", "success@10", <proxies>}``, the first run by name where several match."""
+    ``{"model", "head", "run", <MEASURES>, <proxies>}``, the first run by name where several match; the untrained
+    model's points first, then each collection's in (model, head) order."""
     points: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
     for name, report in sorted(runs, key=lambda item: item[0]):
         row = study_row(name, report)
@@ -101,7 +104,7 @@ def correlation_points(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: M
                 model = ("untrained" if row[0] == "raw" else
                          "retrained" + ("" if row[1] == variant_name(head) else f" ({row[1]})"))
                 points[collection][(*row, head)] = {"model": model, "head": head, "run": name,
-                                                    "success@10": entry["metrics"].get("success@10"),
+                                                    **{measure: entry["metrics"].get(measure) for measure in MEASURES},
                                                     **{proxy: values[proxy] for proxy in PROXIES}}
     return {collection: [found[key] for key in sorted(found, key=lambda key: (key[0] != "raw", key[1], key[2]))]
             for collection, found in points.items()}
@@ -115,8 +118,8 @@ def _variants(points: Sequence[Mapping[str, Any]]) -> str:
     return " / ".join(f"{model}: {'; '.join(names)}" for model, names in heads.items()) or "-"
 
 
-def _known(point: Mapping[str, Any], proxy: str) -> bool:
-    return all(real_value(point[key]) is not None for key in (proxy, "success@10"))
+def _known(point: Mapping[str, Any], proxy: str, measure: str) -> bool:
+    return all(real_value(point[key]) is not None for key in (proxy, measure))
 
 
 def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Mapping[str, Any] | None) -> list[str]:
@@ -127,31 +130,35 @@ def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Ma
         return []
     lines = ["### The embedding-level proxy against the text attacks", "",
              "Spearman's rho (ties share their mean rank) over the variants (model, head) of a collection that have both "
-             "the proxy and the attack's success@10: the untrained model's heads and the retrained models, each attacked "
+             "the proxy and the attack's measure: the untrained model's heads and the retrained models, each attacked "
              "through the head it was trained with, together. Attacks: " + "; ".join(label for _, label in _KINDS) + ". "
              "The proxies are shares kept (higher = more robust), so a proxy that predicts the text attack has rho < 0. "
              "A retrained model's proxy is its source's mean over the seeds it ran (the attacked model is seed 0); fewer "
              "than 3 variants: too few. Computed from the runs above (lir_robust/studies/text_attack_proxy.py).", ""]
-    lines += table_header(["collection", "text attack (success@10)", "proxy", "n", "Spearman's rho", "variants used"])
+    lines += table_header(["collection", "text attack", "measure", "proxy", "n", "Spearman's rho", "variants used"])
     for collection in collections:
         for kind, label in _KINDS:
             points = by_kind[kind].get(collection, [])
-            for proxy in PROXIES:
-                used = [point for point in points if _known(point, proxy)]
-                rho = spearman([point[proxy] for point in used], [point["success@10"] for point in used])
-                value = ("too few" if len(used) < 3 else "undefined (a constant column)" if rho is None else f"{rho:+.2f}")
-                lines.append(table_row([collection, label, _PROXY_NAMES[proxy], len(used), value,
-                                        _variants(used)]))
+            for measure in MEASURES:
+                for proxy in PROXIES:
+                    used = [point for point in points if _known(point, proxy, measure)]
+                    rho = spearman([point[proxy] for point in used], [point[measure] for point in used])
+                    value = "too few" if len(used) < 3 else "undefined (a constant column)" if rho is None else f"{rho:+.2f}"
+                    lines.append(table_row([collection, label, measure, _PROXY_NAMES[proxy], len(used), value,
+                                            _variants(used)]))
     lines.append("")
     for collection in collections:
         lines += [f"Points, {collection}:", ""]
-        lines += table_header(["model", "head", "spike K=4 kept", "hard K=4 kept", "HotFlip success@10", "cluster-text success@10"])
+        lines += table_header(["model", "head", "spike K=4 kept", "hard K=4 kept"]
+                              + [f"{kind} {measure}" for kind, _ in _KINDS for measure in MEASURES])
         merged: dict[tuple[str, str], dict[str, Any]] = {}
         for kind, _ in _KINDS:
             for point in by_kind[kind].get(collection, []):
-                merged.setdefault((point["model"], point["head"]), {**point})[kind] = point["success@10"]
-        for (model, head), point in merged.items():
-            lines.append(table_row([model, head, percent(point["spike_k4_retained"]), percent(point["hard_k4_retained"]),
-                                    percent(point.get("hotflip")), percent(point.get("cluster-text"))]))
+                entry = merged.setdefault((point["model"], point["head"]), {**point})
+                entry.update({f"{kind} {measure}": point[measure] for measure in MEASURES})
+        for key in sorted(merged, key=lambda key: (key[0] != "untrained", key)):
+            point = merged[key]
+            lines.append(table_row([*key, percent(point["spike_k4_retained"]), percent(point["hard_k4_retained"])]
+                                   + [percent(point.get(f"{kind} {measure}")) for kind, _ in _KINDS for measure in MEASURES]))
         lines.append("")
     return lines
