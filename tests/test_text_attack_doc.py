@@ -73,6 +73,7 @@ def test_the_section_is_generated_from_the_results_and_follows_them(tmp_path):
     assert ("| insertion-l16 | insertion | N = 3 (2 clusters), L = 16, 5 iterations, init queries, at a sentence boundary | maxsim | 4 "
             "| 0.400 | 75.0 % | 25.0 % | 0.0 % | 5.0 % | 62.5 % |") in text
     assert "- insertion: the largest hijack@10 is 25.0 % (maxsim, run insertion-l16)." in text
+    assert "- Few held-out queries (4): one query moves a success@k or hijack share by 25.0 points." in text
     assert (tmp_path / "figures" / "text_attacks_tiny-minilm-untrained.png").is_file()
     assert "](figures/text_attacks_tiny-minilm-untrained.png)" in text
     changed = read_text_attacks(_folder(tmp_path / "b", {"hotflip-n2": _hotflip(0.125), "insertion-l16": _insertion()}))

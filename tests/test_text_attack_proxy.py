@@ -104,3 +104,14 @@ def test_which_model_a_run_attacked():
     assert study_row("tiny/raw/hotflip", _run("hotflip", {"maxsim": 0.1}, "w")) == ("raw", "raw")
     assert study_row("hotflip", _run("hotflip", {"maxsim": 0.1})) == ("raw", "raw")
     assert study_row("hotflip", _run("hotflip", {"maxsim": 0.1}, "w")) is None
+
+
+def test_the_findings_name_the_rows_where_the_proxy_ranks_the_variants_as_the_attack_does_or_the_opposite():
+    # spike (0.1, 0.4, 0.3) against success@10 (0.5, 0.1, 0.2): rho -1; hard (0.9, 0.6, 0.7): rho +1
+    runs = [("tiny/raw/hotflip", _run("hotflip", {"maxsim": 0.5, "softmax:tau=1.0": 0.1,
+                                                   "exclusive:capacity=1,candidates=8": 0.2}))]
+    text = "\n".join(text_attack_section(runs, STUDY))
+    assert ("- The proxy ranks the variants as the text attack does (rho <= -0.5): "
+            "tiny hotflip success@10 / spike K=4 kept (-1.00).") in text
+    assert "(rho >= +0.5: the variants the proxy calls robust are the easier to attack): tiny hotflip success@10 / hard K=4 kept (+1.00)." in text
+    assert "(rho <= -0.5): no row." in "\n".join(text_attack_section(RUNS, STUDY))

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_ATTACKS_FOLDER = Path("results/text-attacks")
 _ORDER = PASSAGE_KINDS + EDIT_KINDS
+FEW_QUERIES = 50  # fewer held-out queries than this: the findings say how far one query moves a share
 _FIX = "put the compact results of a `lir-robust attack` run there with `lir-robust results-doc --add-text-attack RUN`"
 
 
@@ -152,8 +153,13 @@ def _edit_table(members, study) -> list[str]:
 def _findings(members) -> list[str]:
     """Statements computed from the numbers: per passage kind, the largest success@10 with N = 10 passages and the
     head it was measured on; issue 19's target (untrained maxsim, N = 10: success@10 >= 50 %) checked on every
-    measured maxsim row; per edit kind, the largest hijack@10."""
+    measured maxsim row; per edit kind, the largest hijack@10; and, with fewer than :data:`FEW_QUERIES` held-out
+    queries, how far one query moves a share."""
     lines = []
+    held_out = sorted({report["split"]["held_out_queries"] for _, report in members})
+    if held_out and held_out[0] < FEW_QUERIES:
+        lines.append(f"- Few held-out queries ({', '.join(map(str, held_out))}): one query moves a success@k or hijack "
+                     f"share by {100 / held_out[0]:.1f} points.")
     for kind in PASSAGE_KINDS:
         rows = [(entry["metrics"]["success@10"], head, name, report) for name, report in members
                 if report["config"]["attack"] == kind and report["config"]["n"] == 10 for head, entry in report["results"].items()]

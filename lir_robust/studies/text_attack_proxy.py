@@ -34,6 +34,7 @@ MEASURES = ("success@10", "success@100")
 HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32}
 SCREEN_COLLECTION = "cranfield"  # the recipe search's untrained screen (its summary's raw_screen) ran on Cranfield only
 _KINDS = (("hotflip", "HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates"), ("cluster-text", "cluster-text N = 10"))
+STRONG = 0.5  # |rho| at which the findings name a row
 _PROXY_NAMES = {"spike_k4_retained": "spike K=4 kept", "hard_k4_retained": "hard K=4 kept"}
 
 
@@ -136,6 +137,7 @@ def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Ma
              "A retrained model's proxy is its source's mean over the seeds it ran (the attacked model is seed 0); fewer "
              "than 3 variants: too few. Computed from the runs above (lir_robust/studies/text_attack_proxy.py).", ""]
     lines += table_header(["collection", "text attack", "measure", "proxy", "n", "Spearman's rho", "variants used"])
+    strong: dict[bool, list[str]] = {True: [], False: []}  # |rho| >= STRONG: predicts (rho < 0) / the opposite
     for collection in collections:
         for kind, label in _KINDS:
             points = by_kind[kind].get(collection, [])
@@ -146,7 +148,12 @@ def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Ma
                     value = "too few" if len(used) < 3 else "undefined (a constant column)" if rho is None else f"{rho:+.2f}"
                     lines.append(table_row([collection, label, measure, _PROXY_NAMES[proxy], len(used), value,
                                             _variants(used)]))
-    lines.append("")
+                    if rho is not None and len(used) >= 3 and abs(rho) >= STRONG:
+                        strong[rho < 0].append(f"{collection} {kind} {measure} / {_PROXY_NAMES[proxy]} ({rho:+.2f})")
+    lines += ["", f"- The proxy ranks the variants as the text attack does (rho <= -{STRONG}): "
+              + ("; ".join(strong[True]) or "no row") + ".",
+              f"- The opposite (rho >= +{STRONG}: the variants the proxy calls robust are the easier to attack): "
+              + ("; ".join(strong[False]) or "no row") + ".", ""]
     for collection in collections:
         lines += [f"Points, {collection}:", ""]
         lines += table_header(["model", "head", "spike K=4 kept", "hard K=4 kept"]
