@@ -169,3 +169,29 @@ def test_one_rule_for_nan_rows_and_documents_without_patches(head):
         torch.testing.assert_close(scores[0, 0], expected_real)
         torch.testing.assert_close(scores[0, 3], expected_real)  # the NaN row is dropped, the rest scores as usual
         assert scores[0].argsort(descending=True)[:2].tolist() in ([0, 3], [3, 0])
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_blend_at_inference_reads_blocks_and_gives_the_values_of_its_shared_state(monkeypatch, tau):
+    """blend's inference path (each part in cache-sized blocks of the scorer's strided [Nq, Nd, Tq, Td] view, the
+    greedy once) equals finalize(partial(...)) on the whole block: masked patches (holding inf and NaN), a document
+    without patches, padded query tokens, blocks that end mid-way."""
+    from lir_robust.scoring.pooling import blend
+
+    monkeypatch.setattr(blend, "BLOCK_ELEMENTS", 3 * 4 * 9)  # 3 documents per block: 7 documents -> 3 blocks a query
+    torch.manual_seed(0)
+    storage = torch.randn(2, 4, 7, 1, 9)  # the scorer's layout [Nq, Tq, Nd, 1, Td], then its permuted view
+    similarities = storage.squeeze(3).permute(0, 2, 1, 3)
+    document_mask = torch.ones(7, 9, dtype=torch.bool)
+    document_mask[1, 5:] = False
+    document_mask[4, :] = False  # no patch at all
+    document_mask[6, 2:] = False
+    storage[:, :, 1, 0, 7] = float("inf")  # masked similarities may hold anything
+    storage[:, :, 6, 0, 8] = float("nan")
+    query_mask = torch.tensor([[True, True, True, True], [True, True, False, False]]).unsqueeze(1)
+    head = parse_head(f"blend:tau={tau},weight=0.5")
+    fast = head(similarities, document_mask, query_mask)
+    whole = head.finalize(head.partial(similarities, document_mask), query_mask)
+    assert fast.shape == whole.shape == (2, 7, 4)
+    assert torch.isneginf(fast[:, 4]).all() and torch.isneginf(whole[:, 4]).all()
+    torch.testing.assert_close(fast, whole)

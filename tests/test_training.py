@@ -350,7 +350,7 @@ def test_two_step_finetune_on_an_untitled_one_sentence_corpus(tmp_path):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data_kind"] == "independent-crops" and config["pseudo_queries"] == "sentence" and config["head"].startswith("exclusive")
+    assert config["data_kind"] == "independent-crops" and config["pseudo_queries"] == "sentence" and config["head"].startswith("blend:")
     assert config["training_pairs"] == 8 and config["validation_pairs_held_out"] == 2
     steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [record["step"] for record in steps] == [1, 2] and all(math.isfinite(record["loss"]) for record in steps)

@@ -69,8 +69,9 @@ __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomi
 
 logger = logging.getLogger(__name__)
 
-# maxsim (the baseline), exclusive (the fine-tuning default), then the soft heads of the paper
-DEFAULT_HEADS = ("maxsim", "exclusive:capacity=1,candidates=8", "topk:k=4", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
+# maxsim (the baseline), blend (the fine-tuning default), exclusive (its capacity-limited half), then the paper's heads
+DEFAULT_HEADS = ("maxsim", "blend:tau=1.0,weight=0.5,capacity=1,candidates=8", "exclusive:capacity=1,candidates=8", "topk:k=4",
+                 "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
 REPORT_K = 100
 # Most documents one segment holds when --segments is auto: bounds the sweep's working memory whatever the corpus.
 SEGMENT_DOCUMENTS = 2048

@@ -66,7 +66,7 @@ class FinetuneConfig:
 
     model: str = "minilm"
     data: str = "cranfield"
-    pooling: str = "exclusive:capacity=1,candidates=8"
+    pooling: str = "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"
     pool_k: int | None = None
     pool_tau: float | None = None
     # model
