@@ -9,10 +9,10 @@ from typing import ClassVar
 
 import torch
 
-from lir_robust.scoring.pooling.base import PoolingHead, _check_positive, _records_gradient, _safe_max, register_head
+from lir_robust.scoring.pooling.base import PoolingHead, _check_positive, _records_gradient, register_head
 from lir_robust.scoring.pooling.compiled import can_compile, compiled_top_candidates
 from lir_robust.scoring.pooling.exclusive import ExclusiveMatchHead
-from lir_robust.scoring.pooling.heads import SoftmaxHead
+from lir_robust.scoring.pooling.heads import SoftmaxHead, _exponentiate_in_place
 from lir_robust.scoring.pooling.shared import SharedWork
 
 __all__ = ["BlendHead"]
@@ -47,8 +47,7 @@ def _parts_in_blocks(exclusive: ExclusiveMatchHead, softmax: SoftmaxHead, simila
             values[query, first : first + step], ids[query, first : first + step] = compiled_top_candidates(work, count)
             if scale != 1.0:
                 work.mul_(scale)
-            work.sub_(_safe_max(work)).exp_()  # exactly 0 at masked patches
-            totals[query, first : first + step] = work.sum(dim=-1)
+            totals[query, first : first + step] = _exponentiate_in_place(work)[1]  # exactly 0 at masked patches
             dot = torch.linalg.vecdot(work, block)
             if bool(torch.isnan(dot).any()):  # a masked similarity held inf or NaN (0 x inf): the sum without them
                 dot = torch.linalg.vecdot(work, block.masked_fill(hidden, 0.0))

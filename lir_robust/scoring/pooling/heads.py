@@ -146,9 +146,16 @@ def _exponentials_in_place(similarities: torch.Tensor, document_mask: torch.Tens
     valid = _all_valid(document_mask)
     mask = None if valid else document_mask.to(torch.bool).unsqueeze(-2)
     work = similarities.float() * (1.0 / tau) if valid else similarities.float().masked_fill(~mask, -math.inf).mul_(1.0 / tau)
+    shift, total = _exponentiate_in_place(work)
+    return work, shift, total, mask
+
+
+def _exponentiate_in_place(work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``work [..., L]`` (similarities / tau, -inf at masked patches) becomes ``exp(work - max)``, 0 at masked patches;
+    returns ``(max [..., 1], the sum [...])``."""
     shift = _safe_max(work)  # no valid patch: shift by 0, the row stays -inf, its exponentials 0
     total = work.sub_(shift).exp_().sum(dim=-1)  # >= 1 wherever a patch is valid (the max gives exp(0))
-    return work, shift, total, mask
+    return shift, total
 
 
 @register_head("softmax")
