@@ -22,6 +22,7 @@ untrained model's heads and the retrained models (each through its own head) tog
 
 from __future__ import annotations
 
+from statistics import fmean
 from typing import Any, Mapping, Sequence
 
 from lir_robust.reporting.format import percent, real_value, table_header, table_row
@@ -33,7 +34,8 @@ __all__ = ["MEASURES", "HOTFLIP_SETTINGS", "SCREEN_COLLECTION", "study_row", "pr
 MEASURES = ("success@10", "success@100")
 HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32}
 SCREEN_COLLECTION = "cranfield"  # the recipe search's untrained screen (its summary's raw_screen) ran on Cranfield only
-_KINDS = (("hotflip", "HotFlip N = 10, L = 32, 20 iterations, init queries, 32 candidates"), ("cluster-text", "cluster-text N = 10"))
+_KINDS = (("hotflip", "HotFlip N = {n}, L = {length}, {iterations} iterations, init {init}, {candidates} candidates".format(**HOTFLIP_SETTINGS)),
+          ("cluster-text", "cluster-text N = 10"))
 STRONG = 0.5  # |rho| at which the findings name a row
 _PROXY_NAMES = {"spike_k4_retained": "spike K=4 kept", "hard_k4_retained": "hard K=4 kept"}
 
@@ -53,10 +55,6 @@ def _row(collection: str, protocol: str, variant: str, head: str, spike: Any, ha
             "retained": {"spike": {"4": {"mean": spike}}, "hard": {"4": {"mean": hard}}}}
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def proxy_summary(study: Mapping[str, Any] | None, recipe_search: Mapping[str, Any] | None = None,
                   directions: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``{"rows": [...]}`` in the study summary's shape (what :func:`~lir_robust.studies.attack_summary.study_proxy`
@@ -74,8 +72,8 @@ def proxy_summary(study: Mapping[str, Any] | None, recipe_search: Mapping[str, A
     for row in ((directions or {}).get("coherence_retrained") or {}).get("per_seed", []):
         if row.get("protocol") != "swap" and row["trained_with"] == row["scored_with"]:
             own.setdefault((row["collection"], row["scored_with"]), []).append(row)
-    rows += [_row(collection, "retrained", variant_name(head), head, _mean([r["retained_spike_k4"] for r in members]),
-                  _mean([r["retained_hard_k4"] for r in members]), sorted(r["seed"] for r in members))
+    rows += [_row(collection, "retrained", variant_name(head), head, fmean([r["retained_spike_k4"] for r in members]),
+                  fmean([r["retained_hard_k4"] for r in members]), sorted(r["seed"] for r in members))
              for (collection, head), members in own.items()]
     return {"rows": rows}
 
