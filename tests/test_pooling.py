@@ -113,8 +113,10 @@ def test_partial_merge_finalize_over_a_split_document_equals_the_whole(spec):
 @pytest.mark.parametrize("spec", ["softmax:tau=0.1", "softmax:tau=1.0", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_inference_path_gives_the_values_of_the_differentiable_one(spec, dtype):
-    """softmax and lse compute inference with one temporary rewritten in place; same values as with gradients, on
-    masked patches holding garbage, on documents without any valid patch (-inf), whole and in blocks of a view."""
+    """softmax and lse compute inference with one temporary rewritten in place (softmax on padded or unmasked float32
+    blocks: compiled sums, no temporary); same values as with gradients, on masked patches holding garbage, on
+    documents without any valid patch (-inf), on padded documents (garbage past each one's length), whole and in
+    blocks of a view."""
     head = parse_head(spec)
     similarities = random_similarities(4, 6, 30, seed=5)
     mask = torch.rand(4, 30, generator=torch.Generator().manual_seed(6)) > 0.3
@@ -123,7 +125,10 @@ def test_the_inference_path_gives_the_values_of_the_differentiable_one(spec, dty
     similarities[0, 0, ~mask[0]] = math.nan
     similarities = similarities.to(dtype)
     clean = random_similarities(4, 6, 30, seed=7).to(dtype)
-    for inputs, document_mask in ((similarities, mask), (clean, torch.ones_like(mask))):
+    padding = torch.arange(30) < torch.tensor([30, 0, 1, 17]).unsqueeze(-1)  # the scorer's padded documents
+    padded = clean.masked_fill(~padding.unsqueeze(1), math.nan)
+    padded[3, :, 20:] = math.inf
+    for inputs, document_mask in ((similarities, mask), (clean, torch.ones_like(mask)), (padded, padding)):
         with torch.no_grad():
             fast = head(inputs, document_mask)
         reference = head(inputs.clone().requires_grad_(), document_mask).detach()

@@ -133,3 +133,28 @@ def test_exclusive_scores_the_same_with_the_compiled_search_and_with_torch():
     inference = head.pool(similarities, document_mask, query_mask)
     training = head.pool(similarities.clone().requires_grad_(), document_mask, query_mask)
     assert torch.equal(inference, training.detach())
+
+
+@pytest.mark.parametrize("width", [1, 17, 131, 1030])
+def test_compiled_exponential_sums_equal_torch_from_the_same_read(width):
+    """compiled_candidates_and_exponentials: the same candidates as compiled_top_candidates, and the softmax sums
+    (shift by the row's max, 0 when it is not finite; -inf patches add 0; NaN and +inf propagate as in torch) over
+    each row's real patches only (what lies past a row's length is never read)."""
+    rows = _hard_rows(width, seed=width + 1)
+    lengths = torch.randint(0, width + 1, (6, 5), generator=torch.Generator().manual_seed(width))
+    padded = torch.where(torch.arange(width) < lengths.unsqueeze(-1), rows, math.nan)
+    for scale in (1.0, 2.0, 10.0):
+        found, positions, total, weighted = compiled.compiled_candidates_and_exponentials(padded, 8, scale, lengths)
+        _assert_same((found, positions), compiled.compiled_top_candidates(padded, 8, lengths))
+        valid = torch.arange(width) < lengths.unsqueeze(-1)
+        filled = rows.masked_fill(~valid, -math.inf)
+        shift = filled.amax(dim=-1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, 0.0)
+        exponentials = ((filled - shift) * scale).exp().double()
+        expected_total = exponentials.sum(dim=-1)
+        expected_weighted = (exponentials * filled.masked_fill(torch.isneginf(filled), 0.0).double()).sum(dim=-1)
+        torch.testing.assert_close(total, expected_total.float(), equal_nan=True)
+        torch.testing.assert_close(weighted, expected_weighted.float(), equal_nan=True)
+        assert (total[lengths == 0] == 0).all()
+    with pytest.raises(ValueError, match="count >= 1"):
+        compiled.compiled_candidates_and_exponentials(rows, 0, 1.0)

@@ -172,13 +172,13 @@ def test_one_rule_for_nan_rows_and_documents_without_patches(head):
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.5])
-def test_blend_at_inference_reads_blocks_and_gives_the_values_of_its_shared_state(monkeypatch, tau):
-    """blend's inference path (each part in cache-sized blocks of the scorer's strided [Nq, Nd, Tq, Td] view, the
-    greedy once) equals finalize(partial(...)) on the whole block: masked patches (holding inf and NaN), a document
-    without patches, padded query tokens, blocks that end mid-way."""
-    from lir_robust.scoring.pooling import blend
+def test_blend_at_inference_reads_each_row_once_and_gives_the_values_of_its_shared_state(monkeypatch, tau):
+    """blend's inference path (exclusive's candidates and softmax's sums from one compiled read of each row of the
+    scorer's strided [Nq, Nd, Tq, Td] view, the greedy once) equals finalize(partial(...)): padded documents whose
+    masked patches hold inf and NaN (read in place, never copied), a document without patches, padded query tokens;
+    a mask that is not a prefix (one masked copy); no mask."""
+    from lir_robust.scoring.pooling import shared
 
-    monkeypatch.setattr(blend, "BLOCK_ELEMENTS", 3 * 4 * 9)  # 3 documents per block: 7 documents -> 3 blocks a query
     torch.manual_seed(0)
     storage = torch.randn(2, 4, 7, 1, 9)  # the scorer's layout [Nq, Tq, Nd, 1, Td], then its permuted view
     similarities = storage.squeeze(3).permute(0, 2, 1, 3)
@@ -190,8 +190,21 @@ def test_blend_at_inference_reads_blocks_and_gives_the_values_of_its_shared_stat
     storage[:, :, 6, 0, 8] = float("nan")
     query_mask = torch.tensor([[True, True, True, True], [True, True, False, False]]).unsqueeze(1)
     head = parse_head(f"blend:tau={tau},weight=0.5")
-    fast = head(similarities, document_mask, query_mask)
     whole = head.finalize(head.partial(similarities, document_mask), query_mask)
+    copies = []
+    original = shared.SharedWork.filled
+    monkeypatch.setattr(shared.SharedWork, "filled", property(lambda work: copies.append(1) or original.fget(work)))
+    fast = head(similarities, document_mask, query_mask)
+    assert not copies  # the padded block is read in place
     assert fast.shape == whole.shape == (2, 7, 4)
     assert torch.isneginf(fast[:, 4]).all() and torch.isneginf(whole[:, 4]).all()
     torch.testing.assert_close(fast, whole)
+    holes = document_mask.clone()
+    holes[0, 3] = holes[2, ::2] = False  # not a prefix: masked patches inside the document
+    storage[:, :, 0, 0, 3] = float("nan")
+    fast = head(similarities, holes, query_mask)
+    assert copies
+    torch.testing.assert_close(fast, head.finalize(head.partial(similarities, holes), query_mask))
+    every = torch.ones(7, 9, dtype=torch.bool)
+    clean = similarities.nan_to_num(posinf=3.0)
+    torch.testing.assert_close(head(clean, every, query_mask), head.finalize(head.partial(clean, every), query_mask))

@@ -1,11 +1,15 @@
-"""Compiled (numba) work for the pooling heads at inference: each row's ``count`` best candidates without a sort.
+"""Compiled (numba) work for the pooling heads at inference: each row's ``count`` best candidates without a sort, and
+(optionally, in the same read of the row) the sums a soft maximum needs.
 
 :func:`compiled_top_candidates` computes what ``SharedWork.top_candidates`` promises (a full stable descending sort,
 then the first ``count``). ``torch.topk`` costs about ten times a max on rows of a thousand patches, which made the
 candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row from memory once
 (the maxima of 16 lanes bound the ``count``-th largest value from below), then, in cache, keeps the few values at or
 above the bound and inserts them into a sorted list. A padded row is read only up to its length. Rows are split over
-torch's threads (the kernel releases the GIL). No head formula lives here.
+torch's threads (the kernel releases the GIL). :func:`compiled_candidates_and_exponentials` adds, while the row is
+still in cache, the sum of ``exp((S - max) * scale)`` and of ``exp(...) * S`` over its real patches (the state of the
+softmax head): ``blend`` needs both parts, and read through torch they cost a masked copy of the block, an exponential
+pass and a dot product each (`make bench-scoring`). No head formula lives here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["can_compile", "compiled_top_candidates"]
+__all__ = ["can_compile", "compiled_candidates_and_exponentials", "compiled_top_candidates"]
 
 LANES = 16  # a row is read in chunks of 16 values; the lane maxima give the lower bound
 PARALLEL_ROWS = 4096  # fewer rows than this run on the calling thread
@@ -29,8 +33,52 @@ def _kernel():
         import numba
         import numpy as np
 
+        from numba.extending import intrinsic
+
+        @intrinsic
+        def power_of_two(typing_context, exponent):  # pragma: no cover - compiled
+            """2.0 ** exponent as float32, the exponent (int32, -126..127) written into the exponent bits."""
+            def generate(context, builder, signature, arguments):
+                from llvmlite import ir
+                biased = builder.add(arguments[0], ir.Constant(ir.IntType(32), 127))
+                return builder.bitcast(builder.shl(biased, ir.Constant(ir.IntType(32), 23)), ir.FloatType())
+            return numba.types.float32(numba.types.int32), generate
+
+        # The sums of one row, in any order (vectorised), never assuming finite values (no 'nnan' / 'ninf').
+        @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+        def exponential_sums(row, length, shift, scale):  # pragma: no cover - compiled
+            factor = np.float32(scale)
+            total, weighted = np.float32(0.0), np.float32(0.0)
+            if not -np.inf < shift < np.inf:  # a row holding NaN or +inf, or nothing finite: shifted by 0 and libm's
+                for position in range(length):  # exp, as the torch heads (_safe_max)
+                    value = row[position]
+                    exponential = np.exp(value * factor)
+                    total += exponential
+                    weighted += exponential * value if value != -np.inf else np.float32(0.0)  # NaN stays NaN
+                return total, weighted
+            # Every value finite or -inf, shift its max: exp(t), t <= 0, as 2^n * exp(g) (n = round(t / ln 2),
+            # |g| <= ln(2) / 2, Cephes' expf polynomial; relative error < 3e-7), a form the compiler vectorises where
+            # libm's exp is a call per value. t is clamped at -60: exp(-60) * (a row's length) is below float32's
+            # resolution of a total >= 1 (the max gives exp(0)), and no product with a similarity becomes subnormal
+            # (which costs a microcode assist per value).
+            for position in range(length):
+                value = row[position]
+                t = max((value - shift) * factor, np.float32(-60.0))
+                n = np.float32(np.int32(t * np.float32(1.4426950408889634) - np.float32(0.5)))  # t <= 0: round
+                g = t - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+                p = np.float32(1.9875691500e-4)
+                p = p * g + np.float32(1.3981999507e-3)
+                p = p * g + np.float32(8.3334519073e-3)
+                p = p * g + np.float32(4.1665795894e-2)
+                p = p * g + np.float32(1.6666665459e-1)
+                p = p * g + np.float32(5.0000001201e-1)
+                exponential = (p * g * g + g + np.float32(1.0)) * power_of_two(np.int32(n))
+                total += exponential
+                weighted += exponential * value if value != -np.inf else np.float32(0.0)  # -inf: weight 0
+            return total, weighted
+
         @numba.njit(cache=True, nogil=True)
-        def search(rows_values, lengths, count, values, positions):  # pragma: no cover - compiled
+        def search(rows_values, lengths, count, values, positions, scale, totals, weighteds):  # pragma: no cover
             rows, width = rows_values.shape
             best_values = np.empty(max(count, 1), dtype=rows_values.dtype)
             best_positions = np.empty(max(count, 1), dtype=np.int64)
@@ -110,6 +158,11 @@ def _kernel():
                 for slot in range(take, count):
                     values[row_index, slot] = -np.inf
                     positions[row_index, slot] = -1
+                # 4. The softmax sums (when asked: totals has a slot per row), shifted by the row's max (the first
+                # candidate: NaN when the row holds one; not finite: the torch heads' _safe_max shifts by 0).
+                if totals.shape[0] > 0:
+                    shift = best_values[0] if take > 0 else np.float32(-np.inf)
+                    totals[row_index], weighteds[row_index] = exponential_sums(row, length, shift, scale)
 
         _KERNEL = search
     return _KERNEL
@@ -133,15 +186,7 @@ def _as_rows(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return arranged.view(-1, values.shape[-1]), order
 
 
-def compiled_top_candidates(values: torch.Tensor, count: int,
-                            lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``count`` largest of ``values [..., L]`` (float32, CPU) ``[..., count]``, descending, equal ones by position
-    (NaN first, as torch.sort), and their positions (long); positions -1 where the value is not finite, -inf / -1
-    padding when ``L < count``. Equal to a full stable descending sort, first ``count``.
-
-    ``lengths`` (integer, broadcastable to ``[...]``): each row's real patches are its first ``lengths`` (the rest
-    count as -inf and are never read, so a padded block needs no masked copy); None: all ``L``.
-    """
+def _run(values: torch.Tensor, count: int, lengths: torch.Tensor | None, scale: float | None):
     rows, order = _as_rows(values)
     n_rows, width = rows.shape
     leading = values.shape[:-1]
@@ -151,20 +196,55 @@ def compiled_top_candidates(values: torch.Tensor, count: int,
         row_lengths = lengths.to(torch.long).expand(leading).permute(*order).reshape(n_rows)
     found = torch.empty(n_rows, count, dtype=torch.float32)
     positions = torch.empty(n_rows, count, dtype=torch.long)
+    sums = torch.empty(2, n_rows if scale is not None else 0, dtype=torch.float32)
     kernel = _kernel()
-    arrays = (rows.detach().numpy(), row_lengths.numpy(), found.numpy(), positions.numpy())
+    arrays = (rows.detach().numpy(), row_lengths.numpy(), found.numpy(), positions.numpy(), sums[0].numpy(),
+              sums[1].numpy())
+    factor = float(scale) if scale is not None else 1.0
+
+    def part(a, b):
+        kernel(arrays[0][a:b], arrays[1][a:b], count, arrays[2][a:b], arrays[3][a:b], factor,
+               arrays[4][a:b], arrays[5][a:b])
+
     workers = max(1, min(torch.get_num_threads(), n_rows // PARALLEL_ROWS))
     if workers == 1:
-        kernel(arrays[0], arrays[1], count, arrays[2], arrays[3])
+        part(0, n_rows)
     else:
-        bounds = [n_rows * part // workers for part in range(workers + 1)]
+        bounds = [n_rows * index // workers for index in range(workers + 1)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            jobs = [pool.submit(kernel, arrays[0][a:b], arrays[1][a:b], count, arrays[2][a:b], arrays[3][a:b])
-                    for a, b in zip(bounds[:-1], bounds[1:])]
-            for job in jobs:
+            for job in [pool.submit(part, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
                 job.result()
     shape = [values.shape[axis] for axis in order]
     inverse = [order.index(axis) for axis in range(len(order))]
-    found = found.view(*shape, count).permute(*inverse, len(order))
-    positions = positions.view(*shape, count).permute(*inverse, len(order))
-    return found, positions
+
+    def back(flat: torch.Tensor, *trailing: int) -> torch.Tensor:
+        return flat.view(*shape, *trailing).permute(*inverse, *range(len(order), len(order) + len(trailing)))
+
+    found, positions = back(found, count), back(positions, count)
+    if scale is None:
+        return found, positions
+    return found, positions, back(sums[0]), back(sums[1])
+
+
+def compiled_top_candidates(values: torch.Tensor, count: int,
+                            lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` largest of ``values [..., L]`` (float32, CPU) ``[..., count]``, descending, equal ones by position
+    (NaN first, as torch.sort), and their positions (long); positions -1 where the value is not finite, -inf / -1
+    padding when ``L < count``. Equal to a full stable descending sort, first ``count``.
+
+    ``lengths`` (integer, broadcastable to ``[...]``): each row's real patches are its first ``lengths`` (the rest
+    count as -inf and are never read, so a padded block needs no masked copy); None: all ``L``.
+    """
+    return _run(values, count, lengths, None)
+
+
+def compiled_candidates_and_exponentials(values: torch.Tensor, count: int, scale: float,
+                                         lengths: torch.Tensor | None = None):
+    """:func:`compiled_top_candidates` (``count`` >= 1) and, from the same read of each row, ``(total, weighted)``
+    ``[...]``: the sums over the row's real patches of ``e = exp((S - shift) * scale)`` and of ``e * S`` (a -inf
+    patch adds 0 to both), ``shift`` the row's max (0 when it is not finite). ``weighted / total`` is the softmax
+    head's value at ``tau = 1 / scale``; a row without real patches has ``total = 0``. Sums in float64, in any order.
+    """
+    if count < 1:
+        raise ValueError(f"compiled_candidates_and_exponentials needs count >= 1 (the row's max), got {count}")
+    return _run(values, count, lengths, scale)

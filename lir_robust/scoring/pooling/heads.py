@@ -188,8 +188,11 @@ class SoftmaxHead(PoolingHead):
         return value if _all_valid(document_mask) else _no_patch_is_minus_inf(value, ~document_mask.any(dim=-1, keepdim=True).expand_as(value))
 
     def _no_grad_value(self, similarities, document_mask):
-        """The same value at inference, with one similarity-sized temporary rewritten in place (see
-        :func:`_exponentials_in_place`)."""
+        """The same value at inference: the compiled sums when the block is padded or unmasked (one read of each row,
+        no temporary), else one similarity-sized temporary rewritten in place (see :func:`_exponentials_in_place`)."""
+        sums = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_exponential_sums(1.0 / self.tau)
+        if sums is not None:
+            return self.finalize((None, *sums))
         work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
         work.mul_(similarities)
         if mask is not None:
