@@ -158,3 +158,21 @@ def test_compiled_exponential_sums_equal_torch_from_the_same_read(width):
         assert (total[lengths == 0] == 0).all()
     with pytest.raises(ValueError, match="count >= 1"):
         compiled.compiled_candidates_and_exponentials(rows, 0, 1.0)
+
+
+def test_blocks_of_the_scorer_are_read_in_place():
+    """The scorer's views are read without a copy: the joint [Nq, Nd, Tq, Td] view folds into one block of rows, a
+    block of documents cut out of [Nq, Tq, Nd, 1, Td] into query tokens x documents; a view whose axes do not fold
+    is copied. Candidates and sums are the same either way."""
+    storage = torch.randn(3, 4, 10, 1, 40)
+    joint = storage.squeeze(3).permute(0, 2, 1, 3)
+    cut = storage[1:3, :, 2:7]
+    scattered = storage[:, 1:3, 2:7, :, :30]  # three cuts: the leading axes fold into three groups
+    for view, in_place in ((joint, True), (cut, True), (scattered, False)):
+        blocks, _ = compiled._as_blocks(view)
+        assert (blocks.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr()) == in_place
+        found = compiled.compiled_candidates_and_exponentials(view, 4, 1.0)
+        copied = compiled.compiled_candidates_and_exponentials(view.contiguous(), 4, 1.0)
+        for a, b in zip(found, copied):
+            assert torch.equal(a, b)
+        _assert_same(found[:2], _reference(view, 4))

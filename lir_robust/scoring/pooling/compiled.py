@@ -175,20 +175,36 @@ def can_compile(values: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and values.requires_grad))
 
 
-def _as_rows(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """``values [..., L]`` as rows ``[R, L]`` without a copy when it is a permutation of a contiguous tensor (the
-    scorer's ``[Nq, Nd, Tq, Td]`` view is one): the rows in memory order, and the order of the leading axes."""
+def _as_blocks(values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``values [..., L]`` as ``[O, I, L]`` rows without a copy when its rows are contiguous and its leading axes, in
+    memory order, fold into two (the scorer's joint ``[Nq, Nd, Tq, Td]`` view into one, a block of documents cut out
+    of its ``[Nq, Tq, Nd, 1, Td]`` matrix into two: query tokens x documents); otherwise a contiguous copy. Returns
+    the view and the order of the leading axes (the rows follow it)."""
     leading = list(range(values.dim() - 1))
     order = sorted(leading, key=lambda axis: -values.stride(axis))
     arranged = values.permute(*order, values.dim() - 1)
-    if not arranged.is_contiguous():
+    groups = []  # [size, stride] of the folded leading axes, outermost first
+    for axis in range(arranged.dim() - 1):
+        size, stride = arranged.shape[axis], arranged.stride(axis)
+        if size == 1:
+            continue
+        if groups and groups[-1][1] == size * stride:
+            groups[-1] = [groups[-1][0] * size, stride]
+        else:
+            groups.append([size, stride])
+    if arranged.stride(-1) != 1 and arranged.shape[-1] > 1 or len(groups) > 2:
         arranged, order = values.contiguous(), leading
-    return arranged.view(-1, values.shape[-1]), order
+        groups = [[arranged.numel() // max(1, arranged.shape[-1]), arranged.shape[-1]]]
+    while len(groups) < 2:
+        groups.insert(0, [1, 0])
+    shape = (groups[0][0], groups[1][0], arranged.shape[-1])
+    return arranged.as_strided(shape, (groups[0][1], groups[1][1], 1), arranged.storage_offset()), order
 
 
 def _run(values: torch.Tensor, count: int, lengths: torch.Tensor | None, scale: float | None):
-    rows, order = _as_rows(values)
-    n_rows, width = rows.shape
+    blocks, order = _as_blocks(values)
+    n_outer, n_inner, width = blocks.shape
+    n_rows = n_outer * n_inner
     leading = values.shape[:-1]
     if lengths is None:
         row_lengths = torch.full((n_rows,), width, dtype=torch.long)
@@ -198,21 +214,25 @@ def _run(values: torch.Tensor, count: int, lengths: torch.Tensor | None, scale: 
     positions = torch.empty(n_rows, count, dtype=torch.long)
     sums = torch.empty(2, n_rows if scale is not None else 0, dtype=torch.float32)
     kernel = _kernel()
-    arrays = (rows.detach().numpy(), row_lengths.numpy(), found.numpy(), positions.numpy(), sums[0].numpy(),
-              sums[1].numpy())
+    rows = blocks.detach().numpy()
+    arrays = (row_lengths.numpy(), found.numpy(), positions.numpy(), sums[0].numpy(), sums[1].numpy())
     factor = float(scale) if scale is not None else 1.0
 
-    def part(a, b):
-        kernel(arrays[0][a:b], arrays[1][a:b], count, arrays[2][a:b], arrays[3][a:b], factor,
-               arrays[4][a:b], arrays[5][a:b])
+    def part(outer: int, a: int, b: int):  # rows a..b of block outer
+        first, last = outer * n_inner + a, outer * n_inner + b
+        kernel(rows[outer, a:b], arrays[0][first:last], count, arrays[1][first:last], arrays[2][first:last], factor,
+               arrays[3][first:last], arrays[4][first:last])
 
     workers = max(1, min(torch.get_num_threads(), n_rows // PARALLEL_ROWS))
     if workers == 1:
-        part(0, n_rows)
-    else:
-        bounds = [n_rows * index // workers for index in range(workers + 1)]
+        for outer in range(n_outer):
+            part(outer, 0, n_inner)
+    else:  # each block's rows in `workers` parts
+        bounds = [n_inner * index // workers for index in range(workers + 1)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for job in [pool.submit(part, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            jobs = [pool.submit(part, outer, a, b) for outer in range(n_outer) for a, b in zip(bounds[:-1], bounds[1:])
+                    if b > a]
+            for job in jobs:
                 job.result()
     shape = [values.shape[axis] for axis in order]
     inverse = [order.index(axis) for axis in range(len(order))]
