@@ -179,17 +179,24 @@ def test_results_doc_takes_the_directions_files_from_its_options(tmp_path):
     corpus.mkdir(), coherence.mkdir()
     paths["corpus_hard"].rename(corpus / "summary.json")
     paths["coherence_screen"].rename(coherence / "summary.json")
+    probes = tmp_path / "probes"  # beside --recipe-search's file: one seed of a direction each, its own options
+    probes.mkdir()
+    (probes / "summary.json").write_text(json.dumps({"plan": {"finetune_args": []}, "per_seed": [
+        {**_per_seed(0, 0.81, negatives=()), "injected_negatives": None, "finetune_args": ["--lora-r", "128"]},
+        {**_per_seed(0, 0.70, negatives=()), "injected_negatives": None, "finetune_args": [],
+         "trained_with": "softmax:tau=1.0"}]}))
     study = tmp_path / "study.json"
     study.write_text(json.dumps(_study()))
     out = tmp_path / "RESULTS.md"
     status = cli.run_command(results_doc_command.main, [
-        "--study", str(study), "--synthetic", str(tmp_path / "none.json"), "--recipe-search", str(tmp_path / "none.json"),
+        "--study", str(study), "--synthetic", str(tmp_path / "none.json"), "--recipe-search", str(tmp_path / "search.json"),
         "--corpus-hard", str(corpus), "--coherence", str(coherence), "--text-defence", str(paths["text_defence"]),
         "--text-attacks", str(tmp_path / "none"), "--out", str(out)], prog="results_doc.py")
     text = out.read_text()
     assert status in (0, None)
     assert "## Recipe search (issue 20)" in text and "blend retrained + spike:4 hard-corpus:4" in text
     assert "(screen)" in text and "### Text defence" in text
+    assert "| blend retrained (`--lora-r 128`) |" in text and "| softmax-trained, scored with blend |" in text
 
 
 def test_each_defended_model_is_compared_with_the_undefended_one_of_its_collection(tmp_path):

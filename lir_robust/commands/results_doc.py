@@ -61,6 +61,6 @@ def main(argv=None) -> None:
         logging.getLogger("results_doc").info("added %s", path)
     directions = {"corpus_hard": args.corpus_hard / "summary.json", "corpus_hard_docs4": args.corpus_hard / "docs4-summary.json",
                   "coherence_screen": args.coherence / "summary.json", "coherence_retrained": args.coherence / "retrained.json",
-                  "text_defence": args.text_defence}
+                  "probes": args.recipe_search.parent / "probes" / "summary.json", "text_defence": args.text_defence}
     path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks, directions)
     logging.getLogger("results_doc").info("wrote %s", path)

@@ -3,7 +3,8 @@
 Inputs, each a committed results file (``make results-doc`` passes them; a missing one is skipped with a logged note):
 the recipe search's ``summary.json`` (blend), ``corpus-hard/summary.json`` and ``docs4-summary.json`` (the hard-corpus
 defence), ``coherence/summary.json`` (the coherent head on the untrained model, the screen) and
-``coherence/retrained.json`` (the coherent head retrained and swapped in: :func:`sweep_seed_rows`), and the retraining
+``coherence/retrained.json`` (the coherent head retrained and swapped in: :func:`sweep_seed_rows`), ``probes/summary.json``
+(one seed of a direction each, the same schema, each row with its extra fine-tuning options), and the retraining
 study's ``summary.json`` (its exclusive rows, and retrained maxsim: the reference of every check).
 
 A row: ``{"direction", "collection", "seed", "head", "ndcg10_k0", "paired", "retained_spike_k4", "retained_hard_k4",
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 CHECKS = ("clean", "spike", "hard", "budgets")
 CLEAN_GAP, SPIKE_BAR, HARD_POINTS, BUDGET_FACTOR = -0.01, 0.60, 0.15, 2.0
 REFERENCE_KS = (0, 1, 2, 4, 8, 16, 25, 50)  # a median hijack budget is comparable only over this grid (the study's)
-INPUTS = ("recipe_search", "corpus_hard", "corpus_hard_docs4", "coherence_screen", "coherence_retrained", "text_defence")
+INPUTS = ("recipe_search", "corpus_hard", "corpus_hard_docs4", "coherence_screen", "coherence_retrained", "probes",
+          "text_defence")
 
 
 def read_directions(paths: Mapping[str, Path | None]) -> dict[str, Any]:
@@ -82,8 +84,9 @@ def _label(row: Mapping[str, Any], plan: Mapping[str, Any]) -> str:
     label = f"{trained} retrained" if row["trained_with"] == row["scored_with"] else f"{trained}-trained, scored with {scored}"
     if row.get("injected_negatives"):
         label += " + " + " ".join(row["injected_negatives"])
-    if plan.get("finetune_args"):
-        label += " (`" + " ".join(plan["finetune_args"]) + "`)"
+    arguments = row.get("finetune_args") or plan.get("finetune_args")  # a probe's own options, else the plan's
+    if arguments:
+        label += " (`" + " ".join(arguments) + "`)"
     return label
 
 
@@ -144,10 +147,11 @@ def _study_rows(study: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 def direction_rows(inputs: Mapping[str, Any], study: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Every direction's rows, in the order they were tried: the study's exclusive, blend, the hard-corpus defence,
-    the coherent screen, the coherent head retrained / swapped in."""
+    the coherent screen, the coherent head retrained / swapped in, then the probes (one seed of a direction each)."""
     return (_study_rows(study) + _seed_rows(inputs.get("recipe_search"), "recipe_search")
             + _seed_rows(inputs.get("corpus_hard"), "corpus_hard") + _seed_rows(inputs.get("corpus_hard_docs4"), "corpus_hard_docs4")
-            + _screen_rows(inputs.get("coherence_screen")) + _seed_rows(inputs.get("coherence_retrained"), "coherence_retrained"))
+            + _screen_rows(inputs.get("coherence_screen")) + _seed_rows(inputs.get("coherence_retrained"), "coherence_retrained")
+            + _seed_rows(inputs.get("probes"), "probes"))
 
 
 def checks(row: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, bool | None]:
