@@ -262,9 +262,9 @@ def compiled_candidates_and_exponentials(values: torch.Tensor, count: int, scale
                                          lengths: torch.Tensor | None = None):
     """:func:`compiled_top_candidates` (``count`` >= 1) and, from the same read of each row, ``(total, weighted)``
     ``[...]``: the sums over the row's real patches of ``e = exp((S - shift) * scale)`` and of ``e * S`` (a -inf
-    patch adds 0 to the weighted sum and at most exp(-60) to the total), ``shift`` the row's max (0 when it is not finite). ``weighted / total`` is the softmax
-    head's value at ``tau = 1 / scale``; a row without real patches has ``total = 0``. float32 sums in any order
-    (vectorised); the exponentials of a finite row to a relative 3e-7 (see the kernel).
+    patch adds 0 to the weighted sum and at most exp(-60) to the total), ``shift`` the row's max (0 when it is not
+    finite). ``weighted / total`` is the softmax head's value at ``tau = 1 / scale``; a row without real patches has
+    ``total = 0``. float32 sums in any order (vectorised); the exponentials of a finite row to a relative 3e-7.
     """
     if count < 1:
         raise ValueError(f"compiled_candidates_and_exponentials needs count >= 1 (the row's max), got {count}")
