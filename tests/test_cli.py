@@ -158,6 +158,7 @@ BAD_INPUTS = [
     # train/finetune.py
     ("finetune", ["--data", "{beir}", "--pooling", "maxsim", "--pool-k", "4"], "--pool-k sets the k of the topk heads, but --pooling maxsim has no k; drop --pool-k or pass e.g. --pooling topk:k=4"),
     ("finetune", ["--data", "{beir}", "--pooling", "topk:k=4,k=8"], "parameter 'k' is given twice"),
+    ("finetune", ["--data", "{beir}", "--scoring-pooling", "median"], "argument --scoring-pooling: unknown pooling head 'median'"),
     ("finetune", ["--data", "{beir}", "--pooling", "softmax", "--pool-tau", "0"], "argument --pool-tau: expected a number > 0, got '0'"),
     ("finetune", ["--data", "{beir}", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
     ("finetune", ["--data", "{beir}", "--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),

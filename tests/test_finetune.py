@@ -17,7 +17,7 @@ from finetune_fixtures import save_dropout_bert, write_tiny_beir
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.scorer import score
 
-from lir_robust.commands import finetune
+from lir_robust.commands import cli, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "finetune.py"  # the wrapper `accelerate launch train/finetune.py` runs
@@ -466,3 +466,17 @@ def test_the_command_defaults_are_the_recorded_recipe(tiny_bert, tiny_beir, tmp_
     other = finetune.parse_args(["--model", str(tiny_bert), "--data", str(tiny_beir), "--output-dir", str(tmp_path / "b")])
     assert (other.projection_dim, other.projection_init) == (32, "identity")  # any BERT-like model: its hidden size
     assert not any(tmp_path.iterdir())
+
+
+def test_the_saved_model_scores_with_the_scoring_head_and_records_the_training_head(tiny_bert, tiny_beir, tmp_path):
+    """--scoring-pooling: trained through one head, saved to score with another (pooling.json's head, what every
+    reader loads), the training head kept in its training record; a rerun with another scoring head is another run."""
+    args = _args(tiny_bert, tiny_beir, tmp_path, "--pooling", "softmax:tau=1.0", "--scoring-pooling", "blend",
+                 "--max-steps", "2")
+    finetune.train(finetune.parse_args(args))
+    saved = json.loads((tmp_path / "model" / "pooling.json").read_text())
+    assert saved["spec"] == finetune.parse_head("blend").spec()
+    assert saved["training"]["head"] == "softmax:tau=1.0" and saved["training"]["pooling"] == "softmax:tau=1.0"
+    assert TextColBERT.from_pretrained(tmp_path / "model").pooling.spec() == finetune.parse_head("blend").spec()
+    with pytest.raises(cli.UserError, match="scoring_pooling"):
+        finetune.train(finetune.parse_args([*args[:-4], "--scoring-pooling", "maxsim", "--max-steps", "2"]))

@@ -69,6 +69,7 @@ class FinetuneConfig:
     pooling: str = "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"
     pool_k: int | None = None
     pool_tau: float | None = None
+    scoring_pooling: str | None = None  # the head the saved model scores with (pooling.json); None: the training head
     # model
     projection_dim: int | None = None
     projection_init: str | None = None  # identity | svd | random | pylate (a PyLate model's own projection)
@@ -134,6 +135,8 @@ def requested_options(config: FinetuneConfig) -> dict:
     if not config.adversarial_passages:  # likewise: a run without passages compares as before these options
         for key in ADVERSARIAL_PASSAGE_OPTIONS:
             options.pop(key)
+    if config.scoring_pooling is None:  # saved with the training head, also a run saved before the option
+        options.pop("scoring_pooling")
     refresh = bank_refresh(config)
     if refresh is None:  # no hard-corpus negatives, also a run saved before the option
         options.pop("corpus_bank_refresh", None)
@@ -443,7 +446,9 @@ def train(config: FinetuneConfig):
     }
     if accelerator.is_main_process:  # the model folder, then summary.json: its presence marks a finished run
         with runs.atomic_folder(output / "model") as folder_being_written:
-            runs.save_checkpoint(accelerator.unwrap_model(model), processor, folder_being_written, head, run_config)
+            # the head it scores with: --scoring-pooling, else the one it was trained with (run_config["head"])
+            saved_head = parse_head(config.scoring_pooling) if config.scoring_pooling else head
+            runs.save_checkpoint(accelerator.unwrap_model(model), processor, folder_being_written, saved_head, run_config)
         log.write({**final, "final": True})
         write_json_atomic(output / "summary.json", summary, indent=2)
         logger.info("saved the model to %s (%s)", output / "model", json.dumps(summary))
