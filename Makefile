@@ -18,7 +18,7 @@ OUT ?= results
 
 # Fine-tuning (FINETUNE_ARGS: any extra train/finetune.py options, e.g. "--max-steps 200 --batch-size 64";
 # FINETUNE_ALL_ARGS: eval/finetune_all.py options, e.g. "--projection-dim 128 --projection-init svd --out results/ft-svd")
-POOLING ?= blend
+POOLING ?=
 FINETUNE_ARGS ?=
 FINETUNE_ALL_ARGS ?=
 
@@ -94,8 +94,9 @@ bench-sweep:
 bench-train:
 	$(PY) eval/bench_train.py --out $(OUT)/bench-train
 
-# Whole fine-tunes (maxsim against the default head, blend, 20 steps, 3 interleaved rounds) on DATA: median step and
-# cores used; fails when blend is serialised (fewer cores than maxsim and slower steps). About 4 min on an idle 2-core machine.
+# Whole fine-tunes (maxsim against the recipe's training head softmax:tau=1.0 and blend, 20 steps, 3 interleaved rounds)
+# on DATA: median step and cores used; fails when a head is serialised (fewer cores than maxsim and slower steps). About
+# 6 min on an idle 2-core machine.
 bench-train-runs:
 	$(PY) eval/bench_train.py --real-runs 3 --data $(DATA) --out $(OUT)/bench-train-$(DATA)
 
@@ -107,7 +108,7 @@ bench-scale:
 
 # Writes runs/finetune-<head> (e.g. runs/finetune-topk-k4), as the command alone does; FINETUNE_ARGS="--output-dir X" to change.
 finetune:
-	$(VENV)/bin/accelerate launch train/finetune.py --pooling $(POOLING) $(FINETUNE_ARGS)
+	$(VENV)/bin/accelerate launch train/finetune.py $(if $(POOLING),--pooling $(POOLING)) $(FINETUNE_ARGS)
 
 # One fine-tuning run per head on Cranfield pseudo-queries (the recipe: RECIPE in eval/finetune_all.py), nDCG@10
 # before / after on the dev / held-out halves of the test queries (results/finetune/report.md).

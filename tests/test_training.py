@@ -197,9 +197,12 @@ def test_finetune_config_has_the_command_defaults_and_round_trips_through_json()
     from lir_robust.commands import finetune
     from lir_robust.training.loop import FinetuneConfig
 
+    from lir_robust.training.loop import RECIPE_POOLING, RECIPE_SCORING_POOLING
+
     parsed = vars(finetune.build_parser().parse_args([]))
     parsed.pop("debug")
-    assert FinetuneConfig.from_dict(parsed) == FinetuneConfig()
+    assert parsed["pooling"] is None and parsed["scoring_pooling"] is None  # no --pooling: the checks fill in the recipe
+    assert FinetuneConfig.from_dict({**parsed, "pooling": RECIPE_POOLING, "scoring_pooling": RECIPE_SCORING_POOLING}) == FinetuneConfig()
     assert set(parsed) | {"head"} == set(FinetuneConfig().to_dict())
     config = FinetuneConfig(pooling="topk:k=4", head="topk:k=4", injected_negatives=["spike:4"], max_steps=7, lora_target_modules=["query"])
     assert FinetuneConfig.from_dict({**json.loads(json.dumps(config.to_dict())), "training_pairs": 10}) == config
@@ -350,7 +353,8 @@ def test_two_step_finetune_on_an_untitled_one_sentence_corpus(tmp_path):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data_kind"] == "independent-crops" and config["pseudo_queries"] == "sentence" and config["head"].startswith("blend:")
+    assert config["data_kind"] == "independent-crops" and config["pseudo_queries"] == "sentence" and config["head"] == "softmax:tau=1.0"
+    assert config["scoring_pooling"].startswith("blend:")  # the recipe: trained through softmax, scored with blend
     assert config["training_pairs"] == 8 and config["validation_pairs_held_out"] == 2
     steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [record["step"] for record in steps] == [1, 2] and all(math.isfinite(record["loss"]) for record in steps)

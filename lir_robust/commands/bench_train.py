@@ -68,9 +68,10 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--out", type=cli.output_folder, default="results/bench-train")
     parser.add_argument("--real-runs", type=cli.non_negative_int, default=0,
                         help="time whole fine-tunes instead: this many interleaved rounds of --real-heads (0: off)")
-    parser.add_argument("--real-heads", nargs="+", type=cli.head_spec, default=["maxsim", "blend"],
-                        help="heads of the real runs; the first is the reference (default: maxsim against the fine-tuning "
-                             "default, blend, whose exclusive half was the step that serialised, issue 20)")
+    parser.add_argument("--real-heads", nargs="+", type=cli.head_spec, default=["maxsim", "softmax:tau=1.0", "blend"],
+                        help="heads of the real runs; the first is the reference (default: maxsim against the recipe's "
+                             "training head, softmax:tau=1.0, and blend, whose exclusive half was the step that "
+                             "serialised, issue 20)")
     parser.add_argument("--real-steps", type=cli.positive_int, default=20, help="steps of each real run")
     return parser
 

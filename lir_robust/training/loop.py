@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 ADVERSARIAL_PASSAGE_OPTIONS = ("adversarial_passages", "adversarial_passage_refresh", "adversarial_passage_iterations",
                                "adversarial_passage_length")
+# The recipe's heads (issue 20, docs/RESULTS.md "Directions tried"): trained through softmax:tau=1.0, scored with blend.
+RECIPE_POOLING = "softmax:tau=1.0"
+RECIPE_SCORING_POOLING = "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"
 DEFAULT_MAX_STEPS = 40  # the recipe: 40 steps of global batch 32 (about one epoch of Cranfield's 1,334 pairs)
 WARMUP_SHARE = 0.1
 
@@ -66,10 +69,12 @@ class FinetuneConfig:
 
     model: str = "minilm"
     data: str = "cranfield"
-    pooling: str = "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"
+    pooling: str = RECIPE_POOLING
     pool_k: int | None = None
     pool_tau: float | None = None
-    scoring_pooling: str | None = None  # the head the saved model scores with (pooling.json); None: the training head
+    # the head the saved model scores with (pooling.json); None: the training head. The defaults are the recipe
+    # (trained through softmax, scored with blend); a caller that changes ``pooling`` sets this too, or None.
+    scoring_pooling: str | None = RECIPE_SCORING_POOLING
     # model
     projection_dim: int | None = None
     projection_init: str | None = None  # identity | svd | random | pylate (a PyLate model's own projection)
