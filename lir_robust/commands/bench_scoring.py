@@ -28,7 +28,7 @@ from lir_robust.commands import cli
 
 METHODS = ["colpali-engine", "floor", "maxsim", "topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "exclusive:capacity=1,candidates=8",
            "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"]
-# each at most 1.5x maxsim (the fine-tuning default, blend, and its capacity-limited half, exclusive, too: issue 20)
+# each at most 1.5x maxsim (the head the fine-tuned default scores with, blend, and its capacity-limited half, exclusive, too: issue 20)
 TARGET_HEADS = ("topk:k=4", "softmax:tau=0.1", "lse:tau=0.1", "exclusive:capacity=1,candidates=8",
                 "blend:tau=1.0,weight=0.5,capacity=1,candidates=8")
 

@@ -26,7 +26,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--model", default="minilm", help="minilm | a model folder | a PyLate model folder or Hub id")
     parser.add_argument("--data", default="cranfield", help="bare name under the data root, or a BEIR folder")
     parser.add_argument("--data-root", type=cli.existing_folder, default=None, help="folder of collections (default $LIR_ROBUST_DATA_ROOT)")
-    parser.add_argument("--head", nargs="+", type=cli.head_spec, default=["maxsim", "blend"], help="pooling heads that rerank (default: maxsim and the fine-tuning default, blend)")
+    parser.add_argument("--head", nargs="+", type=cli.head_spec, default=["maxsim", "blend"], help="pooling heads that rerank (default: maxsim and blend, the head the fine-tuned default scores with)")
     parser.add_argument("--candidates", nargs="+", type=cli.positive_int, default=[100], help="documents per query from the index")
     parser.add_argument("--index", choices=INDEX_KINDS, default="voyager")
     parser.add_argument("--index-m", type=cli.positive_int, default=64, help="Voyager M (graph links per vector; PyLate's default 64)")

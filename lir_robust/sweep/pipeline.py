@@ -69,7 +69,7 @@ __all__ = ["DEFAULT_HEADS", "SweepConfig", "run_length_sweep", "write_json_atomi
 
 logger = logging.getLogger(__name__)
 
-# maxsim (the baseline), blend (the fine-tuning default), exclusive (its capacity-limited half), then the paper's heads
+# maxsim (the baseline), blend (the head the fine-tuned default scores with), exclusive (its capacity-limited half), then the paper's heads
 DEFAULT_HEADS = ("maxsim", "blend:tau=1.0,weight=0.5,capacity=1,candidates=8", "exclusive:capacity=1,candidates=8", "topk:k=4",
                  "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1")
 REPORT_K = 100
