@@ -299,3 +299,24 @@ def test_a_dry_run_with_the_study_summary_puts_its_rows_and_entries_on_the_card(
                            prog="publish.py") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lacks" in err and not (tmp_path / "no").exists()
+
+
+def test_a_card_names_the_training_head_and_the_scoring_head_when_they_differ(checkpoint, tmp_path):
+    """The recipe trains through one head and scores with another (--scoring-pooling): the card's usage and limits use
+    the scoring head (pooling.json), its training record names both."""
+    import shutil
+
+    from lir_robust.core.files import write_json_atomic
+    from lir_robust.scoring.pooling import parse_head, save_pooling_json
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run)
+    save_pooling_json(run / "model", parse_head("topk:k=2"), {"family": "colqwen2", "head": "softmax:tau=1.0",
+                                                               "scoring_pooling": "topk:k=2"})
+    write_json_atomic(run / "summary.json", {"step": 0})
+    out = tmp_path / "dry"
+    assert cli.run_command(publish.main, _options(run, "--dry-run", str(out))) == 0
+    card = (out / "README.md").read_text()
+    assert "| pooling head (training) | softmax:tau=1.0 |" in card
+    assert "| scoring head, when not the training head | topk:k=2 |" in card
+    assert "scoring with `topk:k=2`" in card and "trained with `" not in card

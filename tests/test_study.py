@@ -202,6 +202,7 @@ def test_the_committed_results_doc_is_generated_from_the_committed_results(tmp_p
                                   "corpus_hard_docs4": recipe / "corpus-hard" / "docs4-summary.json",
                                   "coherence_screen": recipe / "coherence" / "summary.json",
                                   "coherence_retrained": recipe / "coherence" / "retrained.json",
+                                  "probes": recipe / "probes" / "summary.json",
                                   "text_defence": ROOT / "results" / "text-defence" / "summary.json"})  # = make results-doc
     assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data,
                           text_attacks=text_attacks, directions=directions) == committed.read_text(), (

@@ -88,12 +88,14 @@ _WHY_IT_MATTERS = (
     "patch and lets a single planted patch take over (\"hijack\") a query token: a document padded with patches that "
     "look like the query's words outranks the relevant one (Spike Hijacking in Late-Interaction Retrieval, "
     "arXiv 2604.05253). A pooling head that looks at more than the single best patch spreads the gradient and the "
-    "score over several patches. This checkpoint was fine-tuned with this head and scores with it: the head is part "
-    "of the model, saved in `pooling.json`; scoring it with MaxSim instead measures another model."
+    "score over several patches. This checkpoint scores with this head: the head is part of the model, saved in "
+    "`pooling.json` (the training record below names the head it was fine-tuned through, the same one unless it says "
+    "otherwise); scoring it with MaxSim instead measures another model."
 )
 
 _TRAINING_KEYS = (
-    ("head", "pooling head"), ("family", "model family"), ("data", "training data"), ("data_kind", "pairs"),
+    ("head", "pooling head (training)"), ("scoring_pooling", "scoring head, when not the training head"),
+    ("family", "model family"), ("data", "training data"), ("data_kind", "pairs"),
     ("training_pairs", "training pairs"), ("hard_negatives", "hard negatives"),
     ("injected_negatives", "injected negatives (defence)"),
     ("lora_r", "LoRA r"), ("lora_alpha", "LoRA alpha"), ("lora_dropout", "LoRA dropout"),
@@ -233,7 +235,7 @@ def _limitations_section(checkpoint: Checkpoint, results: dict[str, Any] | None,
     lines = [
         "## Limitations", "",
         f"- The head is part of the model: {scorer} score with MaxSim, which measures another model than the one "
-        f"trained with `{spec}`; score with the head as shown above (an index can still give the candidates to rerank).",
+        f"scoring with `{spec}`; score with the head as shown above (an index can still give the candidates to rerank).",
         "- Robustness is measured with embedding-level injected patches (gaussian, corpus, hard, spike) appended to "
         "documents' vectors; text-level attacks, other attack budgets and other collections are not covered, and a "
         "retained share says nothing about absolute quality on your data.",
@@ -311,7 +313,7 @@ def _pylate_usage(spec: str, repo_id: str) -> list[str]:
         f'model = models.ColBERT("{repo_id}")',
         'queries = model.encode(["what limits the lift of a thin wing?"], is_query=True)',
         'documents = model.encode(["the lift of thin wings ...", "heat transfer ..."], is_query=False)',
-        f'scores = pooled_scores("{spec}")(queries, documents)   # [queries, documents], the head it was trained with',
+        f'scores = pooled_scores("{spec}")(queries, documents)   # [queries, documents], the head it scores with',
         "```", "",
         "PyLate's own `colbert_scores`, `rank.rerank` and indexes score with MaxSim; pass the pooled score as "
         f"`score_metric=pooled_scores(\"{spec}\")` to PyLate's losses and `score_functions` to its evaluator.", "",
@@ -331,7 +333,7 @@ def _colpali_usage(family: str, spec: str, repo_id: str) -> list[str]:
         "",
         f'model = {model_class}.from_pretrained("{repo_id}").eval()   # the adapter on its base model',
         f'processor = {processor_class}.from_pretrained("{repo_id}")',
-        f'patch_processor(processor, "{spec}")   # score with the head it was trained with (processor.score is MaxSim otherwise)',
+        f'patch_processor(processor, "{spec}")   # score with its head (processor.score is MaxSim otherwise)',
         'queries = processor.process_queries(["what is the revenue growth?"]).to(model.device)',
         "pages = processor.process_images(images).to(model.device)   # PIL images",
         "with torch.no_grad():",
