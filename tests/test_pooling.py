@@ -113,10 +113,9 @@ def test_partial_merge_finalize_over_a_split_document_equals_the_whole(spec):
 @pytest.mark.parametrize("spec", ["softmax:tau=0.1", "softmax:tau=1.0", "lse:tau=0.1", "lse:tau=0.1,length_corrected=true"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_inference_path_gives_the_values_of_the_differentiable_one(spec, dtype):
-    """softmax and lse compute inference with one temporary rewritten in place (softmax on padded or unmasked float32
-    blocks: compiled sums, no temporary); same values as with gradients, on masked patches holding garbage, on
-    documents without any valid patch (-inf), on padded documents (garbage past each one's length), whole and in
-    blocks of a view."""
+    """softmax and lse compute inference with one temporary rewritten in place; same values as with gradients, on
+    masked patches holding garbage, on documents without any valid patch (-inf), on padded documents (garbage past
+    each one's length), whole and in blocks of a view."""
     head = parse_head(spec)
     similarities = random_similarities(4, 6, 30, seed=5)
     mask = torch.rand(4, 30, generator=torch.Generator().manual_seed(6)) > 0.3

@@ -188,11 +188,10 @@ class SoftmaxHead(PoolingHead):
         return value if _all_valid(document_mask) else _no_patch_is_minus_inf(value, ~document_mask.any(dim=-1, keepdim=True).expand_as(value))
 
     def _no_grad_value(self, similarities, document_mask):
-        """The same value at inference: the compiled sums when the block is padded or unmasked (one read of each row,
-        no temporary), else one similarity-sized temporary rewritten in place (see :func:`_exponentials_in_place`)."""
-        sums = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_exponential_sums(1.0 / self.tau)
-        if sums is not None:
-            return self.finalize((None, *sums))
+        """The same value at inference, with one similarity-sized temporary rewritten in place (see
+        :func:`_exponentials_in_place`). Not the compiled sums blend uses: the scorer's blocks for this head are too
+        small to split over threads, and at two threads torch's exponential was faster (`make bench-scoring`:
+        softmax:tau=0.1 1.78x maxsim through the compiled sums)."""
         work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
         work.mul_(similarities)
         if mask is not None:

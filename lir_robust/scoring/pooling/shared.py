@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from lir_robust.scoring.pooling.compiled import can_compile, compiled_candidates_and_exponentials, compiled_top_candidates
+from lir_robust.scoring.pooling.compiled import can_compile, compiled_top_candidates
 from lir_robust.scoring.pooling.base import _all_valid
 
 __all__ = ["SharedWork", "top_k_values"]
@@ -60,17 +60,6 @@ class SharedWork:
             return None
         prefix = torch.arange(mask.shape[-1], device=mask.device) < lengths.unsqueeze(-1)
         return lengths if torch.equal(mask, prefix) else None
-
-    def compiled_exponential_sums(self, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """At inference on the CPU, the softmax sums ``(total, weighted)`` ``[...]`` at ``tau = 1 / scale`` from one
-        compiled read of each row (see :func:`compiled_candidates_and_exponentials`), when no masked copy is needed
-        (every patch real, or each row's real patches a prefix: the scorer's padded blocks); otherwise None."""
-        if not can_compile(self.similarities):
-            return None
-        lengths = None if self.all_valid else self.prefix_lengths()
-        if not self.all_valid and lengths is None:
-            return None
-        return compiled_candidates_and_exponentials(self.similarities, 1, scale, lengths)[2:]
 
     @property
     def filled(self) -> torch.Tensor:
