@@ -17,6 +17,7 @@ from lir_robust.scoring.pooling.shared import SharedWork
 
 __all__ = ["BlendHead"]
 
+
 def _parts_at_inference(exclusive: ExclusiveMatchHead, softmax: SoftmaxHead, similarities: torch.Tensor,
                         document_mask: torch.Tensor, query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(exclusive, softmax)`` values ``[..., Tq]`` at inference on the CPU: one compiled read of each row
@@ -26,9 +27,7 @@ def _parts_at_inference(exclusive: ExclusiveMatchHead, softmax: SoftmaxHead, sim
     head on its own, row by row (up to the order of a sum)."""
     if not can_compile(similarities):
         return exclusive(similarities, document_mask, query_mask), softmax(similarities, document_mask)
-    work = SharedWork(similarities, document_mask.unsqueeze(-2))
-    lengths = None if work.all_valid else work.prefix_lengths()
-    rows = similarities if work.all_valid or lengths is not None else work.filled
+    rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
     values, ids, totals, weighted = compiled_candidates_and_exponentials(rows, exclusive.candidates,
                                                                          1.0 / softmax.tau, lengths)
     width = torch.full(values.shape[:-1], float(similarities.shape[-1]))
@@ -83,6 +82,9 @@ class BlendHead(PoolingHead):
             return matched
         if self.weight <= 0.0:
             return soft
+        return self._combine(matched, soft)
+
+    def _combine(self, matched: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         value = self.weight * matched + (1.0 - self.weight) * soft
         # no valid patch: both parts are -inf, and so is the blend (never NaN)
         return torch.where(torch.isneginf(soft), torch.full_like(value, -math.inf), value)
@@ -94,6 +96,4 @@ class BlendHead(PoolingHead):
         # state that keeps a similarity-sized exponential alive beside the candidates (make bench-scoring: 2.3-2.45x
         # maxsim's time and 2.6x exclusive's peak memory), or torch passes over cache-sized blocks (1.84-2.0x).
         exclusive, softmax = self._parts()
-        matched, soft = _parts_at_inference(exclusive, softmax, similarities, document_mask, query_mask)
-        value = self.weight * matched + (1.0 - self.weight) * soft
-        return torch.where(torch.isneginf(soft), torch.full_like(value, -math.inf), value)
+        return self._combine(*_parts_at_inference(exclusive, softmax, similarities, document_mask, query_mask))

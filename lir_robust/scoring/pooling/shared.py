@@ -120,16 +120,23 @@ class SharedWork:
             return torch.cat([filled, pad], dim=-1).sort(dim=-1, descending=True).values
         return self._cached(("top", int(k)), compute)
 
+    def compiled_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the compiled kernels read at inference: ``(rows, lengths)`` - the similarities themselves with each
+        row's real length when every patch is real or the real ones are a prefix (the scorer's padded blocks: no
+        masked copy), else the masked copy (:attr:`filled`) read whole."""
+        lengths = None if self.all_valid else self.prefix_lengths()
+        if self.all_valid or lengths is not None:
+            return self.similarities, lengths
+        return self.filled, None
+
     def top_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` largest similarities ``[..., count]`` (descending; equal ones by patch position) and their
         patch positions (long; -inf / -1 where padded or masked). At inference on the CPU a compiled search
         (:mod:`lir_robust.scoring.pooling.compiled`); with gradients or on a GPU, torch's topk (same values)."""
         def compute():
             if can_compile(self.similarities):
-                lengths = None if self.all_valid else self.prefix_lengths()
-                if self.all_valid or lengths is not None:  # no masked copy: each row's real patches are a prefix
-                    return compiled_top_candidates(self.similarities, count, lengths)
-                return compiled_top_candidates(self.filled, count)
+                rows, lengths = self.compiled_rows()
+                return compiled_top_candidates(rows, count, lengths)
             filled = self.filled
             width = filled.shape[-1]
             take = min(count, width)
