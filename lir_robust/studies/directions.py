@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from lir_robust.core.errors import UserError
 
 __all__ = ["CHECKS", "REFERENCE_KS", "read_directions", "reference_maxsim", "direction_rows", "checks",
-           "sweep_seed_rows", "paired_difference", "head_family"]
+           "maxsim_baseline", "sweep_seed_rows", "paired_difference", "head_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,15 @@ def paired_difference(results: Mapping[str, Any], head: str, baseline: Mapping[s
     mean = sum(differences) / n
     variance = sum((d - mean) ** 2 for d in differences) / (n - 1) if n > 1 else math.nan
     return {"mean": mean, "se": math.sqrt(variance / n), "n": n}
+
+
+def maxsim_baseline(baselines: Path | None, collection: str, seed: int) -> tuple[Path | None, dict[str, Any] | None]:
+    """Retrained maxsim's sweep of a collection and seed, ``baselines/<collection>-maxsim-seed<seed>.json``, for the
+    paired differences of :func:`sweep_seed_rows`: ``(its path, its results)``, or ``(None, None)`` where it is absent."""
+    path = None if baselines is None else Path(baselines) / f"{collection}-maxsim-seed{seed}.json"
+    if path is None or not path.is_file():
+        return None, None
+    return path, json.loads(path.read_text())
 
 
 def sweep_seed_rows(results: Mapping[str, Any], collection: str, seed: int, injected_negatives: Sequence[str] | None,

@@ -58,7 +58,7 @@ def retrained(runs: Path, baselines: Path | None) -> None:
     import re
 
     from lir_robust.core.files import write_json_atomic, write_text_atomic
-    from lir_robust.studies.directions import sweep_seed_rows
+    from lir_robust.studies.directions import maxsim_baseline, sweep_seed_rows
 
     rows, found, missing, paired_with = [], [], [], {}
     for folder in sorted(runs.glob("*-s*")):
@@ -73,8 +73,7 @@ def retrained(runs: Path, baselines: Path | None) -> None:
         results = json.loads(path.read_text())
         model_config = Path(results["config"]["model"]) / "config.json"
         injected = json.loads(model_config.read_text()).get("injected_negatives") if model_config.is_file() else None
-        baseline_path = None if baselines is None else baselines / f"{collection}-maxsim-seed{seed}.json"
-        baseline = json.loads(baseline_path.read_text()) if baseline_path is not None and baseline_path.is_file() else None
+        baseline_path, baseline = maxsim_baseline(baselines, collection, seed)
         if baseline is not None:
             paired_with[f"{collection}:{seed}"] = str(baseline_path)
         rows += [dict(row, protocol=protocol) for row in sweep_seed_rows(results, collection, seed, injected, baseline)]

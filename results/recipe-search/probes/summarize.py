@@ -10,12 +10,13 @@ tried").
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
 
 from lir_robust.core.files import write_json_atomic, write_text_atomic
-from lir_robust.studies.directions import sweep_seed_rows
+from lir_robust.studies.directions import maxsim_baseline, sweep_seed_rows
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,8 +35,7 @@ def summarize(runs: Path, baselines: Path | None) -> dict:
         results = json.loads(path.read_text())
         extra_file = folder.parent / "extra.txt"
         extra = extra_file.read_text().split() if extra_file.is_file() else []
-        baseline_path = None if baselines is None else baselines / f"{collection}-maxsim-seed{seed}.json"
-        baseline = json.loads(baseline_path.read_text()) if baseline_path is not None and baseline_path.is_file() else None
+        baseline_path, baseline = maxsim_baseline(baselines, collection, seed)
         if baseline is not None:
             paired_with[f"{collection}:{seed}"] = str(baseline_path)
         rows += [dict(row, probe=probe, finetune_args=extra) for row in sweep_seed_rows(results, collection, seed, None, baseline)]
@@ -52,8 +52,8 @@ def table(summary: dict) -> str:
     for row in summary["per_seed"]:
         paired = row["paired_ndcg10_vs_maxsim_hard_k0"]
         paired_text = "" if paired is None else f"{paired['mean']:+.4f} ± {paired['se']:.4f}"
-        budgets = " / ".join("> 50" if row[f"budget_median_{kind}"] is None else f"{row[f'budget_median_{kind}']:g}"
-                             for kind in ("spike", "hard"))
+        budgets = " / ".join(f"{row[f'budget_median_{kind}']:g}" if row[f"budget_median_{kind}"] not in (None, math.inf)
+                             else "> 50" for kind in ("spike", "hard"))  # inf: not reached within the K grid
         lines.append(f"| {row['probe']} | {row['collection']} | {row['seed']} | `{row['trained_with']}` | "
                      f"`{row['scored_with']}` | {row['ndcg10_k0']:.3f} | {paired_text} | "
                      f"{100 * row['retained_spike_k4']:.1f} % | {100 * row['retained_hard_k4']:.1f} % | {budgets} |")
