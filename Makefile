@@ -95,8 +95,8 @@ bench-train:
 	$(PY) eval/bench_train.py --out $(OUT)/bench-train
 
 # Whole fine-tunes (maxsim against the recipe's training head softmax:tau=1.0 and blend, 20 steps, 3 interleaved rounds)
-# on DATA: median step and cores used; fails when a head is serialised (fewer cores than maxsim and slower steps). About
-# 6 min on an idle 2-core machine.
+# on DATA: median step and cores used; fails when a head is serialised (fewer cores than maxsim and slower steps). Nine
+# fine-tunes of about 35 s each on an idle 2-core machine (two heads, six fine-tunes, took 3 min 42 s).
 bench-train-runs:
 	$(PY) eval/bench_train.py --real-runs 3 --data $(DATA) --out $(OUT)/bench-train-$(DATA)
 
@@ -106,7 +106,8 @@ BENCH_SCALE_ARGS ?=
 bench-scale:
 	$(PY) eval/bench_scale.py --out $(OUT)/bench-scale $(BENCH_SCALE_ARGS)
 
-# Writes runs/finetune-<head> (e.g. runs/finetune-topk-k4), as the command alone does; FINETUNE_ARGS="--output-dir X" to change.
+# Writes runs/finetune-<head> (e.g. runs/finetune-topk-k4; the recipe, without POOLING:
+# runs/finetune-softmax-tau1.0-scored-blend-...), as the command alone does; FINETUNE_ARGS="--output-dir X" to change.
 finetune:
 	$(VENV)/bin/accelerate launch train/finetune.py $(if $(POOLING),--pooling $(POOLING)) $(FINETUNE_ARGS)
 

@@ -3,8 +3,8 @@
     python eval/bench_train.py                          # the recipe's batch (32 Cranfield inverse-cloze pairs)
     python eval/bench_train.py --rounds 3 --threads 1   # quicker, one thread (as accelerate launch gives a CPU process)
     python -m lir_robust.commands.bench_train ...       # the same, without a checkout
-    python eval/bench_train.py --real-runs 3 --data med # real fine-tunes instead (maxsim and exclusive, 20 steps
-                                                        # each, interleaved 3 times): median step and cores used
+    python eval/bench_train.py --real-runs 3 --data med # real fine-tunes instead (maxsim, softmax:tau=1.0 and blend,
+                                                        # 20 steps each, interleaved 3 times): median step, cores used
 
 One process, one fixed batch, the fine-tuning recipe's model (RECIPE in lir_robust.studies.variants): a whole step (encode
 queries and documents, the defence's injected negatives when the variant has them, the pooled InfoNCE loss, backward,
@@ -70,8 +70,8 @@ def build_parser() -> cli.ArgumentParser:
                         help="time whole fine-tunes instead: this many interleaved rounds of --real-heads (0: off)")
     parser.add_argument("--real-heads", nargs="+", type=cli.head_spec, default=["maxsim", "softmax:tau=1.0", "blend"],
                         help="heads of the real runs; the first is the reference (default: maxsim against the recipe's "
-                             "training head, softmax:tau=1.0, and blend, whose exclusive half was the step that "
-                             "serialised, issue 20)")
+                             "training head, softmax:tau=1.0, and blend, whose exclusive half is the head whose steps issue 20 saw "
+                             "serialised)")
     parser.add_argument("--real-steps", type=cli.positive_int, default=20, help="steps of each real run")
     return parser
 
