@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lir_robust.scoring.pooling import HEADS, PoolingHead, available_heads, parse_head, register_head
-from lir_robust.scoring.pooling.heads import _groups_pay_off, _top_k_by_groups
 
 ALL_HEADS = ["maxsim", "topk:k=4", "topk:k=1", "softmax:tau=1.0", "softmax:tau=0.1", "lse:tau=0.1",
              "lse:tau=0.1,length_corrected=true", "mean", "exclusive", "exclusive:capacity=2,candidates=3",
@@ -194,38 +193,38 @@ def test_a_user_head_registers_in_a_few_lines():
 
 
 @pytest.mark.parametrize("width", [1024, 1030, 1087, 2100])
-def test_the_grouped_inference_top_k_gives_the_values_of_torch_topk(width):
-    """`_top_k_by_groups` (topk's inference path on long rows) against torch.topk, value for value: random rows,
-    rows whose largest values share a group (column c and c + 64), ties, -inf (fewer than k valid patches), NaN,
-    +inf, left-over columns beyond 64 x (width // 64), and a strided view as the scorer passes."""
+def test_the_inference_top_k_gives_the_values_of_torch_topk(width):
+    """topk's inference path on the CPU (the compiled candidate search, SharedWork.top_values) against torch.topk
+    (its path while gradients are recorded), value for value: random rows, rows whose largest values share a chunk of
+    16, ties, -inf (fewer than k valid patches), NaN, +inf, the largest values in the columns past 16 x (width // 16),
+    masked patches, and the scorer's padded block read in place."""
     generator = torch.Generator().manual_seed(width)
     values = torch.randn(3, 40, width, generator=generator)
-    values[0, 0, [5, 69, 133, 197]] = 10.0 + torch.arange(4.0)  # the four largest in one group
-    values[0, 1, [7, 71]] = 9.0  # two of them in one group, tied
+    values[0, 0, [5, 6, 7, 8]] = 10.0 + torch.arange(4.0)  # the four largest in one chunk
+    values[0, 1, [7, 71]] = 9.0  # two of them tied
     values[0, 2] = values[0, 2].round()  # many ties
     values[0, 3] = -math.inf
-    values[0, 3, [3, 67]] = 1.0  # two valid patches in one group, the rest masked
+    values[0, 3, [3, 67]] = 1.0  # two valid patches, the rest -inf
     values[0, 4] = -math.inf
     values[0, 5, 100] = math.nan
     values[0, 6, [3, 4, 67]] = math.nan
-    values[0, 10, 5], values[0, 10, 69] = math.nan, 20.0  # NaN and the largest number in one group
+    values[0, 10, 5], values[0, 10, 6] = math.nan, 20.0  # NaN and the largest number in one chunk
     values[0, 7, [8, 72]] = math.inf
-    values[0, 8, -1] = 50.0  # the largest in the left-over columns (when width is not a multiple of 64)
+    values[0, 8, -1] = 50.0  # the largest among the last columns
     values[0, 9, [-1, -2, 1000]] = 50.0
     values[1, :, :] = values[1, :, :].round(decimals=1)
-    for k in (2, 3, 4):
-        expected = values.topk(k, dim=-1, sorted=True).values
-        torch.testing.assert_close(_top_k_by_groups(values, k), expected, rtol=0, atol=0, equal_nan=True)
-        view = values.unsqueeze(0).expand(2, -1, -1, -1)[:, :, 5:]
-        torch.testing.assert_close(_top_k_by_groups(view, k), expected[:, 5:].expand(2, -1, -1, -1), rtol=0, atol=0, equal_nan=True)
     mask = torch.rand(3, width, generator=generator) > 0.5
     mask[2, 10:] = False  # a document with fewer than k valid patches
-    similarities = values[:, :5].clone()
-    assert _groups_pay_off(similarities, 4)  # the head below takes the grouped path at inference
-    with torch.no_grad():
-        fast = parse_head("topk:k=4")(similarities, mask)
-    slow = parse_head("topk:k=4")(similarities.clone().requires_grad_(), mask).detach()
-    torch.testing.assert_close(fast, slow, rtol=0, atol=0, equal_nan=True)
+    padded = torch.arange(width) < torch.tensor([width, width - 7, 3]).unsqueeze(-1)  # the scorer's padding: a prefix
+    for k in (2, 3, 4, 8):
+        head = parse_head(f"topk:k={k}")
+        for document_mask in (torch.ones(3, width, dtype=torch.bool), mask, padded):
+            with torch.no_grad():
+                fast = head.partial(values, document_mask)[0]
+            slow = head.partial(values.clone().requires_grad_(), document_mask)[0].detach()
+            torch.testing.assert_close(fast, slow, rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(head(values, document_mask),
+                                       head(values.clone().requires_grad_(), document_mask).detach(), equal_nan=True)
 
 
 def test_topk_between_1_and_the_length_is_the_mean_of_the_k_largest_valid_similarities():

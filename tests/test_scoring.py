@@ -208,3 +208,31 @@ def test_blend_at_inference_reads_each_row_once_and_gives_the_values_of_its_shar
     every = torch.ones(7, 9, dtype=torch.bool)
     clean = similarities.nan_to_num(posinf=3.0)
     torch.testing.assert_close(head(clean, every, query_mask), head.finalize(head.partial(clean, every), query_mask))
+
+
+@pytest.mark.parametrize("spec", ["topk:k=4", "softmax:tau=0.1", "lse:tau=0.1,length_corrected=true"])
+def test_compiled_heads_pool_the_whole_matrix_when_the_padding_is_a_prefix(monkeypatch, spec):
+    """Heads that read the similarities in place through the compiled kernels (``compiled_at_inference``) get the
+    scorer's whole matrix at once (its rows split over the threads) when each document's real patches come first, and
+    cache-sized blocks otherwise (no whole-matrix masked copy); the scores are those of the differentiable path."""
+    from lir_robust.scoring import scorer
+
+    head = parse_head(spec)
+    assert head.compiled_at_inference
+    queries = torch.randn(3, 5, DIM, generator=torch.Generator().manual_seed(1))
+    documents = torch.randn(6, 40, DIM, generator=torch.Generator().manual_seed(2))
+    prefix = torch.arange(40) < torch.tensor([40, 3, 17, 40, 1, 25]).unsqueeze(-1)
+    holes = prefix.clone()
+    holes[0, ::3] = False
+    query_mask = torch.ones(3, 5, dtype=torch.bool)
+    calls = []
+    original = type(head).__call__
+    monkeypatch.setattr(type(head), "__call__", lambda self, s, m: calls.append(tuple(s.shape)) or original(self, s, m))
+    monkeypatch.setattr(scorer, "HEAD_BLOCK_ELEMENTS", 5 * 40 * 2)  # blocks of two documents
+    for mask, whole in ((prefix, True), (holes, False)):
+        calls.clear()
+        with torch.no_grad():
+            fast = late_interaction_scores(queries, query_mask, documents, mask, head)
+        assert (calls == [(3, 5, 6, 1, 40)]) == whole and len(calls) == (1 if whole else 9)
+        reference = late_interaction_scores(queries, query_mask, documents.clone().requires_grad_(), mask, head).detach()
+        torch.testing.assert_close(fast, reference)

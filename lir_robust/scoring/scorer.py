@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lir_robust.scoring.pooling import PoolingHead, parse_head
+from lir_robust.scoring.pooling.compiled import can_compile
 
 __all__ = [
     "MultiVectors",
@@ -187,6 +188,16 @@ def _document_aware(head: PoolingHead, similarities: torch.Tensor, documents: to
     return head.inner_head, similarities.add_(bias)  # inference: the similarities are a scratch matrix
 
 
+def _whole_at_inference(head: PoolingHead, similarities: torch.Tensor, document_mask: torch.Tensor) -> bool:
+    """Whether ``head`` pools the whole similarity matrix at once: its compiled kernels read it in place and split its
+    rows over the threads (``compiled_at_inference``), which needs the real patches of each document to come first
+    (padding, as :func:`score` pads; any other mask would cost a masked copy of the whole matrix)."""
+    if not (head.compiled_at_inference and can_compile(similarities)):
+        return False
+    lengths = document_mask.sum(dim=-1, keepdim=True)
+    return torch.equal(document_mask.to(torch.bool), torch.arange(document_mask.shape[-1], device=document_mask.device) < lengths)
+
+
 def late_interaction_scores(
     queries: torch.Tensor,
     query_mask: torch.Tensor,
@@ -209,7 +220,7 @@ def late_interaction_scores(
     if head.joint:  # the head needs each query's tokens side by side: [Nq, Nd, Tq, Td] (a view), query mask [Nq, 1, Tq]
         per_token = head.pool(similarities.squeeze(3).permute(0, 2, 1, 3), document_mask, query_mask.unsqueeze(1))
         per_token = per_token.transpose(1, 2)  # [Nq, Tq, Nd]
-    elif torch.is_grad_enabled() and similarities.requires_grad:
+    elif torch.is_grad_enabled() and similarities.requires_grad or _whole_at_inference(head, similarities, document_mask):
         per_token = head(similarities, document_mask).squeeze(-1)  # [Nq, Tq, Nd]
     else:
         # Inference: pool blocks of a few queries x documents, so that a head's temporaries (softmax: a scaled copy,

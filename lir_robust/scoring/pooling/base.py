@@ -132,6 +132,10 @@ class PoolingHead:
     #: ``document_bias(documents [..., Td, D], document_mask, *, padding_is_zero) -> [..., Td]`` that the scorer adds
     #: to the similarities before pooling them with its ``inner_head``. Such a head is scored through the scorer only.
     needs_documents: ClassVar[bool] = False
+    #: True when the head's inference on the CPU reads the similarities in place through the compiled kernels
+    #: (:mod:`lir_robust.scoring.pooling.compiled`, no similarity-sized temporary): the scorer then gives it its whole
+    #: matrix at once, whose rows the kernels split over torch's threads, instead of cache-sized blocks.
+    compiled_at_inference: ClassVar[bool] = False
 
     # -- the three parts that make a head mergeable (override all three, or override __call__ only) --
     def partial(self, similarities: torch.Tensor, document_mask: torch.Tensor) -> State:

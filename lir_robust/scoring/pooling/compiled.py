@@ -1,15 +1,16 @@
 """Compiled (numba) work for the pooling heads at inference: each row's ``count`` best candidates without a sort, and
-(optionally, in the same read of the row) the sums a soft maximum needs.
+(optionally, in the same visit of the row) the sums a soft maximum needs.
 
 :func:`compiled_top_candidates` computes what ``SharedWork.top_candidates`` promises (a full stable descending sort,
 then the first ``count``). ``torch.topk`` costs about ten times a max on rows of a thousand patches, which made the
-candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row from memory once
-(the maxima of 16 lanes bound the ``count``-th largest value from below), then, in cache, keeps the few values at or
-above the bound and inserts them into a sorted list. A padded row is read only up to its length. Rows are split over
-torch's threads (the kernel releases the GIL). :func:`compiled_candidates_and_exponentials` adds, while the row is
-still in cache, the sum of ``exp((S - max) * scale)`` and of ``exp(...) * S`` over its real patches (the state of the
-softmax head): ``blend`` needs both parts, and read through torch they cost a masked copy of the block, an exponential
-pass and a dot product each (`make bench-scoring`). No head formula lives here.
+candidate search most of exclusive's scoring time (`make bench-scoring`). The kernel reads each row from memory once,
+taking the maximum of each chunk of 16 values (LLVM's maxnum, which the compiler turns into vector instructions, where
+``a if a > b else b`` stays one value at a time), bounds the ``count``-th largest value from below by the ``count``-th
+largest maximum of pairs of chunks, and then, in cache, inserts into a sorted list only the values at or above the
+bound in the chunks whose maximum reaches it (about ``count`` of them). A padded row is read only up to its length.
+Rows are split over torch's threads (the kernel releases the GIL). :func:`compiled_candidates_and_exponentials` adds,
+while the row is still in cache, the sum of ``exp((S - max) * scale)`` and of ``exp(...) * S`` over its real patches
+(the state of the softmax head): ``blend`` needs both parts, the ``softmax`` head the sums. No head formula lives here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 __all__ = ["can_compile", "compiled_candidates_and_exponentials", "compiled_top_candidates"]
 
-LANES = 16  # a row is read in chunks of 16 values; the lane maxima give the lower bound
+CHUNK = 16  # a row is read in chunks of 16 values; their maxima give the lower bound and which chunks to search
 PARALLEL_ROWS = 4096  # fewer rows than this run on the calling thread
 
 _KERNEL = None
@@ -77,80 +78,98 @@ def _kernel():
                 weighted += exponential * value if value != -np.inf else np.float32(0.0)  # -inf: weight 0
             return total, weighted
 
+        @intrinsic
+        def larger(typing_context, a, b):  # pragma: no cover - compiled
+            """The larger of two float32 (LLVM's maxnum: a NaN operand gives the other): unlike ``a if a > b else b``,
+            a maximum over a chunk the compiler turns into vector instructions."""
+            def generate(context, builder, signature, arguments):
+                from llvmlite import ir
+                kind = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.FloatType()])
+                return builder.call(builder.module.declare_intrinsic("llvm.maxnum.f32", fnty=kind), arguments)
+            return numba.types.float32(numba.types.float32, numba.types.float32), generate
+
+        @numba.njit(cache=True, nogil=True, inline="always")
+        def insert(value, position, take, filled, best_values, best_positions):  # pragma: no cover - compiled
+            """Insert one value into the sorted list of the take best (filled so far), stably (a later equal value
+            goes after); returns the new fill. "value sorts before b" (descending, NaN the largest, as torch.sort):
+            value > b, or value is NaN and b is not."""
+            if filled < take:
+                slot = filled
+                filled += 1
+            elif value > best_values[take - 1] or (value != value and best_values[take - 1] == best_values[take - 1]):
+                slot = take - 1
+            else:
+                return filled
+            while slot > 0 and (value > best_values[slot - 1]
+                                or (value != value and best_values[slot - 1] == best_values[slot - 1])):
+                best_values[slot] = best_values[slot - 1]
+                best_positions[slot] = best_positions[slot - 1]
+                slot -= 1
+            best_values[slot] = value
+            best_positions[slot] = position
+            return filled
+
         @numba.njit(cache=True, nogil=True)
         def search(rows_values, lengths, count, values, positions, scale, totals, weighteds):  # pragma: no cover
             rows, width = rows_values.shape
             best_values = np.empty(max(count, 1), dtype=rows_values.dtype)
             best_positions = np.empty(max(count, 1), dtype=np.int64)
-            lanes = np.empty(LANES, dtype=rows_values.dtype)
-            hits = np.zeros(width // LANES + 1, dtype=np.int32)
-            kept = np.empty(width + LANES, dtype=np.int64)
+            chunk_maxima = np.empty(width // CHUNK + 1, dtype=rows_values.dtype)
+            hit_chunks = np.empty(width // CHUNK + 1, dtype=np.int64)
+            kept = np.empty(width + CHUNK, dtype=np.int64)
             for row_index in range(rows):
                 row = rows_values[row_index]
                 length = min(max(lengths[row_index], 0), width)  # the row's real patches: the first length
                 take = min(count, length)
-                chunks = length // LANES
-                # 1. A lower bound on the take-th largest value: the take-th largest of the 16 lane maxima (16
-                # distinct values of the row; NaN lanes passed over; fewer than take numbers: -inf, no bound).
+                chunks = length // CHUNK
+                # 1. The maximum of each chunk of 16 values (vector instructions; NaN passed over) and whether the row
+                # holds a NaN, in the one read of the row from memory.
+                for chunk in range(chunks):
+                    start = chunk * CHUNK
+                    top = row[start]
+                    for lane in range(1, CHUNK):
+                        top = larger(top, row[start + lane])
+                    chunk_maxima[chunk] = top
+                unordered = False  # (a loop of its own: inside the one above, neither is vectorised)
+                for position in range(length):
+                    unordered |= row[position] != row[position]
+                # 2. A lower bound on the take-th largest value: the take-th largest of the maxima of pairs of chunks
+                # (take distinct pairs hold a value at least as large), kept in a sorted list without a branch (a
+                # compare-and-swap down the list: an insertion's branches would be mispredicted, and pairs, not
+                # chunks, halve the work for a bound about as tight). A row with a NaN (which sorts first) or fewer
+                # pairs than take: -inf, every value a candidate.
                 floor = -np.inf
-                if 0 < take <= LANES and chunks > 0:
-                    for lane in range(LANES):
-                        lanes[lane] = row[lane]
-                    for chunk in range(1, chunks):
-                        start = chunk * LANES
-                        for lane in range(LANES):
-                            value = row[start + lane]
-                            lanes[lane] = value if value > lanes[lane] else lanes[lane]
+                pairs = (chunks + 1) // 2
+                if not unordered and 0 < take <= pairs:
                     for slot in range(take):
                         best_values[slot] = -np.inf
-                    for lane in range(LANES):
-                        value = lanes[lane]
-                        if value > best_values[take - 1]:
-                            slot = take - 1
-                            while slot > 0 and value > best_values[slot - 1]:
-                                best_values[slot] = best_values[slot - 1]
-                                slot -= 1
-                            best_values[slot] = value
+                    for pair in range(pairs):
+                        value = larger(chunk_maxima[2 * pair], chunk_maxima[min(2 * pair + 1, chunks - 1)])
+                        for slot in range(take):
+                            held = best_values[slot]
+                            best_values[slot] = value if value > held else held
+                            value = held if value > held else value
                     floor = best_values[take - 1]
-                # 2. The values that can be among the take best (at or above the bound, or NaN), in patch order: a
-                # vectorised test per chunk of 16, then the chunks that hold one.
+                # 3. The take best of the values at or above the bound (or NaN), inserted in patch order, reading only
+                # the chunks whose maximum reaches the bound (in cache).
+                # Without a branch per chunk or value (they would be mispredicted): the chunks that reach the bound,
+                # then their values that do (their positions), then the insertions.
+                reached = 0
                 for chunk in range(chunks):
-                    start = chunk * LANES
-                    hit = 0
-                    for lane in range(LANES):
-                        hit += np.int32(not (row[start + lane] < floor))
-                    hits[chunk] = hit
+                    hit_chunks[reached] = chunk
+                    reached += np.int64(floor == -np.inf or chunk_maxima[chunk] >= floor)
                 kept_count = 0
-                for chunk in range(chunks):
-                    if hits[chunk]:
-                        start = chunk * LANES
-                        for lane in range(LANES):
-                            kept[kept_count] = start + lane
-                            kept_count += np.int64(not (row[start + lane] < floor))
-                for position in range(chunks * LANES, length):
+                for index in range(reached):
+                    start = hit_chunks[index] * CHUNK
+                    for position in range(start, start + CHUNK):
+                        kept[kept_count] = position
+                        kept_count += np.int64(not row[position] < floor)
+                for position in range(chunks * CHUNK, length):
                     kept[kept_count] = position
-                    kept_count += np.int64(not (row[position] < floor))
-                # 3. The take best of those by insertion, stably (a later equal value goes after). "value sorts
-                # before b" (descending, NaN the largest, as torch.sort): value > b, or value is NaN and b is not.
+                    kept_count += np.int64(not row[position] < floor)
                 filled = 0
                 for index in range(kept_count):
-                    position = kept[index]
-                    value = row[position]
-                    if filled < take:
-                        slot = filled
-                        filled += 1
-                    elif (value > best_values[take - 1]
-                          or (value != value and best_values[take - 1] == best_values[take - 1])):
-                        slot = take - 1
-                    else:
-                        continue
-                    while slot > 0 and (value > best_values[slot - 1]
-                                        or (value != value and best_values[slot - 1] == best_values[slot - 1])):
-                        best_values[slot] = best_values[slot - 1]
-                        best_positions[slot] = best_positions[slot - 1]
-                        slot -= 1
-                    best_values[slot] = value
-                    best_positions[slot] = position
+                    filled = insert(row[kept[index]], kept[index], take, filled, best_values, best_positions)
                 for slot in range(take):
                     value = best_values[slot]
                     values[row_index, slot] = value

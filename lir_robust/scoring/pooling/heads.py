@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -21,49 +22,10 @@ from lir_robust.scoring.pooling.base import (
     masked_fill_float32,
     register_head,
 )
+from lir_robust.scoring.pooling.compiled import can_compile, compiled_candidates_and_exponentials
 from lir_robust.scoring.pooling.shared import SharedWork, _bitonic_merge
 
 __all__ = ["MaxSimHead", "TopKHead", "SoftmaxHead", "LogSumExpHead", "MeanHead"]
-
-
-# Groups of the inference top-k (`_top_k_by_groups`): rows of at least 16 x 64 values, k <= 4 (k(k-1)/128, 9% at most, of
-# the rows, with random similarities, have two of their k largest values in one group and take the slower route).
-_TOP_K_GROUPS = 64
-
-
-def _groups_pay_off(values: torch.Tensor, k: int) -> bool:
-    """Whether `_top_k_by_groups` is worth its extra steps on ``values`` (on the CPU only: a GPU's topk is fast, and
-    `again.any()` would wait for the GPU at every block)."""
-    return values.device.type == "cpu" and 2 <= k <= 4 and values.shape[-1] >= 16 * _TOP_K_GROUPS
-
-
-def _top_k_by_groups(values: torch.Tensor, k: int) -> torch.Tensor:
-    """``values.topk(k, dim=-1, sorted=True).values`` (the same numbers, NaN and ties included) for long rows, at
-    inference: torch.topk costs ~1.3 ns per value on the CPU, 7x an ``amax``, and dominates a top-k head's scoring.
-
-    Split each row into 64 interleaved groups (column c + 64 j, plus the left-over columns), take each group's max
-    (one vectorised pass) and the k largest group maxes. Every value above the k-th of them, t, lies in those k
-    groups (the others' max is at most t). So when those k groups and the left-over columns hold exactly k values
-    >= t, the k group maxes are the row's k largest; in the other rows (two of the k largest in one group) the k
-    largest are found among those groups' values and the left-over columns (only they can exceed t).
-    """
-    width = values.shape[-1]
-    size = width // _TOP_K_GROUPS
-    main = size * _TOP_K_GROUPS
-    groups = values[..., :main].unflatten(-1, (size, _TOP_K_GROUPS))  # [..., size, 64]: group c holds c, c + 64, ...
-    group_max = groups.amax(dim=-2)
-    rest = values[..., main:]  # fewer than 64 left-over columns: column main + c joins group c
-    if main < width:
-        torch.maximum(group_max[..., : width - main], rest, out=group_max[..., : width - main])
-    top, chosen = group_max.topk(k, dim=-1, sorted=True)
-    members = groups.gather(-1, chosen.unsqueeze(-2).expand(*chosen.shape[:-1], size, k))  # [..., size, k]
-    threshold = top[..., k - 1 :]
-    count = torch.ge(members, threshold.unsqueeze(-1)).sum(dim=(-2, -1)) + torch.ge(rest, threshold).sum(dim=-1)
-    again = (count != k) | top[..., 0].isnan()  # NaN: topk ranks it above every number; settled by topk below
-    if bool(again.any()):
-        candidates = torch.cat([members[again].flatten(-2), rest[again]], dim=-1)
-        top[again] = candidates.topk(k, dim=-1, sorted=True).values
-    return top
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -98,20 +60,23 @@ class TopKHead(PoolingHead):
     """
 
     k: int = 4
+    compiled_at_inference: ClassVar[bool] = True
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"pooling head 'topk': k must be an integer >= 1, got {self.k!r}")
 
     def partial(self, similarities, document_mask):
+        if not _records_gradient(similarities) and can_compile(similarities.float()):
+            # inference on the CPU: the compiled candidate search (SharedWork.top_values), reading the scorer's padded
+            # block in place; torch.topk costs ~1.3 ns per value, 7x an amax (`make bench-scoring`)
+            return self.partial_shared(SharedWork(similarities, document_mask.unsqueeze(-2)))
         filled = masked_fill_float32(similarities, document_mask, -math.inf)
         width = filled.shape[-1]
         if self.k == 1:
             return (filled.amax(dim=-1, keepdim=True),)
         if width < self.k:
             filled = torch.cat([filled, filled.new_full((*filled.shape[:-1], self.k - width), -math.inf)], dim=-1)
-        if not _records_gradient(filled) and _groups_pay_off(filled, self.k):
-            return (_top_k_by_groups(filled, self.k),)  # inference: the same values, faster in the scorer (CPU)
         return (filled.topk(self.k, dim=-1, sorted=True).values,)
 
     def partial_shared(self, work):
@@ -157,6 +122,7 @@ class SoftmaxHead(PoolingHead):
     """phi = sum_j w_ij S_ij, w_ij = softmax_j(S_ij / tau): a weighted mean (PAPER.md). tau -> 0 gives maxsim."""
 
     tau: float = 1.0
+    compiled_at_inference: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_positive("softmax", "tau", self.tau)
@@ -181,10 +147,13 @@ class SoftmaxHead(PoolingHead):
         return value if _all_valid(document_mask) else _no_patch_is_minus_inf(value, ~document_mask.any(dim=-1, keepdim=True).expand_as(value))
 
     def _no_grad_value(self, similarities, document_mask):
-        """The same value at inference, with one similarity-sized temporary rewritten in place (see
-        :func:`_exponentials_in_place`). Not the compiled sums blend uses: this head's blocks, cut out of the scorer's
-        matrix, are strided rows (which the kernel reads about 3x slower than contiguous ones) too few to split over
-        threads; through them `make bench-scoring` gave softmax:tau=0.1 1.78x maxsim at two threads, 1.44x on torch's."""
+        """The same value at inference: on the CPU the compiled sums (one read of each row, in place, split over
+        torch's threads: the scorer gives this head its whole matrix, ``compiled_at_inference``); elsewhere one
+        similarity-sized temporary rewritten in place (see :func:`_exponentials_in_place`)."""
+        if can_compile(similarities.float()):
+            rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
+            _, _, total, weighted = compiled_candidates_and_exponentials(rows, 1, 1.0 / self.tau, lengths)
+            return self.finalize((None, total, weighted))
         work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
         work.mul_(similarities)
         if mask is not None:
@@ -211,6 +180,7 @@ class LogSumExpHead(PoolingHead):
 
     tau: float = 0.1
     length_corrected: bool = False
+    compiled_at_inference: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_positive("lse", "tau", self.tau)
@@ -227,11 +197,18 @@ class LogSumExpHead(PoolingHead):
     def __call__(self, similarities, document_mask):
         if _records_gradient(similarities):
             return self.finalize(self.partial(similarities, document_mask))
-        # inference: one temporary (see _exponentials_in_place), the same state; log 0 = -inf: no valid patch, -inf
-        _, shift, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
+        # inference, the same state; log 0 = -inf: no valid patch, -inf. On the CPU the compiled sums (as softmax);
+        # elsewhere one temporary (see _exponentials_in_place)
         count = None  # read by finalize only when length_corrected
         if self.length_corrected:
-            count = torch.full_like(total, float(similarities.shape[-1])) if mask is None else mask.sum(dim=-1, dtype=torch.float32).expand_as(total)
+            valid = document_mask.to(torch.bool).unsqueeze(-2)
+            count = valid.sum(dim=-1, dtype=torch.float32).expand(similarities.shape[:-1])
+        if can_compile(similarities.float()):
+            rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
+            peak, _, total, _ = compiled_candidates_and_exponentials(rows, 1, 1.0 / self.tau, lengths)
+            peak = peak.squeeze(-1)
+            return self.finalize((torch.where(torch.isfinite(peak), peak, 0.0), total, count))
+        _, shift, total, _ = _exponentials_in_place(similarities, document_mask, self.tau)
         return self.finalize((self.tau * shift.squeeze(-1), total, count))
 
     def merge(self, a, b):

@@ -108,8 +108,11 @@ class SharedWork:
 
     def top_values(self, k: int) -> torch.Tensor:
         """The k largest similarities ``[..., k]`` in descending order, padded with -inf when there are fewer than k
-        patches (masked patches count as -inf)."""
+        patches (masked patches count as -inf). At inference on the CPU the compiled candidate search (same values as
+        torch.topk, NaN and ties included: tests/test_pooling.py)."""
         def compute():
+            if can_compile(self.similarities):
+                return self.top_candidates(k)[0]
             filled = self.filled
             width = filled.shape[-1]
             if k == 1:
