@@ -28,6 +28,15 @@ from lir_robust.scoring.pooling.shared import SharedWork, _bitonic_merge
 __all__ = ["MaxSimHead", "TopKHead", "SoftmaxHead", "LogSumExpHead", "MeanHead"]
 
 
+def _compiled_sums(similarities: torch.Tensor, document_mask: torch.Tensor, tau: float):
+    """Inference helper of the exponential heads on the CPU: ``(max, sum of exp((S - shift) / tau), sum of
+    exp(...) * S)``, each ``[..., Tq]``, over the valid patches, from one compiled read of each row (in place when the
+    valid patches are a prefix; :func:`compiled_candidates_and_exponentials`; shift: the max, 0 when not finite)."""
+    rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
+    peak, _, total, weighted = compiled_candidates_and_exponentials(rows, 1, 1.0 / tau, lengths)
+    return peak.squeeze(-1), total, weighted
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Built-in heads. Each formula lives here and nowhere else.
 # --------------------------------------------------------------------------------------------------------------
@@ -151,8 +160,7 @@ class SoftmaxHead(PoolingHead):
         torch's threads: the scorer gives this head its whole matrix, ``compiled_at_inference``); elsewhere one
         similarity-sized temporary rewritten in place (see :func:`_exponentials_in_place`)."""
         if can_compile(similarities.float()):
-            rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
-            _, _, total, weighted = compiled_candidates_and_exponentials(rows, 1, 1.0 / self.tau, lengths)
+            _, total, weighted = _compiled_sums(similarities, document_mask, self.tau)
             return self.finalize((None, total, weighted))
         work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
         work.mul_(similarities)
@@ -204,9 +212,7 @@ class LogSumExpHead(PoolingHead):
             valid = document_mask.to(torch.bool).unsqueeze(-2)
             count = valid.sum(dim=-1, dtype=torch.float32).expand(similarities.shape[:-1])
         if can_compile(similarities.float()):
-            rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
-            peak, _, total, _ = compiled_candidates_and_exponentials(rows, 1, 1.0 / self.tau, lengths)
-            peak = peak.squeeze(-1)
+            peak, total, _ = _compiled_sums(similarities, document_mask, self.tau)
             return self.finalize((torch.where(torch.isfinite(peak), peak, 0.0), total, count))
         _, shift, total, _ = _exponentials_in_place(similarities, document_mask, self.tau)
         return self.finalize((self.tau * shift.squeeze(-1), total, count))

@@ -1,7 +1,9 @@
 """Probes of issue 20's directions (run.sh beside this file) -> summary.json + table.md here: per-seed rows in the
 recipe search's schema (lir_robust.studies.directions.sweep_seed_rows), one per scoring head, labelled with the
 probe's extra fine-tuning options; paired against BASELINES/<collection>-maxsim-seed<seed>.json (retrained maxsim,
-the study's whole K grid) where that file exists. `make results-doc` puts the rows into docs/RESULTS.md ("Directions
+the study's whole K grid) where that file exists. A probe folder may also hold sweeps of an earlier probe's model with
+other heads over K = 0 and 4 only (budgets '-'): a head already swept for the same weights is reported once, from the
+whole K grid. `make results-doc` puts the rows into docs/RESULTS.md ("Directions
 tried").
 
     PYTHONPATH=$PWD python results/recipe-search/probes/summarize.py RUNS [--baselines DIR]
@@ -40,6 +42,14 @@ def summarize(runs: Path, baselines: Path | None) -> dict:
             paired_with[f"{collection}:{seed}"] = str(baseline_path)
         rows += [dict(row, probe=probe, finetune_args=extra) for row in sweep_seed_rows(results, collection, seed, None, baseline)]
         sources.append(str(path))
+    # The same encoder scored with the same head in two probes (a probe that only scores an earlier probe's model with
+    # new heads sweeps the old ones beside them) is one measurement: the row from the whole K grid (with budgets) stays.
+    kept = {}
+    for row in rows:
+        key = (row["weights"], row["collection"], row["seed"], row["scored_with"]) if row["weights"] else id(row)
+        if key not in kept or kept[key]["budget_median_spike"] is None and row["budget_median_spike"] is not None:
+            kept[key] = row
+    rows = list(kept.values())
     rows.sort(key=lambda row: (row["probe"], row["collection"], row["seed"], row["scored_with"]))
     return {"plan": {"finetune_args": [], "reference": "results/study/summary.json", "kinds": ["spike", "hard"],
                      "ks": [0, 1, 2, 4, 8, 16, 25, 50], "recipe": "the study's 40 LoRA steps, one thread, no injected negatives"},
@@ -52,8 +62,9 @@ def table(summary: dict) -> str:
     for row in summary["per_seed"]:
         paired = row["paired_ndcg10_vs_maxsim_hard_k0"]
         paired_text = "" if paired is None else f"{paired['mean']:+.4f} ± {paired['se']:.4f}"
-        budgets = " / ".join(f"{row[f'budget_median_{kind}']:g}" if row[f"budget_median_{kind}"] not in (None, math.inf)
-                             else "> 50" for kind in ("spike", "hard"))  # inf: not reached within the K grid
+        budgets = " / ".join("-" if row[f"budget_median_{kind}"] is None  # the sweep ran K = 0 and 4 only
+                             else "> 50" if row[f"budget_median_{kind}"] == math.inf  # not reached within the K grid
+                             else f"{row[f'budget_median_{kind}']:g}" for kind in ("spike", "hard"))
         lines.append(f"| {row['probe']} | {row['collection']} | {row['seed']} | `{row['trained_with']}` | "
                      f"`{row['scored_with']}` | {row['ndcg10_k0']:.3f} | {paired_text} | "
                      f"{100 * row['retained_spike_k4']:.1f} % | {100 * row['retained_hard_k4']:.1f} % | {budgets} |")
