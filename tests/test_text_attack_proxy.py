@@ -115,3 +115,37 @@ def test_the_findings_name_the_rows_where_the_proxy_ranks_the_variants_as_the_at
             "tiny hotflip success@10 / spike K=4 kept (-1.00).") in text
     assert "(rho >= +0.5: the variants the proxy calls robust are the easier to attack): tiny hotflip success@10 / hard K=4 kept (+1.00)." in text
     assert "(rho <= -0.5): no row." in "\n".join(text_attack_section(RUNS, STUDY))
+
+
+def _edit_run(kind: str, hijack: dict[str, float], length: int, weights: str = "base", position: str = "end") -> dict:
+    """A compact edit-attack report (insertion / stuffing): ``hijack`` maps each head to its hijack@10."""
+    report = _run(kind, dict.fromkeys(hijack, 0.0), weights=weights)
+    report["config"].update(length=length, position=position)
+    report["results"] = {head: {"metrics": {"hijack@10": value, "ndcg@10_retained": 1.0 - value}} for head, value in hijack.items()}
+    return report
+
+
+def test_the_edit_attacks_join_the_correlation_at_the_model_cards_settings():
+    """Insertion (an optimised snippet of L = 16 appended) and keyword stuffing (T = 32): their hijack@10 against each
+    proxy, over the same variants; other lengths or positions are not points."""
+    hijack = {"maxsim": 0.6, "softmax:tau=1.0": 0.1, "exclusive:capacity=1,candidates=8": 0.3}
+    runs = [("tiny/raw/insertion-l16-end", _edit_run("insertion", hijack, 16)),
+            ("tiny/raw/insertion-l4-end", _edit_run("insertion", {"maxsim": 0.0}, 4)),                  # other length
+            ("tiny/raw/insertion-l16-sentence", _edit_run("insertion", {"maxsim": 0.0}, 16, position="sentence")),
+            ("tiny/maxsim/insertion-l16-end", _edit_run("insertion", {"maxsim": 0.4}, 16, weights="abc")),
+            ("tiny/raw/stuffing-t32", _edit_run("stuffing", {"maxsim": 0.2, "softmax:tau=1.0": 0.0}, 32)),
+            ("tiny/raw/stuffing-t8", _edit_run("stuffing", {"maxsim": 0.9}, 8))]                       # other T
+    points = correlation_points(runs, STUDY, "insertion")["tiny"]
+    assert [(p["model"], p["head"], p["hijack@10"]) for p in points] == [
+        ("untrained", "exclusive:capacity=1,candidates=8", 0.3), ("untrained", "maxsim", 0.6),
+        ("untrained", "softmax:tau=1.0", 0.1), ("retrained", "maxsim", 0.4)]
+    assert [(p["head"], p["hijack@10"]) for p in correlation_points(runs, STUDY, "stuffing")["tiny"]] == [
+        ("maxsim", 0.2), ("softmax:tau=1.0", 0.0)]
+    text = "\n".join(text_attack_section(runs, STUDY))
+    # spike proxy (0.3, 0.1, 0.4, 0.2) against hijack (0.3, 0.6, 0.1, 0.4): ranks (3, 1, 4, 2) vs (2, 4, 1, 3): rho -1
+    assert spearman([0.3, 0.1, 0.4, 0.2], [0.3, 0.6, 0.1, 0.4]) == pytest.approx(-1.0)
+    assert ("| tiny | insertion L = 16, appended to 10 documents, 20 iterations | hijack@10 | spike K=4 kept | 4 | -1.00 |"
+            in text)
+    assert "| tiny | keyword stuffing T = 32, 10 documents | hijack@10 | spike K=4 kept | 2 | too few |" in text
+    assert "tiny insertion hijack@10 / spike K=4 kept (-1.00)" in text
+    assert "| untrained | maxsim | 10.0 % | 90.0 % | n/a | n/a | n/a | n/a | 60.0 % | 20.0 % |" in text   # the points table

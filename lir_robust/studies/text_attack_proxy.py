@@ -13,8 +13,10 @@ layout; ``raw`` = the untrained model) attacked that variant of the study's reci
 weights is ``raw``, and any other run is unknown (no proxy).
 
 Correlation (:func:`correlation_lines`): per collection, per text attack (HotFlip N = 10 at the suite's settings:
-:data:`HOTFLIP_SETTINGS`; cluster-text N = 10), per measure (:data:`MEASURES`: success@10, the issue's; success@100, finer where few
-queries are held out: MED's 15 make success@10 move in steps of 6.7 points) and per proxy: Spearman's rho
+:data:`HOTFLIP_SETTINGS`; cluster-text N = 10; the edit attacks at the model cards' settings: an optimised snippet of
+L = 16 appended to 10 documents, :data:`INSERTION_SETTINGS`, and keyword stuffing T = 32), per measure (:data:`MEASURES`
+for the passages: success@10, the issue's; success@100, finer where few queries are held out: MED's 15 make success@10
+move in steps of 6.7 points; :data:`EDIT_MEASURES` for the edits: hijack@10) and per proxy: Spearman's rho
 (:func:`lir_robust.studies.attack_summary.spearman`) over the (model, head) variants that have both numbers, the
 untrained model's heads and the retrained models (each through its own head) together; fewer than 3 variants say
 'too few'. The proxies are shares kept (higher = more robust): a proxy that predicts the text attack has rho < 0.
@@ -29,13 +31,25 @@ from lir_robust.reporting.format import percent, real_value, table_header, table
 from lir_robust.studies.attack_summary import PROXIES, spearman, study_proxy
 from lir_robust.studies.retraining import variant_name
 
-__all__ = ["MEASURES", "HOTFLIP_SETTINGS", "SCREEN_COLLECTION", "study_row", "proxy_summary", "correlation_points", "correlation_lines"]
+__all__ = ["MEASURES", "EDIT_MEASURES", "HOTFLIP_SETTINGS", "INSERTION_SETTINGS", "STUFFING_SETTINGS", "SCREEN_COLLECTION", "study_row", "proxy_summary", "correlation_points", "correlation_lines"]
 
 MEASURES = ("success@10", "success@100")
 HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32}
 SCREEN_COLLECTION = "cranfield"  # the recipe search's untrained screen (its summary's raw_screen) ran on Cranfield only
-_KINDS = (("hotflip", "HotFlip N = {n}, L = {length}, {iterations} iterations, init {init}, {candidates} candidates".format(**HOTFLIP_SETTINGS)),
-          ("cluster-text", "cluster-text N = 10"))
+# Edit attacks at the settings the model cards report (issue 19 item 4: retained at L = 16): an optimised snippet of 16
+# tokens appended to 10 non-gold documents, and keyword stuffing with the 32 most frequent training-query words.
+INSERTION_SETTINGS = {"n": 10, "length": 16, "position": "end", "iterations": 20}
+STUFFING_SETTINGS = {"n": 10, "length": 32}
+EDIT_MEASURES = ("hijack@10",)  # higher = more exposed, as success@k (retained nDCG@10 would flip the sign)
+# (kind, label, settings a run must have, its measures)
+_KINDS = (("hotflip", "HotFlip N = {n}, L = {length}, {iterations} iterations, init {init}, {candidates} candidates".format(**HOTFLIP_SETTINGS),
+           HOTFLIP_SETTINGS, MEASURES),
+          ("cluster-text", "cluster-text N = 10", {"n": 10}, MEASURES),
+          ("insertion", "insertion L = 16, appended to 10 documents, {iterations} iterations".format(**INSERTION_SETTINGS),
+           INSERTION_SETTINGS, EDIT_MEASURES),
+          ("stuffing", "keyword stuffing T = 32, 10 documents", STUFFING_SETTINGS, EDIT_MEASURES))
+_SETTINGS = {kind: settings for kind, _, settings, _ in _KINDS}
+_MEASURES_OF = {kind: measures for kind, _, _, measures in _KINDS}
 STRONG = 0.5  # |rho| at which the findings name a row
 _PROXY_NAMES = {"spike_k4_retained": "spike K=4 kept", "hard_k4_retained": "hard K=4 kept"}
 
@@ -79,10 +93,10 @@ def proxy_summary(study: Mapping[str, Any] | None, recipe_search: Mapping[str, A
 
 
 def _standard(config: Mapping[str, Any], kind: str) -> bool:
-    if config["attack"] != kind or config["n"] != 10:
+    if config["attack"] != kind:
         return False
     defaults = {"objective": "mean", "candidates": 32}  # runs that predate these options ran with these values
-    return kind != "hotflip" or all(config.get(key, defaults.get(key)) == value for key, value in HOTFLIP_SETTINGS.items())
+    return all(config.get(key, defaults.get(key)) == value for key, value in _SETTINGS[kind].items())
 
 
 def correlation_points(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Mapping[str, Any] | None,
@@ -103,7 +117,7 @@ def correlation_points(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: M
                 model = ("untrained" if row[0] == "raw" else
                          "retrained" + ("" if row[1] == variant_name(head) else f" ({row[1]})"))
                 points[collection][(*row, head)] = {"model": model, "head": head, "run": name,
-                                                    **{measure: entry["metrics"].get(measure) for measure in MEASURES},
+                                                    **{measure: entry["metrics"].get(measure) for measure in _MEASURES_OF[kind]},
                                                     **{proxy: values[proxy] for proxy in PROXIES}}
     return {collection: [found[key] for key in sorted(found, key=lambda key: (key[0] != "raw", key[1], key[2]))]
             for collection, found in points.items()}
@@ -123,23 +137,23 @@ def _known(point: Mapping[str, Any], proxy: str, measure: str) -> bool:
 
 def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Mapping[str, Any] | None) -> list[str]:
     """The "proxy against text attacks" subsection: per collection the points, then rho per proxy and attack."""
-    by_kind = {kind: correlation_points(runs, proxies, kind) for kind, _ in _KINDS}
+    by_kind = {kind: correlation_points(runs, proxies, kind) for kind, *_ in _KINDS}
     collections = sorted({collection for found in by_kind.values() for collection in found})
     if not collections:
         return []
     lines = ["### The embedding-level proxy against the text attacks", "",
              "Spearman's rho (ties share their mean rank) over the variants (model, head) of a collection that have both "
              "the proxy and the attack's measure: the untrained model's heads and the retrained models, each attacked "
-             "through the head it was trained with, together. Attacks: " + "; ".join(label for _, label in _KINDS) + ". "
+             "through the head it was trained with, together. Attacks: " + "; ".join(label for _, label, *_ in _KINDS) + ". "
              "The proxies are shares kept (higher = more robust), so a proxy that predicts the text attack has rho < 0. "
              "A retrained model's proxy is its source's mean over the seeds it ran (the attacked model is seed 0); fewer "
              "than 3 variants: too few. Computed from the runs above (lir_robust/studies/text_attack_proxy.py).", ""]
     lines += table_header(["collection", "text attack", "measure", "proxy", "n", "Spearman's rho", "variants used"])
     strong: dict[bool, list[str]] = {True: [], False: []}  # |rho| >= STRONG: predicts (rho < 0) / the opposite
     for collection in collections:
-        for kind, label in _KINDS:
+        for kind, label, _, measures in _KINDS:
             points = by_kind[kind].get(collection, [])
-            for measure in MEASURES:
+            for measure in measures:
                 for proxy in PROXIES:
                     used = [point for point in points if _known(point, proxy, measure)]
                     rho = spearman([point[proxy] for point in used], [point[measure] for point in used])
@@ -155,15 +169,15 @@ def correlation_lines(runs: Sequence[tuple[str, Mapping[str, Any]]], proxies: Ma
     for collection in collections:
         lines += [f"Points, {collection}:", ""]
         lines += table_header(["model", "head", "spike K=4 kept", "hard K=4 kept"]
-                              + [f"{kind} {measure}" for kind, _ in _KINDS for measure in MEASURES])
+                              + [f"{kind} {measure}" for kind, _, _, measures in _KINDS for measure in measures])
         merged: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind, _ in _KINDS:
+        for kind, _, _, measures in _KINDS:
             for point in by_kind[kind].get(collection, []):
                 entry = merged.setdefault((point["model"], point["head"]), {**point})
-                entry.update({f"{kind} {measure}": point[measure] for measure in MEASURES})
+                entry.update({f"{kind} {measure}": point[measure] for measure in measures})
         for key in sorted(merged, key=lambda key: (key[0] != "untrained", key)):
             point = merged[key]
             lines.append(table_row([*key, percent(point["spike_k4_retained"]), percent(point["hard_k4_retained"])]
-                                   + [percent(point.get(f"{kind} {measure}")) for kind, _ in _KINDS for measure in MEASURES]))
+                                   + [percent(point.get(f"{kind} {measure}")) for kind, _, _, measures in _KINDS for measure in measures]))
         lines.append("")
     return lines
