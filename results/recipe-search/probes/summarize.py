@@ -2,8 +2,8 @@
 recipe search's schema (lir_robust.studies.directions.sweep_seed_rows), one per scoring head, labelled with the
 probe's extra fine-tuning options; paired against BASELINES/<collection>-maxsim-seed<seed>.json (retrained maxsim,
 the study's whole K grid) where that file exists. A probe folder may also hold sweeps of an earlier probe's model with
-other heads over K = 0 and 4 only (budgets '-'): a head already swept for the same weights is reported once, from the
-whole K grid. `make results-doc` puts the rows into docs/RESULTS.md ("Directions
+other heads (over K = 0 and 4 only: budgets '-'): a head swept twice for the same weights is reported once, from the
+whole K grid, and from the probe that fine-tuned the model. `make results-doc` puts the rows into docs/RESULTS.md ("Directions
 tried").
 
     PYTHONPATH=$PWD python results/recipe-search/probes/summarize.py RUNS [--baselines DIR]
@@ -43,11 +43,15 @@ def summarize(runs: Path, baselines: Path | None) -> dict:
         rows += [dict(row, probe=probe, finetune_args=extra) for row in sweep_seed_rows(results, collection, seed, None, baseline)]
         sources.append(str(path))
     # The same encoder scored with the same head in two probes (a probe that only scores an earlier probe's model with
-    # new heads sweeps the old ones beside them) is one measurement: the row from the whole K grid (with budgets) stays.
+    # new heads sweeps the old ones beside them) is one measurement: the row from the whole K grid (with budgets)
+    # stays, and among those the one of the probe that fine-tuned the model (RUNS/models/<probe>).
+    def preference(row):
+        return (row["budget_median_spike"] is not None, (runs / "models" / row["probe"]).is_dir())
+
     kept = {}
     for row in rows:
         key = (row["weights"], row["collection"], row["seed"], row["scored_with"]) if row["weights"] else id(row)
-        if key not in kept or kept[key]["budget_median_spike"] is None and row["budget_median_spike"] is not None:
+        if key not in kept or preference(row) > preference(kept[key]):
             kept[key] = row
     rows = list(kept.values())
     rows.sort(key=lambda row: (row["probe"], row["collection"], row["seed"], row["scored_with"]))
