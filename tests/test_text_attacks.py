@@ -134,6 +134,17 @@ def test_the_split_and_the_clusters_are_seeded():
     assert split == again and sorted(i for members in split.members for i in members) == list(range(len(training)))
 
 
+def test_more_passages_than_training_queries_are_capped_with_a_warning(caplog):
+    """N above the training half's size (MED: 15 training queries, N 50) gives one passage per training query, and
+    says so."""
+    ids = [f"q{i}" for i in range(21)]
+    points = torch.randn(21, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="lir_robust.attacks.text.pipeline"):
+        split = make_split(ids, lambda chosen: [points[ids.index(qid)].view(1, -1) for qid in chosen], 50, seed=0)
+    assert len(split.members) == len(split.training) == 11 and all(len(members) == 1 for members in split.members)
+    assert "50 adversarial passages asked for, but the training half holds 11 queries" in caplog.text
+
+
 def test_stuffing_never_reads_held_out_queries(bert, tmp_path):
     """Rewriting every held-out query's text changes nothing the attacker appends; the words come from training
     queries only."""

@@ -109,7 +109,11 @@ def make_split(query_ids: list[str], training_embeddings_of, clusters: int, seed
     half's mean vectors (``training_embeddings_of(ids)`` -> their ``[Tq, D]`` embeddings) into ``clusters`` groups."""
     training, held_out = split_queries(query_ids, seed)
     held_out = held_out[:max_queries] if max_queries else held_out
-    clusters = min(clusters, len(training))
+    if clusters > len(training):
+        logger.warning("%d adversarial passages asked for, but the training half holds %d queries: one passage per "
+                       "training query, %d in all (the results' split.cluster_sizes)", clusters, len(training),
+                       len(training))
+        clusters = len(training)
     labels = kmeans(mean_vectors(training_embeddings_of(training)), clusters, seed)
     return QuerySplit(training, held_out, cluster_members(labels))
 
