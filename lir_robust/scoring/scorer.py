@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lir_robust.scoring.pooling import PoolingHead, parse_head
 from lir_robust.scoring.pooling.compiled import can_compile
+from lir_robust.scoring.pooling.shared import prefix_lengths
 
 __all__ = [
     "MultiVectors",
@@ -192,10 +193,7 @@ def _whole_at_inference(head: PoolingHead, similarities: torch.Tensor, document_
     """Whether ``head`` pools the whole similarity matrix at once: its compiled kernels read it in place and split its
     rows over the threads (``compiled_at_inference``), which needs the real patches of each document to come first
     (padding, as :func:`score` pads; any other mask would cost a masked copy of the whole matrix)."""
-    if not (head.compiled_at_inference and can_compile(similarities)):
-        return False
-    lengths = document_mask.sum(dim=-1, keepdim=True)
-    return torch.equal(document_mask.to(torch.bool), torch.arange(document_mask.shape[-1], device=document_mask.device) < lengths)
+    return head.compiled_at_inference and can_compile(similarities) and prefix_lengths(document_mask) is not None
 
 
 def late_interaction_scores(

@@ -122,8 +122,8 @@ def _kernel():
                 length = min(max(lengths[row_index], 0), width)  # the row's real patches: the first length
                 take = min(count, length)
                 chunks = length // CHUNK
-                # 1. The maximum of each chunk of 16 values (vector instructions; NaN passed over) and whether the row
-                # holds a NaN, in the one read of the row from memory.
+                # 1. The maximum of each chunk of 16 values (vector instructions; NaN passed over), in the one read of
+                # the row from memory, then (from cache) whether the row holds a NaN.
                 for chunk in range(chunks):
                     start = chunk * CHUNK
                     top = row[start]
@@ -151,9 +151,8 @@ def _kernel():
                             value = held if value > held else value
                     floor = best_values[take - 1]
                 # 3. The take best of the values at or above the bound (or NaN), inserted in patch order, reading only
-                # the chunks whose maximum reaches the bound (in cache).
-                # Without a branch per chunk or value (they would be mispredicted): the chunks that reach the bound,
-                # then their values that do (their positions), then the insertions.
+                # the chunks whose maximum reaches the bound (in cache): those chunks, then their values that reach it
+                # (positions), then the insertions; the first two without a branch (it would be mispredicted).
                 reached = 0
                 for chunk in range(chunks):
                     hit_chunks[reached] = chunk

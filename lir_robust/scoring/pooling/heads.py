@@ -31,7 +31,11 @@ __all__ = ["MaxSimHead", "TopKHead", "SoftmaxHead", "LogSumExpHead", "MeanHead"]
 def _compiled_sums(similarities: torch.Tensor, document_mask: torch.Tensor, tau: float):
     """Inference helper of the exponential heads on the CPU: ``(max, sum of exp((S - shift) / tau), sum of
     exp(...) * S)``, each ``[..., Tq]``, over the valid patches, from one compiled read of each row (in place when the
-    valid patches are a prefix; :func:`compiled_candidates_and_exponentials`; shift: the max, 0 when not finite)."""
+    valid patches are a prefix; :func:`compiled_candidates_and_exponentials`; shift: the max, 0 when not finite);
+    None where the kernels do not run (off the CPU)."""
+    similarities = similarities.float()
+    if not can_compile(similarities):
+        return None
     rows, lengths = SharedWork(similarities, document_mask.unsqueeze(-2)).compiled_rows()
     peak, _, total, weighted = compiled_candidates_and_exponentials(rows, 1, 1.0 / tau, lengths)
     return peak.squeeze(-1), total, weighted
@@ -159,9 +163,9 @@ class SoftmaxHead(PoolingHead):
         """The same value at inference: on the CPU the compiled sums (one read of each row, in place, split over
         torch's threads: the scorer gives this head its whole matrix, ``compiled_at_inference``); elsewhere one
         similarity-sized temporary rewritten in place (see :func:`_exponentials_in_place`)."""
-        if can_compile(similarities.float()):
-            _, total, weighted = _compiled_sums(similarities, document_mask, self.tau)
-            return self.finalize((None, total, weighted))
+        sums = _compiled_sums(similarities, document_mask, self.tau)
+        if sums is not None:
+            return self.finalize((None, *sums[1:]))
         work, _, total, mask = _exponentials_in_place(similarities, document_mask, self.tau)
         work.mul_(similarities)
         if mask is not None:
@@ -211,8 +215,9 @@ class LogSumExpHead(PoolingHead):
         if self.length_corrected:
             valid = document_mask.to(torch.bool).unsqueeze(-2)
             count = valid.sum(dim=-1, dtype=torch.float32).expand(similarities.shape[:-1])
-        if can_compile(similarities.float()):
-            peak, total, _ = _compiled_sums(similarities, document_mask, self.tau)
+        sums = _compiled_sums(similarities, document_mask, self.tau)
+        if sums is not None:
+            peak, total, _ = sums
             return self.finalize((torch.where(torch.isfinite(peak), peak, 0.0), total, count))
         _, shift, total, _ = _exponentials_in_place(similarities, document_mask, self.tau)
         return self.finalize((self.tau * shift.squeeze(-1), total, count))

@@ -15,7 +15,15 @@ import torch
 from lir_robust.scoring.pooling.compiled import can_compile, compiled_top_candidates
 from lir_robust.scoring.pooling.base import _all_valid
 
-__all__ = ["SharedWork", "top_k_values"]
+__all__ = ["SharedWork", "prefix_lengths", "top_k_values"]
+
+
+def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
+    """The number of real patches ``[...]`` (long) of each row of ``mask [..., L]`` (bool, True = real) when they are
+    its first ones (padding at the end, as the scorer pads); otherwise None."""
+    lengths = mask.sum(dim=-1)
+    prefix = torch.arange(mask.shape[-1], device=mask.device) < lengths.unsqueeze(-1)
+    return lengths if torch.equal(mask.to(torch.bool), prefix) else None
 
 
 class SharedWork:
@@ -52,14 +60,12 @@ class SharedWork:
         mask, leading = self.document_mask, self.similarities.shape[:-1]
         if mask is None or mask.shape[-1] != self.similarities.shape[-1]:
             return None
-        lengths = mask.sum(dim=-1)
         try:
-            if torch.broadcast_shapes(lengths.shape, leading) != leading:
+            if torch.broadcast_shapes(mask.shape[:-1], leading) != leading:
                 return None
         except RuntimeError:
             return None
-        prefix = torch.arange(mask.shape[-1], device=mask.device) < lengths.unsqueeze(-1)
-        return lengths if torch.equal(mask, prefix) else None
+        return prefix_lengths(mask)
 
     @property
     def filled(self) -> torch.Tensor:
