@@ -235,3 +235,34 @@ def test_the_margin_objective_needs_thresholds(model):
                         show_progress=False)
     with pytest.raises(ValueError, match="objective must be one of"):
         HotFlipSettings(objective="best")
+
+
+def test_hotflip_spreads_its_candidates_over_the_positions_asked_for(model, monkeypatch):
+    """With ``positions`` P, each iteration re-scores one-token swaps at P distinct positions (the candidates shared
+    out among them); P = 1 is the paper's one position per iteration."""
+    from lir_robust.attacks.text import hotflip as module
+
+    texts = [f"{CONTENT_WORDS[i]} {CONTENT_WORDS[i + 7]} flow" for i in range(4)]
+    queries = model.encode(texts, is_query=True, show_progress=False)
+    allowed = candidate_vocabulary(model)
+    seen: list[set[int]] = []
+    original = module._Objective.values
+
+    def recording(self, passages, inputs_embeds=None):
+        if passages.shape[0] > 1:  # a batch of trial swaps: the positions where rows differ from the first row's majority
+            start = torch.mode(passages, dim=0).values
+            changed = (passages != start).nonzero()[:, 1].tolist()
+            seen.append(set(changed))
+            assert all(int((row != start).sum()) <= 1 for row in passages)  # one swap per row
+        return original(self, passages, inputs_embeds)
+
+    monkeypatch.setattr(module._Objective, "values", recording)
+    for spread in (1, 4):
+        seen.clear()
+        result = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=8, iterations=3, candidates=8,
+                                                                            positions=spread, init="mask", seed=0),
+                                 allowed=allowed, show_progress=False)
+        assert seen and all(len(positions) == spread for positions in seen), (spread, seen)
+        assert result.objective >= result.initial_objective
+    with pytest.raises(ValueError, match="positions >= 1"):
+        HotFlipSettings(positions=0)

@@ -36,6 +36,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--queries", type=cli.positive_int, default=None, help="at most this many held-out queries")
     parser.add_argument("--iterations", type=cli.non_negative_int, default=100, help="HotFlip iterations per passage")
     parser.add_argument("--candidates", type=cli.positive_int, default=32, help="HotFlip candidate tokens re-scored per iteration")
+    parser.add_argument("--positions", type=cli.positive_int, default=1,
+                        help="HotFlip positions per iteration: the candidates are the top tokens of this many random "
+                             "positions, shared out (1: the paper's one position per iteration)")
     parser.add_argument("--init", default="queries", choices=INITS,
                         help="HotFlip start: the cluster's query texts fitted to L tokens, its content words, or [MASK]s")
     parser.add_argument("--objective", default="mean", choices=OBJECTIVES,
@@ -56,6 +59,7 @@ def check_args(args: argparse.Namespace) -> None:
     cli.check_model(args.model)
     if args.attack not in OPTIMISED_ATTACKS:
         for option, value, default in (("--iterations", args.iterations, 100), ("--candidates", args.candidates, 32),
+                                       ("--positions", args.positions, 1),
                                        ("--init", args.init, "queries"), ("--objective", args.objective, "mean")):
             if value != default:
                 raise cli.UserError(f"{option} {value} tunes HotFlip, but --attack is {args.attack}; drop {option} or pass "
@@ -83,8 +87,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = TextAttackConfig(
         model=args.model, data=args.data, attack=args.attack, n=args.n, length=args.length, heads=args.heads,
-        max_queries=args.queries, iterations=args.iterations, candidates=args.candidates, init=args.init,
-        objective=args.objective, position=args.position, seed=args.seed,
+        max_queries=args.queries, iterations=args.iterations, candidates=args.candidates, positions=args.positions,
+        init=args.init, objective=args.objective, position=args.position, seed=args.seed,
         data_root=args.data_root, split=args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
     )
     run_text_attack(config, args.out, show_progress=not args.quiet)

@@ -59,11 +59,12 @@ class HotFlipSettings:
     init: str = "queries"
     objective: str = "mean"
     margin: float = 1.0
+    positions: int = 1
     seed: int = 0
 
     def __post_init__(self):
-        if self.length < 1 or self.iterations < 0 or self.candidates < 1:
-            raise ValueError(f"HotFlip needs length >= 1, iterations >= 0, candidates >= 1; got {self}")
+        if self.length < 1 or self.iterations < 0 or self.candidates < 1 or self.positions < 1:
+            raise ValueError(f"HotFlip needs length >= 1, iterations >= 0, candidates >= 1, positions >= 1; got {self}")
         if self.init not in INITS:
             raise ValueError(f"HotFlip init must be one of {INITS}, got {self.init!r}")
         if self.objective not in OBJECTIVES:
@@ -250,15 +251,20 @@ def hotflip_passage(
         current = float(objective.values(passage.unsqueeze(0))[0])
     initial, history, swaps, last_swap = current, [], 0, 0
     progress = tqdm(range(settings.iterations), desc=description, disable=not show_progress, leave=False)
+    spread = min(settings.positions, settings.length)
+    per_position = max(1, -(-candidates // spread))
     for _ in progress:
-        position = rng.randrange(settings.length)
+        positions = rng.sample(range(settings.length), spread) if spread > 1 else [rng.randrange(settings.length)]
         _, gradient = objective.token_gradient(passage)
-        ranking = gradient[position].masked_fill(~allowed.to(gradient.device), float("-inf"))
-        tokens = ranking.topk(candidates).indices.cpu()
-        tokens = tokens[tokens != passage[position]]
+        ranking = gradient[positions].masked_fill(~allowed.to(gradient.device), float("-inf"))
+        top = ranking.topk(per_position, dim=1).indices.cpu()  # [P, c / P]
+        swaps_at = torch.tensor(positions).repeat_interleave(per_position)
+        tokens = top.reshape(-1)
+        useful = tokens != passage[swaps_at]
+        swaps_at, tokens = swaps_at[useful][:candidates], tokens[useful][:candidates]
         if tokens.numel():
             trial = passage.repeat(tokens.numel(), 1)
-            trial[:, position] = tokens
+            trial[torch.arange(tokens.numel()), swaps_at] = tokens
             with torch.no_grad():
                 values = objective.values(trial)
             best = int(values.argmax())

@@ -71,6 +71,7 @@ class TextAttackConfig:
     max_queries: int | None = None  # held-out queries measured (the first ones of the held-out half)
     iterations: int = 100
     candidates: int = 32
+    positions: int = 1  # HotFlip positions per iteration (the candidates shared out among them)
     init: str = "queries"
     objective: str = "mean"
     position: str = "end"  # insertion: "end" (appended) or "sentence" (a seeded random sentence boundary)
@@ -91,7 +92,7 @@ class TextAttackConfig:
 
     def hotflip(self) -> HotFlipSettings:
         return HotFlipSettings(length=self.length, iterations=self.iterations, candidates=self.candidates,
-                               init=self.init, objective=self.objective, seed=self.seed)
+                               positions=self.positions, init=self.init, objective=self.objective, seed=self.seed)
 
 
 @dataclass
