@@ -226,3 +226,18 @@ def test_a_model_cache_goes_once_all_its_runs_are_done(tiny_attack_study):
     assert not (cache / "softmax-tau1.0").exists() and (cache / "raw").is_dir()  # raw still has parts to run
     large = json.loads((root / "out" / "runs" / "tiny" / "softmax-tau1.0" / "hotflip-n50-l32" / "results.json").read_text())
     assert large["config"]["n"] == 50 and len(large["results"]["softmax:tau=1.0"]["passages"]) == 6  # 6 training queries
+
+
+@pytest.mark.slow
+def test_list_parts_reports_the_measured_seconds_of_parts_that_ran(tiny_attack_study, capsys):
+    """Parts run in --out are listed with their measured seconds (timings/<part>.json), the others estimated."""
+    root, argv = tiny_attack_study
+    listing = [arg for arg in argv if arg not in ("--parts", "tiny:raw", "tiny:softmax-tau1.0", "--quiet")] + ["--list-parts"]
+    capsys.readouterr()
+    attack_study_command.main(listing)
+    lines = {line.split(": ~")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny:")}
+    timings = json.loads((root / "out" / "timings" / "tiny_raw.json").read_text())["steps"]
+    measured = sum(step["seconds"] for step in timings.values())
+    assert "(measured)" in lines["tiny:raw"] and f"~{measured / 60:.0f} min" in lines["tiny:raw"]
+    assert "(estimated)" in lines["tiny:maxsim"]  # never ran here
+    assert "(measured)" in lines["tiny:softmax-tau1.0"]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lir_robust.commands import cli
 from lir_robust.core.errors import DataError
-from lir_robust.studies.attack_study import AttackPlan, check_plan, estimate_seconds, parts_of, plan_steps, run_attacks
+from lir_robust.studies.attack_study import (SECONDS_PER_ITERATION_L32, SETUP_SECONDS, AttackPlan, check_plan, estimate_seconds,
+                                            measured_step_seconds, parts_of, plan_steps, run_attacks)
 from lir_robust.studies.attack_summary import summarize_attacks
 
 
@@ -78,14 +79,20 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.list_parts:
         training = {c: _training_queries(c, args.data_root, args.seed) for c in args.plan.chosen_collections()}
-        total = 0.0
+        measured = measured_step_seconds(Path(args.out))
+        total = measured_total = 0.0
         for part in parts_of(args.steps):
             steps = [step for step in args.steps if step.part == part]
-            seconds = sum(estimate_seconds(step, training[step.collection]) for step in steps)
-            total += seconds
-            print(f"{part}: ~{seconds / 60:.0f} min, {len(steps)} steps ({'; '.join(step.name for step in steps)})")
-        print(f"total: ~{total / 3600:.1f} h on this machine's cost model (HotFlip 1.5 s per iteration at L = 32, "
-              f"{args.plan.iterations} iterations, 70 s setup per run; not measured)")
+            timed = [measured[step.name] for step in steps if step.name in measured]
+            seconds = sum(timed) + sum(estimate_seconds(step, training[step.collection]) for step in steps
+                                       if step.name not in measured)
+            total, measured_total = total + seconds, measured_total + sum(timed)
+            how = "measured" if len(timed) == len(steps) else f"{len(timed)} of {len(steps)} steps measured" if timed else "estimated"
+            print(f"{part}: ~{seconds / 60:.0f} min ({how}), {len(steps)} steps ({'; '.join(step.name for step in steps)})")
+        print(f"total: ~{total / 3600:.1f} h, {measured_total / 3600:.1f} h of it measured in {args.out}; the rest "
+              f"estimated by the cost model of lir_robust.studies.attack_study (HotFlip measured on this 2-core machine "
+              f"at {SECONDS_PER_ITERATION_L32:.2f} s per iteration at L = 32 with maxsim, {args.plan.iterations} iterations, "
+              f"{SETUP_SECONDS:.0f} s of setup per run)")
         return
     if args.summarize_only:
         check_plan(args.plan, Path(args.out), write=False)  # never a summary of another plan's runs under this plan

@@ -46,14 +46,21 @@ from lir_robust.studies.retraining import (Step, parts_of, plan_data_root, run_s
                                           variant_name, wanted_steps)
 
 __all__ = ["AttackPlan", "AttackPlanError", "AttackRun", "SUITE", "AttackStep", "plan_steps", "parts_of", "run_attacks",
-           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "SECONDS_PER_ITERATION_L32", "SETUP_SECONDS"]
+           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "measured_step_seconds",
+           "SECONDS_PER_ITERATION_L32", "SETUP_SECONDS"]
 
 logger = logging.getLogger(__name__)
 
-# Cost model for --list-parts (measured on the loaded 2-core machine: HotFlip 1.2-1.8 s per iteration at L = 32, 60-80 s
-# to load a model and its embeddings per run); other lengths are scaled linearly in L (an assumption, not measured).
-SECONDS_PER_ITERATION_L32 = 1.5
-SETUP_SECONDS = 70.0
+# Cost model for --list-parts, measured on this 2-core machine, idle, torch's two threads (issue 19's seventh stop:
+# HotFlip on raw MiniLM / Cranfield / maxsim, 32 candidates: 0.14 s per iteration at L = 32, 0.48 s at L = 128), so
+# seconds per iteration = SECONDS_PER_ITERATION_BASE + SECONDS_PER_ITERATION_PER_TOKEN x L; a run's setup (model, cached
+# embeddings, clean scores) a few seconds, a model's first run encodes the collection (SETUP_SECONDS covers both on
+# average). Heads other than maxsim cost more per iteration (blend ~2x, measured on the retrained models). A part whose
+# steps have run reports its measured seconds instead (timings/<part>.json).
+SECONDS_PER_ITERATION_BASE = 0.027
+SECONDS_PER_ITERATION_PER_TOKEN = 0.00354
+SECONDS_PER_ITERATION_L32 = SECONDS_PER_ITERATION_BASE + 32 * SECONDS_PER_ITERATION_PER_TOKEN
+SETUP_SECONDS = 30.0
 
 
 class AttackPlanError(UserError):
@@ -250,12 +257,25 @@ def plan_steps(plan: AttackPlan, out: str | os.PathLike, show_progress: bool = T
 
 def estimate_seconds(step: AttackStep, training_queries: int | None = None) -> float:
     """The step's cost by the module's cost model: one setup, plus for HotFlip kinds passages x iterations x seconds
-    per iteration (linear in L) per head; ``training_queries`` caps the passages (one per k-means cluster)."""
+    per iteration (measured at L = 32 and 128, linear in L between) per head; ``training_queries`` caps the passages (one per k-means cluster)."""
     run = step.run
     passages = min(run.n, training_queries) if training_queries else run.n
     if run.attack not in ("hotflip", "insertion"):
         return SETUP_SECONDS
-    return SETUP_SECONDS + step.heads * passages * step.iterations * SECONDS_PER_ITERATION_L32 * run.length / 32
+    per_iteration = SECONDS_PER_ITERATION_BASE + SECONDS_PER_ITERATION_PER_TOKEN * run.length
+    return SETUP_SECONDS + step.heads * passages * step.iterations * per_iteration
+
+
+def measured_step_seconds(out: str | os.PathLike) -> dict[str, float]:
+    """Seconds of every step already run in ``out`` (its ``timings/<part>.json``), by step name."""
+    seconds: dict[str, float] = {}
+    for path in sorted((Path(out) / "timings").glob("*.json")):
+        try:
+            steps = json.loads(path.read_text()).get("steps", {})
+        except (OSError, ValueError):
+            continue  # a timing file being written, or damaged: estimate those steps instead
+        seconds.update({name: float(step["seconds"]) for name, step in steps.items()})
+    return seconds
 
 
 def check_plan(plan: AttackPlan, out: Path, write: bool = True) -> None:
