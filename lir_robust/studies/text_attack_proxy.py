@@ -34,11 +34,12 @@ from lir_robust.studies.retraining import variant_name
 __all__ = ["MEASURES", "EDIT_MEASURES", "HOTFLIP_SETTINGS", "INSERTION_SETTINGS", "STUFFING_SETTINGS", "SCREEN_COLLECTION", "study_row", "proxy_summary", "correlation_points", "correlation_lines"]
 
 MEASURES = ("success@10", "success@100")
-HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32}
+HOTFLIP_SETTINGS = {"n": 10, "length": 32, "iterations": 20, "init": "queries", "objective": "mean", "candidates": 32,
+                    "positions": 1}
 SCREEN_COLLECTION = "cranfield"  # the recipe search's untrained screen (its summary's raw_screen) ran on Cranfield only
 # Edit attacks at the settings the model cards report (issue 19 item 4: retained at L = 16): an optimised snippet of 16
 # tokens appended to 10 non-gold documents, and keyword stuffing with the 32 most frequent training-query words.
-INSERTION_SETTINGS = {"n": 10, "length": 16, "position": "end", "iterations": 20}
+INSERTION_SETTINGS = {"n": 10, "length": 16, "position": "end", "iterations": 20, "positions": 1}
 STUFFING_SETTINGS = {"n": 10, "length": 32}
 EDIT_MEASURES = ("hijack@10",)  # higher = more exposed, as success@k (retained nDCG@10 would flip the sign)
 # (kind, label, settings a run must have, its measures)
@@ -95,7 +96,7 @@ def proxy_summary(study: Mapping[str, Any] | None, recipe_search: Mapping[str, A
 def _standard(config: Mapping[str, Any], kind: str) -> bool:
     if config["attack"] != kind:
         return False
-    defaults = {"objective": "mean", "candidates": 32}  # runs that predate these options ran with these values
+    defaults = {"objective": "mean", "candidates": 32, "positions": 1}  # runs that predate these options ran with these
     return all(config.get(key, defaults.get(key)) == value for key, value in _SETTINGS[kind].items())
 
 

@@ -140,6 +140,8 @@ def attack_settings(config: dict[str, Any], split: dict[str, Any] | None = None)
         parts += [f"L = {config['length']}", f"{config.get('iterations')} iterations", f"init {config.get('init')}"]
         if config.get("objective") not in (None, "mean"):
             parts.append(f"objective {config['objective']}")
+        if config.get("positions", 1) != 1:
+            parts.append(f"{config['positions']} positions per iteration")
     if kind == "insertion":
         parts.append("appended" if config.get("position", "end") == "end" else "at a sentence boundary")
     if config.get("max_queries"):
