@@ -249,7 +249,7 @@ def test_hotflip_spreads_its_candidates_over_the_positions_asked_for(model, monk
     original = module._Objective.values
 
     def recording(self, passages, inputs_embeds=None):
-        if passages.shape[0] > 1:  # a batch of trial swaps: the positions where rows differ from the first row's majority
+        if passages.shape[0] > 1:  # a batch of trial swaps: where rows differ from each column's most common token
             start = torch.mode(passages, dim=0).values
             changed = (passages != start).nonzero()[:, 1].tolist()
             seen.append(set(changed))
@@ -257,9 +257,9 @@ def test_hotflip_spreads_its_candidates_over_the_positions_asked_for(model, monk
         return original(self, passages, inputs_embeds)
 
     monkeypatch.setattr(module._Objective, "values", recording)
-    for spread in (1, 4):
+    for spread, candidates in ((1, 8), (4, 8), (6, 8)):  # 6 positions, 8 candidates: every position keeps its best
         seen.clear()
-        result = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=8, iterations=3, candidates=8,
+        result = hotflip_passage(model, queries, "maxsim", HotFlipSettings(length=8, iterations=3, candidates=candidates,
                                                                             positions=spread, init="mask", seed=0),
                                  allowed=allowed, show_progress=False)
         assert seen and all(len(positions) == spread for positions in seen), (spread, seen)

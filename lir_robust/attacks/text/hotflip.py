@@ -257,10 +257,12 @@ def hotflip_passage(
         positions = rng.sample(range(settings.length), spread) if spread > 1 else [rng.randrange(settings.length)]
         _, gradient = objective.token_gradient(passage)
         ranking = gradient[positions].masked_fill(~allowed.to(gradient.device), float("-inf"))
-        top = ranking.topk(per_position, dim=1).indices.cpu()  # [P, c / P]
-        swaps_at = torch.tensor(positions).repeat_interleave(per_position)
-        tokens = top.reshape(-1)
-        useful = tokens != passage[swaps_at]
+        if spread > 1:  # each position's current token is no candidate, so every position keeps ceil(c / P) swaps
+            ranking[torch.arange(spread), passage[positions].to(ranking.device)] = float("-inf")
+        ranked = ranking.topk(per_position, dim=1)  # [P, ceil(c / P)]
+        swaps_at = torch.tensor(positions).repeat(per_position)  # rank-major: every position's best first, so the
+        tokens = ranked.indices.T.reshape(-1).cpu()  # cut to ``candidates`` drops the lowest ranks, never a position
+        useful = (tokens != passage[swaps_at]) & torch.isfinite(ranked.values.T.reshape(-1)).cpu()  # never a masked token
         swaps_at, tokens = swaps_at[useful][:candidates], tokens[useful][:candidates]
         if tokens.numel():
             trial = passage.repeat(tokens.numel(), 1)
