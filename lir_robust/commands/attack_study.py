@@ -17,8 +17,9 @@ from pathlib import Path
 from lir_robust.commands import cli
 from lir_robust.core.errors import DataError
 from lir_robust.studies.attack_study import (SECONDS_PER_ITERATION_L32, SETUP_SECONDS, AttackPlan, check_plan, estimate_seconds,
-                                            measured_step_seconds, parts_of, plan_steps, run_attacks)
+                                            parts_of, plan_steps, run_attacks)
 from lir_robust.studies.attack_summary import summarize_attacks
+from lir_robust.studies.retraining import step_timings
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.list_parts:
         training = {c: _training_queries(c, args.data_root, args.seed) for c in args.plan.chosen_collections()}
-        measured = measured_step_seconds(Path(args.out))
+        measured = {name: entry["seconds"] for name, entry in step_timings(args.out).items()}
         total = measured_total = 0.0
         for part in parts_of(args.steps):
             steps = [step for step in args.steps if step.part == part]

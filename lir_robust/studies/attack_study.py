@@ -46,8 +46,8 @@ from lir_robust.studies.retraining import (Step, parts_of, plan_data_root, run_s
                                           variant_name, wanted_steps)
 
 __all__ = ["AttackPlan", "AttackPlanError", "AttackRun", "SUITE", "AttackStep", "plan_steps", "parts_of", "run_attacks",
-           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "measured_step_seconds",
-           "SECONDS_PER_ITERATION_L32", "SETUP_SECONDS"]
+           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "SECONDS_PER_ITERATION_L32",
+           "SETUP_SECONDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -264,18 +264,6 @@ def estimate_seconds(step: AttackStep, training_queries: int | None = None) -> f
         return SETUP_SECONDS
     per_iteration = SECONDS_PER_ITERATION_BASE + SECONDS_PER_ITERATION_PER_TOKEN * run.length
     return SETUP_SECONDS + step.heads * passages * step.iterations * per_iteration
-
-
-def measured_step_seconds(out: str | os.PathLike) -> dict[str, float]:
-    """Seconds of every step already run in ``out`` (its ``timings/<part>.json``), by step name."""
-    seconds: dict[str, float] = {}
-    for path in sorted((Path(out) / "timings").glob("*.json")):
-        try:
-            steps = json.loads(path.read_text()).get("steps", {})
-        except (OSError, ValueError):
-            continue  # a timing file being written, or damaged: estimate those steps instead
-        seconds.update({name: float(step["seconds"]) for name, step in steps.items()})
-    return seconds
 
 
 def check_plan(plan: AttackPlan, out: Path, write: bool = True) -> None:

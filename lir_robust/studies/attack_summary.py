@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.reporting.format import number, percent, table_header, table_row
+from lir_robust.studies.retraining import part_seconds, step_timings
 
 __all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "correlations", "summarize_attacks", "render_table"]
 
@@ -157,10 +158,7 @@ def summarize_attacks(out: str | os.PathLike, study: str | os.PathLike, plan: di
 
 
 def _timings(out: Path) -> dict[str, Any]:
-    parts: dict[str, float] = {}
-    for path in sorted((out / "timings").glob("*.json")):
-        for entry in json.loads(path.read_text()).get("steps", {}).values():
-            parts[entry["part"]] = parts.get(entry["part"], 0.0) + entry["seconds"]
+    parts = part_seconds(step_timings(out))
     return {"parts_s": parts, "total_s": sum(parts.values())} if parts else {}
 
 

@@ -45,7 +45,8 @@ from lir_robust.core.files import write_json_atomic
 from lir_robust.core.naming import head_folder_name
 from lir_robust.scoring.pooling import parse_head
 
-__all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "wanted_steps", "run_steps", "plan_data_root",
+__all__ = ["DEFENCE", "StudyPlan", "Step", "plan_steps", "parts_of", "wanted_steps", "run_steps", "step_timings",
+           "part_seconds", "plan_data_root",
            "saved_config_matches", "run_study", "summarize_study", "variant_name", "STUDY_KS",
            "STUDY_KINDS", "STUDY_HEADS"]
 
@@ -445,15 +446,28 @@ def _targets(rows: list[dict[str, Any]], plan: StudyPlan) -> list[dict[str, Any]
     return out
 
 
-def _study_timings(out: Path) -> dict[str, Any]:
-    steps: dict[str, Any] = {}
-    for path in sorted((out / "timings").glob("*.json")):
+def step_timings(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every finished step's ``{"part", "seconds"}`` by step name, as :func:`run_steps` keeps them in
+    ``out/timings/<part>.json``."""
+    steps: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(out) / "timings").glob("*.json")):
         steps.update(json.loads(path.read_text()).get("steps", {}))
-    if not steps:
-        return {}
+    return steps
+
+
+def part_seconds(steps: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Seconds per part of :func:`step_timings`' steps."""
     parts: dict[str, float] = {}
     for entry in steps.values():
         parts[entry["part"]] = parts.get(entry["part"], 0.0) + entry["seconds"]
+    return parts
+
+
+def _study_timings(out: Path) -> dict[str, Any]:
+    steps = step_timings(out)
+    if not steps:
+        return {}
+    parts = part_seconds(steps)
     finetune = sum(e["seconds"] for name, e in steps.items() if name.startswith("fine-tune"))
     sweeps = sum(e["seconds"] for name, e in steps.items() if name.startswith("sweep"))
     return {"parts_s": parts, "total_s": sum(parts.values()), "finetune_s": finetune, "sweep_s": sweeps, "steps": len(steps)}
