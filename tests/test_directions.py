@@ -167,7 +167,7 @@ def test_a_sweeps_rows_keep_the_recipe_search_schema_and_pair_against_maxsim():
 def test_the_text_defence_part_compares_each_defended_model_with_the_undefended_one(tmp_path):
     text = _render(_files(tmp_path))
     part = text[text.index("### Text defence"):]
-    assert "| defended-hotflip | `exclusive` | hotflip:10 | 0 | 0.359 | 0.0 % | 17.9 % | 27.7 % | 112 | 12.0 |" in part
+    assert "| defended-hotflip | `exclusive` | hotflip:10 | 0 | n/a | n/a | 0.359 | 0.0 % | 17.9 % | 27.7 % | 112 | 12.0 |" in part
     assert ("- defended-hotflip: clean nDCG@10 0.378 -> 0.359 (-0.019, outside issue 20's 0.01); HotFlip success@10 "
             "3.6 % -> 0.0 %, success@100 32.1 % -> 17.9 %, cluster-text success@10 24.1 % -> 27.7 %.") in part
     assert "not checkable here: no maxsim-trained model was attacked" in part
@@ -197,6 +197,40 @@ def test_results_doc_takes_the_directions_files_from_its_options(tmp_path):
     assert "## Recipe search (issue 20)" in text and "blend retrained + spike:4 hard-corpus:4" in text
     assert "(screen)" in text and "### Text defence" in text
     assert "| blend retrained (`--lora-r 128`) |" in text and "| softmax-trained, scored with blend |" in text
+
+
+def _hotflip(success, length=32, iterations=20, positions=1, head="maxsim"):
+    return {"head": head, "success@10": success, "success@100": 0.5, "held_out_queries": 112,
+            "hotflip_settings": {"length": length, "iterations": iterations, "positions": positions}}
+
+
+def test_the_text_target_is_checked_against_retrained_maxsim_under_the_same_hotflip_setting(tmp_path):
+    paths = _files(tmp_path)
+    trained = lambda pooling, passages=None: {"pooling": pooling, "seed": 0, "adversarial_passages": passages}  # noqa: E731
+    paths["text_defence"].write_text(json.dumps({"models": {
+        "strong/maxsim": {"collection": "strong", "finetune": trained("maxsim"), "clean_ndcg@10_all_queries": 0.380,
+                          "hotflip": _hotflip(0.259, 128, 150, 16)},
+        "strong/recipe": {"collection": "strong", "finetune": trained("softmax:tau=1.0"), "clean_ndcg@10_all_queries": 0.390,
+                          "hotflip": _hotflip(0.134, 128, 150, 16, head="blend")},
+        "strong/recipe-hotflip": {"collection": "strong", "finetune": trained("softmax:tau=1.0", ["hotflip:10"]),
+                                  "clean_ndcg@10_all_queries": 0.385, "hotflip": _hotflip(0.06, 128, 150, 16, head="blend")},
+        "strong/too-costly": {"collection": "strong", "finetune": trained("exclusive", ["hotflip:10"]),
+                              "clean_ndcg@10_all_queries": 0.369, "hotflip": _hotflip(0.0, 128, 150, 16)},
+        "strong/weak-attack": {"collection": "strong", "finetune": trained("exclusive"), "clean_ndcg@10_all_queries": 0.39,
+                               "hotflip": _hotflip(0.0)},
+        "other/recipe": {"collection": "other", "finetune": trained("softmax:tau=1.0"), "clean_ndcg@10_all_queries": 0.39,
+                         "hotflip": _hotflip(0.0, 128, 150, 16)}}}))
+    text = _render(paths)
+    part = text[text.index("### Text defence"):]
+    assert "| strong/recipe | `softmax:tau=1.0` | none | 0 | `blend` | L 128, 150 it., 16 pos. | 0.390 | 13.4 % |" in part
+    line = next(line for line in part.splitlines() if line.startswith("- Issue 19's text target against strong/maxsim"))
+    assert "(HotFlip L 128, 150 it., 16 pos.: success@10 25.9 %, so at most 6.5 %; clean 0.380, so at least 0.370)" in line
+    assert "strong/recipe 13.4 % at clean +0.010: missed" in line  # a half, not a quarter
+    assert "strong/recipe-hotflip 6.0 % at clean +0.005: met" in line
+    assert "strong/too-costly 0.0 % at clean -0.011: missed" in line  # strong enough, but clean falls too far
+    assert "weak-attack" not in line and "other/recipe" not in line  # another setting, another collection
+    assert "- strong/recipe: clean nDCG@10 0.380 -> 0.390 (+0.010, within issue 20's 0.01); HotFlip success@10 25.9 % -> " \
+           "13.4 %, success@100 50.0 % -> 50.0 %." in part  # no cluster-text run on either side: not "n/a -> n/a"
 
 
 def test_each_defended_model_is_compared_with_the_undefended_one_of_its_collection(tmp_path):

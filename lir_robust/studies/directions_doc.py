@@ -134,21 +134,24 @@ def text_defence_section(summary: Mapping[str, Any] | None) -> list[str]:
              "Fine-tuned with the study's recipe, then judged only by NEW attacks optimised against each trained model "
              "and its head on held-out queries (HotFlip, cluster-text; N = 10 passages); clean nDCG@10 on all judged "
              "queries.", ""]
-    lines += table_header(["model", "trained with", "adversarial passages", "seed", "clean nDCG@10", "HotFlip success@10",
-                           "HotFlip success@100", "cluster-text success@10", "held-out queries", "median step (s)"])
+    lines += table_header(["model", "trained with", "adversarial passages", "seed", "attacked through", "HotFlip",
+                           "clean nDCG@10", "HotFlip success@10", "HotFlip success@100", "cluster-text success@10",
+                           "held-out queries", "median step (s)"])
 
     def attack(entry, name, key):
         return (entry.get(name) or {}).get(key)
 
     for name, entry in models.items():
         config = entry.get("finetune") or {}
+        head = attack(entry, "hotflip", "head") or attack(entry, "cluster-text", "head")
         lines.append(table_row([name, f"`{config.get('pooling')}`", " ".join(config.get("adversarial_passages") or []) or "none",
-                                config.get("seed"), number(entry.get("clean_ndcg@10_all_queries")),
+                                config.get("seed"), f"`{head}`" if head else "n/a", _hotflip_setting(entry.get("hotflip")),
+                                number(entry.get("clean_ndcg@10_all_queries")),
                                 percent(attack(entry, "hotflip", "success@10")), percent(attack(entry, "hotflip", "success@100")),
                                 percent(attack(entry, "cluster-text", "success@10")),
                                 attack(entry, "hotflip", "held_out_queries") or "n/a",
                                 number(config.get("median_step_time_s"), digits=1)]))
-    lines += ["", "What it gave (each defended model against the one of its collection trained without passages):", ""]
+    lines += ["", "What it gave (each model against the first of its collection trained without passages):", ""]
     baselines = {entry.get("collection"): entry for entry in reversed(models.values())
                  if not (entry.get("finetune") or {}).get("adversarial_passages")}  # the first of each collection
     for name, entry in models.items():
@@ -162,11 +165,52 @@ def text_defence_section(summary: Mapping[str, Any] | None) -> list[str]:
         changes = [f"{label} {percent(attack(baseline, kind, key))} -> {percent(attack(entry, kind, key))}"
                    for label, kind, key in (("HotFlip success@10", "hotflip", "success@10"),
                                             ("success@100", "hotflip", "success@100"),
-                                            ("cluster-text success@10", "cluster-text", "success@10"))]
+                                            ("cluster-text success@10", "cluster-text", "success@10"))
+                   if (attack(baseline, kind, key), attack(entry, kind, key)) != (None, None)]  # neither attacked: left out
         lines.append(f"- {name}: clean nDCG@10 {clean[0]:.3f} -> {clean[1]:.3f} ({gap:+.3f}, "
                      f"{'within' if gap >= CLEAN_GAP else 'outside'} issue 20's 0.01); " + ", ".join(changes) + ".")
-    maxsim = [entry for entry in models.values() if (entry.get("finetune") or {}).get("pooling") == "maxsim"]
-    lines.append("- Issue 20's text target (success@10 at most a quarter of retrained maxsim's): "
-                 + ("see the rows above against the maxsim-trained model." if maxsim else
-                    "not checkable here: no maxsim-trained model was attacked in this run."))
-    return lines + [""]
+    return lines + _text_target_lines(models) + [""]
+
+
+def _hotflip_setting(hotflip: Mapping[str, Any] | None) -> str:
+    """``L 32, 20 it., 1 pos.`` from a HotFlip entry's settings (older entries: their iterations only)."""
+    if not hotflip:
+        return "n/a"
+    settings = hotflip.get("hotflip_settings") or {"iterations": hotflip.get("hotflip_iterations")}
+    parts = [f"L {settings['length']}" if settings.get("length") else None,
+             f"{settings['iterations']} it." if settings.get("iterations") is not None else None,
+             f"{settings.get('positions') or 1} pos." if settings.get("length") else None]
+    return ", ".join(part for part in parts if part) or "n/a"
+
+
+def _text_target_lines(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Issue 19's second target, per collection group: a model's HotFlip success@10 (an attack optimised against it)
+    at most a quarter of the maxsim-trained model's under the same HotFlip setting, clean nDCG@10 within 0.01 of it."""
+    def setting(entry):
+        return _hotflip_setting(entry.get("hotflip"))
+
+    references = [(name, entry) for name, entry in models.items() if (entry.get("finetune") or {}).get("pooling") == "maxsim"
+                  and (entry.get("hotflip") or {}).get("success@10") is not None]
+    if not references:
+        return ["- Issue 19's text target (HotFlip success@10 at most a quarter of retrained maxsim's, clean within "
+                "0.01): not checkable here: no maxsim-trained model was attacked in this run."]
+    lines = []
+    for reference_name, reference in references:
+        quarter = reference["hotflip"]["success@10"] / 4
+        clean = reference.get("clean_ndcg@10_all_queries")
+        verdicts = []
+        for name, entry in models.items():
+            success = (entry.get("hotflip") or {}).get("success@10")
+            if entry is reference or success is None or entry.get("collection") != reference.get("collection") \
+                    or setting(entry) != setting(reference):
+                continue
+            gap = entry.get("clean_ndcg@10_all_queries") - clean \
+                if None not in (entry.get("clean_ndcg@10_all_queries"), clean) else None
+            met = success <= quarter and gap is not None and gap >= CLEAN_GAP
+            verdicts.append(f"{name} {percent(success)} at clean {'n/a' if gap is None else f'{gap:+.3f}'}: "
+                            f"{'met' if met else 'missed'}")
+        lines.append(f"- Issue 19's text target against {reference_name} (HotFlip {setting(reference)}: success@10 "
+                     f"{percent(reference['hotflip']['success@10'])}, so at most {percent(quarter)}; clean "
+                     f"{number(clean)}, so at least {number(None if clean is None else clean + CLEAN_GAP)}): "
+                     + ("; ".join(verdicts) if verdicts else "no other model attacked with the same setting") + ".")
+    return lines

@@ -3,7 +3,8 @@
     python results/text-defence/summarize.py --runs cranfield=/work/runs/h3 med=/work/runs/p/defence-med
 
 Reads, per collection (COLLECTION=FOLDER; a bare FOLDER is Cranfield's) and for each model (baseline: fine-tuned without the defence; defended: with --adversarial-passages cluster-text:10
-hotflip:10; defended-hotflip: hotflip:10 alone), the
+hotflip:10; defended-hotflip: hotflip:10 alone; maxsim: retrained maxsim, the reference of issue 19's second target;
+recipe: the default recipe's encoder, trained through softmax:tau=1.0; recipe-hotflip: the same with hotflip:10), the
 fine-tune's summary.json / config.json / log.jsonl / adversarial-passages/*.json and the results.json of
 eval/attack.py --attack hotflip and --attack cluster-text run against that model and its head.
 """
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODELS = ("baseline", "defended", "defended-hotflip")  # run folders under --runs
+MODELS = ("baseline", "defended", "defended-hotflip", "maxsim", "recipe", "recipe-hotflip")  # run folders under --runs
 ATTACKS = ("hotflip", "cluster-text")
 
 
@@ -47,11 +48,6 @@ def _model(runs: Path, name: str) -> dict:
     builds = sorted((run / "adversarial-passages").glob("step-*.json"))
     if builds:
         entry["passage_builds"] = [{"step": _read(path)["step"], "seconds": _read(path)["seconds"]} for path in builds]
-    clean = _read(runs / "clean" / name / "results.json")  # eval/length_sweep.py --ks 0: every judged query
-    if clean:
-        (head, by_kind), = clean["metrics"].items()
-        entry["clean_ndcg@10_all_queries"] = next(iter(by_kind.values()))["by_k"]["0"]["mean"]["ndcg@10"]
-        entry["clean_queries"] = clean["evaluated_queries"]
     for attack in ATTACKS:
         report = _read(runs / "attack" / name / attack / "results.json")
         if report is None:
@@ -63,21 +59,31 @@ def _model(runs: Path, name: str) -> dict:
             stats = result["hotflip"]
             item["hotflip_seconds_per_iteration"] = sum(s["seconds_per_iteration"] for s in stats) / len(stats)
             item["hotflip_iterations"] = report["config"]["iterations"]
+            item["hotflip_settings"] = {key: report["config"].get(key, 1 if key == "positions" else None)
+                                        for key in ("length", "iterations", "positions")}
         entry[attack] = item
+    clean = _read(runs / "clean" / name / "results.json")  # eval/length_sweep.py: every judged query, K = 0
+    if clean:  # through the head the attacks used (a sweep of several heads), else the sweep's one head
+        head = (entry.get("hotflip") or entry.get("cluster-text") or {}).get("head")
+        by_kind = clean["metrics"][head] if head in clean["metrics"] else next(iter(clean["metrics"].values()))
+        entry["clean_ndcg@10_all_queries"] = next(iter(by_kind.values()))["by_k"]["0"]["mean"]["ndcg@10"]
+        entry["clean_queries"] = clean["evaluated_queries"]
     return entry
 
 
 def markdown(summary: dict) -> str:
-    lines = ["# Text defence: adversarial passages as fine-tuning negatives (seed 0, 40 steps, exclusive)", "",
+    lines = ["# Text defence: adversarial passages as fine-tuning negatives (seed 0, 40 steps)", "",
              "Judged only by NEW attacks optimised against each trained model and its head (held-out half of the "
              "judged queries, seed-0 split; the defence saw only its own pseudo-queries).", "",
-             "| model | clean nDCG@10 (all judged queries) | clean nDCG@10 (held-out) | HotFlip success@1 | success@10 | success@100 | nDCG@10 retained | "
-             "cluster-text success@10 | cluster-text retained | median step (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | head | HotFlip L / iterations / positions | clean nDCG@10 (all judged queries) | clean nDCG@10 (held-out) | HotFlip success@1 | success@10 | success@100 | nDCG@10 retained | "
+             "cluster-text success@10 | cluster-text retained | median step (s) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, entry in summary["models"].items():
         hot, black = entry.get("hotflip", {}), entry.get("cluster-text", {})
         cell = lambda d, k, pct=True: ("-" if k not in d else (f"{100 * d[k]:.1f} %" if pct else f"{d[k]:.4f}"))  # noqa: E731
         step = entry.get("finetune", {}).get("median_step_time_s")
-        lines.append(f"| {name} | {cell(entry, 'clean_ndcg@10_all_queries', False)} | {cell(hot or black, 'ndcg@10_clean', False)} | {cell(hot, 'success@1')} | "
+        head = (hot or black).get("head", "-")
+        setting = " / ".join(str(value) for value in hot["hotflip_settings"].values()) if hot.get("hotflip_settings") else "-"
+        lines.append(f"| {name} | `{head}` | {setting} | {cell(entry, 'clean_ndcg@10_all_queries', False)} | {cell(hot or black, 'ndcg@10_clean', False)} | {cell(hot, 'success@1')} | "
                      f"{cell(hot, 'success@10')} | {cell(hot, 'success@100')} | {cell(hot, 'ndcg@10_retained')} | "
                      f"{cell(black, 'success@10')} | {cell(black, 'ndcg@10_retained')} | "
                      f"{'-' if step is None else f'{step:.1f}'} |")
