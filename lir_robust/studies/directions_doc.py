@@ -173,10 +173,8 @@ def text_defence_section(summary: Mapping[str, Any] | None) -> list[str]:
 
 
 def _hotflip_setting(hotflip: Mapping[str, Any] | None) -> str:
-    """``L 32, 20 it., 1 pos.`` from a HotFlip entry's settings (older entries: their iterations only)."""
-    if not hotflip:
-        return "n/a"
-    settings = hotflip.get("hotflip_settings") or {"iterations": hotflip.get("hotflip_iterations")}
+    """``L 32, 20 it., 1 pos.`` from a HotFlip entry's settings (results/text-defence/summarize.py records them)."""
+    settings = (hotflip or {}).get("hotflip_settings") or {}
     parts = [f"L {settings['length']}" if settings.get("length") else None,
              f"{settings['iterations']} it." if settings.get("iterations") is not None else None,
              f"{settings.get('positions') or 1} pos." if settings.get("length") else None]
@@ -204,8 +202,8 @@ def _text_target_lines(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if entry is reference or success is None or entry.get("collection") != reference.get("collection") \
                     or setting(entry) != setting(reference):
                 continue
-            gap = entry.get("clean_ndcg@10_all_queries") - clean \
-                if None not in (entry.get("clean_ndcg@10_all_queries"), clean) else None
+            own = entry.get("clean_ndcg@10_all_queries")
+            gap = None if None in (own, clean) else own - clean
             met = success <= quarter and gap is not None and gap >= CLEAN_GAP
             verdicts.append(f"{name} {percent(success)} at clean {'n/a' if gap is None else f'{gap:+.3f}'}: "
                             f"{'met' if met else 'missed'}")

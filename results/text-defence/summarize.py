@@ -58,7 +58,6 @@ def _model(runs: Path, name: str) -> dict:
         if result.get("hotflip"):
             stats = result["hotflip"]
             item["hotflip_seconds_per_iteration"] = sum(s["seconds_per_iteration"] for s in stats) / len(stats)
-            item["hotflip_iterations"] = report["config"]["iterations"]
             item["hotflip_settings"] = {key: report["config"].get(key, 1 if key == "positions" else None)
                                         for key in ("length", "iterations", "positions")}
         entry[attack] = item
