@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from lir_robust.encoders.base import init_distributed, world
+from lir_robust.encoders.base import barrier, init_distributed, world
 from lir_robust.encoders.text import TextEncoder
 
 TEXTS = [f"the wing lift study {'data ' * (index % 7)} number {index} ." for index in range(23)]
@@ -23,5 +23,6 @@ if __name__ == "__main__":
     rank, size = world()
     if rank == 0:
         torch.save({"embeddings": embeddings, "world": size, "encoded_here": encoder.items_encoded}, out_file)
-    if size > 1:
+    if size > 1:  # both ranks leave together: a rank tearing gloo down while the other still works aborts it
+        barrier()
         torch.distributed.destroy_process_group()
