@@ -16,7 +16,8 @@ from lir_robust.scoring.pooling import parse_head
 from lir_robust.studies.attack_study import (
     AttackPlan, AttackPlanError, most_robust_variant, parts_of, plan_steps, run_attacks,
 )
-from lir_robust.studies.attack_summary import attack_rows, correlations, spearman
+from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, render_table, spearman,
+                                             summarize_attacks)
 
 EXCLUSIVE = "exclusive-capacity1-candidates8"
 
@@ -215,6 +216,62 @@ def test_rows_merge_every_run_of_a_model_and_head(tmp_path):
                                                    "hotflip N=10 success@1": 0.1, "hotflip N=10 success@10": 0.2,
                                                    "hotflip N=10 success@100": 0.3}
     assert rows[("raw", "topk:k=4")]["measures"] == {"stuffing T=8 retained": 0.6, "stuffing T=8 hijack@10": 0.4}
+
+
+def _results(folder, attack, n, length, heads, success=0.2):
+    metrics = ({"success@1": 0.1, "success@10": success, "success@100": 0.3} if attack == "hotflip"
+               else {"hijack@10": 0.4}) | {"ndcg@10_clean": 0.5, "ndcg@10_retained": 0.6}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({
+        "config": {"attack": attack, "n": n, "length": length}, "split": {"held_out_queries": 7},
+        "results": {head: {"metrics": metrics} for head in heads}}))
+
+
+def test_an_earlier_summary_fills_in_only_what_the_runs_here_lack(tmp_path):
+    """Runs whose folders are gone survive as an earlier summary: its measures fill the gaps, a run here wins, the
+    filled cells and parts are marked, and the proxies come from this study's summary, not the earlier one's."""
+    plan = {"study": "here", "iterations": 100, "candidates": 32, "max_queries": None, "seed": 0}
+    out = tmp_path / "out"
+    _results(out / "runs" / "c" / "raw" / "hotflip-n10-l32" / "maxsim", "hotflip", 10, 32, ["maxsim"], success=0.2)
+    proxy = {"collection": "c", "protocol": "retrained", "variant": "topk-k4", "head": "topk:k=4", "seeds": [0, 1],
+             "retained": {"spike": {"4": {"mean": 0.7}}, "hard": {"4": {"mean": 0.9}}}}
+    study = _study(tmp_path / "study", "minilm", {"c": [0]}, ["maxsim"], rows=[proxy])
+    old_row = lambda model, head, measures: {"collection": "c", "model": model, "head": head, "clean_ndcg10": 0.4,
+                                             "held_out_queries": 7, "measures": measures, "spike_k4_retained": 0.01,
+                                             "hard_k4_retained": 0.02, "hotflip_seconds_per_iteration": {"x": 0.5}}
+    (out / "timings").mkdir()
+    (out / "timings" / "c_raw_maxsim_hotflip.json").write_text(json.dumps(
+        {"steps": {"hotflip-n10-l32 c/raw/maxsim": {"part": "c:raw:maxsim:hotflip", "seconds": 5.0}}}))
+    (out / "earlier").mkdir()
+    (out / "earlier" / "old-summary.json").write_text(json.dumps({
+        "plan": {**plan, "study": "elsewhere"}, "timings": {"parts_s": {"c:topk-k4": 10.0, "c:raw:maxsim:hotflip": 99.0}},
+        "rows": [old_row("raw", "maxsim", {"hotflip N=10 success@10": 0.9, "stuffing T=8 hijack@10": 0.05}),
+                 old_row("topk-k4", "topk:k=4", {"hotflip N=10 success@10": 0.1})]}))
+    summary = summarize_attacks(out, study, plan)
+    rows = {(row["model"], row["head"]): row for row in summary["rows"]}
+    raw = rows[("raw", "maxsim")]
+    assert raw["measures"]["hotflip N=10 success@10"] == 0.2  # the run here, not the earlier 0.9
+    assert raw["measures"]["stuffing T=8 hijack@10"] == 0.05
+    assert list(raw["earlier_measures"].values()) == [["stuffing T=8 hijack@10"]]
+    topk = rows[("topk-k4", "topk:k=4")]
+    assert topk["measures"] == {"hotflip N=10 success@10": 0.1}
+    assert (topk["spike_k4_retained"], topk["hard_k4_retained"]) == (0.7, 0.9)  # this study's proxy, not 0.01 / 0.02
+    assert summary["timings"]["earlier_parts"] == ["c:topk-k4"]  # the part that ran here keeps its own seconds
+    assert summary["timings"]["parts_s"] == {"c:raw:maxsim:hotflip": 5.0, "c:topk-k4": 10.0}
+    table = render_table(summary)
+    assert "10.0 %*" in table and "20.0 %*" not in table and "c:topk-k4 *" in table
+
+
+def test_an_earlier_summary_of_other_attack_settings_is_refused(tmp_path):
+    out = tmp_path / "out"
+    (out / "earlier").mkdir(parents=True)
+    (out / "earlier" / "old-summary.json").write_text(json.dumps({"plan": {"iterations": 30, "candidates": 32, "seed": 0},
+                                                                  "rows": []}))
+    with pytest.raises(EarlierSummaryError, match="other settings .*iterations"):
+        summarize_attacks(out, tmp_path, {"iterations": 100, "candidates": 32, "max_queries": None, "seed": 0})
+    (out / "earlier" / "old-summary.json").write_text("{not json")
+    with pytest.raises(EarlierSummaryError, match="cannot read"):
+        summarize_attacks(out, tmp_path, {"iterations": 100})
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--out", type=cli.output_folder, default="results/attack-study")
     parser.add_argument("--parts", nargs="+", default=None, help="named parts to run (default: all); see --list-parts")
     parser.add_argument("--list-parts", action="store_true", help="print the parts, their steps and estimated cost; run nothing")
-    parser.add_argument("--summarize-only", action="store_true", help="only (re)write summary.json + table.md from finished runs")
+    parser.add_argument("--summarize-only", action="store_true", help="only (re)write summary.json + table.md from finished runs (and OUT/earlier/*summary.json)")
     parser.add_argument("--collections", nargs="+", default=None, help="default: every collection of the study with seed 0")
     parser.add_argument("--iterations", type=cli.positive_int, default=100, help="HotFlip iterations per passage")
     parser.add_argument("--candidates", type=cli.positive_int, default=32, help="HotFlip candidate tokens re-scored per iteration")

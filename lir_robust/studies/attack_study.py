@@ -24,6 +24,8 @@ Layout of the output folder::
     runs/<collection>/<model>/<run>[/<head>]/         run_text_attack's results.json, table.md, partial/
     cache/<collection>/<model>/                       embedding cache, removed once the model's runs are done
     timings/<part>.json                               seconds per finished step of each part
+    earlier/*summary.json                             summaries of runs made elsewhere (same settings, folders gone):
+                                                      their numbers fill the gaps, marked (attack_summary.merge_earlier)
     summary.json, table.md                            :func:`lir_robust.studies.attack_summary.summarize_attacks`
 """
 

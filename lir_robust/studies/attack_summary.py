@@ -6,6 +6,11 @@ retained nDCG@10 and hijack@10 per insertion L, stuffing T and the query-text ce
 study's summary.json (spike and hard K = 4 retained of the same variant and head: protocol ``retrained`` for a
 retrained model, ``raw`` for raw MiniLM; a mean over the study's seeds, as its summary holds it).
 
+Earlier summaries (:func:`merge_earlier`): ``summary.json`` files of the same attack settings whose run folders are
+gone (another machine, an earlier session) kept in ``<out>/earlier/*summary.json``. Their rows fill in the
+measures this folder's runs do not have (a run here always wins); each merged row lists those measures under
+``earlier_measures`` and the table marks them. Their proxies are read again from this study's summary.
+
 Correlations (:func:`correlations`): Spearman's rho (ties get their mean rank) between each proxy and each text-attack
 number, over the retrained variants of a collection (each with its own head) and, separately, over raw MiniLM's
 heads. The proxies are shares kept (higher = more robust): a proxy that predicts the text attacks correlates
@@ -21,11 +26,20 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from lir_robust.core.errors import UserError
 from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.reporting.format import number, percent, table_header, table_row
 from lir_robust.studies.retraining import part_seconds, step_timings
 
-__all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "correlations", "summarize_attacks", "render_table"]
+__all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "merge_earlier", "correlations", "summarize_attacks",
+           "render_table", "EarlierSummaryError"]
+
+#: the plan settings two summaries must share to be merged (the study folder may differ: the same models elsewhere)
+MERGE_KEYS = ("iterations", "candidates", "max_queries", "seed")
+
+
+class EarlierSummaryError(UserError):
+    """An earlier summary that cannot be merged (unreadable, or of other attack settings)."""
 
 PROXIES = ("spike_k4_retained", "hard_k4_retained")
 PASSAGE_KINDS = ("cluster-text", "hotflip")
@@ -116,6 +130,45 @@ def attack_rows(runs_folder: str | os.PathLike, study_summary: dict[str, Any] | 
     return list(rows.values())
 
 
+def merge_earlier(rows: list[dict[str, Any]], earlier: Sequence[str | os.PathLike], plan: dict[str, Any] | None,
+                  study_summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``rows`` with every measure of the ``earlier`` summaries that they lack (rows of this folder's runs win);
+    refuses a summary of other attack settings (:data:`MERGE_KEYS`)."""
+    merged = {(row["collection"], row["model"], row["head"]): row for row in rows}
+    for path in earlier:
+        try:
+            summary = json.loads(Path(path).read_text())
+            their_rows, their_plan = summary["rows"], summary.get("plan") or {}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise EarlierSummaryError(f"cannot read the earlier attack summary {path} ({error}); move it out of the "
+                                      "earlier/ folder or restore it") from None
+        differing = [key for key in MERGE_KEYS if plan is not None and their_plan.get(key) != plan.get(key)]
+        if differing:
+            raise EarlierSummaryError(f"the earlier attack summary {path} used other settings ({', '.join(differing)}: "
+                                      f"{[their_plan.get(key) for key in differing]} here {[plan.get(key) for key in differing]}); "
+                                      "its numbers do not belong in this table: move it out of the earlier/ folder")
+        for old in their_rows:
+            key = (old["collection"], old["model"], old["head"])
+            row = merged.get(key)
+            if row is None:
+                row = merged[key] = {**{name: old[name] for name in ("collection", "model", "head", "clean_ndcg10",
+                                                                    "held_out_queries")},
+                                     "measures": {}, "hotflip_seconds_per_iteration": {},
+                                     **study_proxy(study_summary, old["collection"],
+                                                   "raw" if old["model"] == "raw" else "retrained", old["model"], old["head"])}
+            taken = [name for name in old["measures"] if name not in row["measures"]]
+            row["measures"].update({name: old["measures"][name] for name in taken})
+            for run, seconds in old.get("hotflip_seconds_per_iteration", {}).items():
+                row["hotflip_seconds_per_iteration"].setdefault(run, seconds)
+            if taken:
+                row.setdefault("earlier_measures", {})[str(path)] = taken
+    return list(merged.values())
+
+
+def earlier_summaries(out: str | os.PathLike) -> list[Path]:
+    return sorted((Path(out) / "earlier").glob("*summary.json"))
+
+
 def correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Spearman's rho between each proxy and each text-attack number, per collection, over the retrained variants
     (``group`` retrained) and over raw MiniLM's heads (``group`` raw)."""
@@ -139,9 +192,10 @@ def summarize_attacks(out: str | os.PathLike, study: str | os.PathLike, plan: di
     out = Path(out)
     study_summary_path = Path(study) / "summary.json"
     study_summary = json.loads(study_summary_path.read_text()) if study_summary_path.is_file() else None
-    rows = attack_rows(out / "runs", study_summary)
+    earlier = earlier_summaries(out)
+    rows = merge_earlier(attack_rows(out / "runs", study_summary), earlier, plan, study_summary)
     summary = {"plan": plan, "study": str(study), "rows": rows, "correlations": correlations(rows),
-               "timings": _timings(out),
+               "timings": _timings(out, earlier), "earlier": [str(path) for path in earlier],
                "notes": {
                    "proxy": "spike / hard K = 4 retained nDCG@10 from the retraining study's summary.json (same variant "
                             "and head; protocol retrained, or raw for raw MiniLM), mean over the study's seeds "
@@ -157,8 +211,17 @@ def summarize_attacks(out: str | os.PathLike, study: str | os.PathLike, plan: di
     return summary
 
 
-def _timings(out: Path) -> dict[str, Any]:
+def _timings(out: Path, earlier: Sequence[Path] = ()) -> dict[str, Any]:
+    """Seconds per part: this folder's, then the parts only an earlier summary ran (marked ``earlier_parts``)."""
     parts = part_seconds(step_timings(out))
+    before = {}
+    for path in earlier:
+        for part, seconds in json.loads(path.read_text()).get("timings", {}).get("parts_s", {}).items():
+            if part not in parts:
+                before.setdefault(part, seconds)
+    if before:
+        parts = {**parts, **before}
+        return {"parts_s": parts, "total_s": sum(parts.values()), "earlier_parts": sorted(before)}
     return {"parts_s": parts, "total_s": sum(parts.values())} if parts else {}
 
 
@@ -172,9 +235,14 @@ def render_table(summary: dict[str, Any]) -> str:
         lines += [f"## {collection}", "",
                   *table_header(["model", "head", "clean nDCG@10", "spike K=4 kept", "hard K=4 kept", *measures])]
         for row in members:
+            before = {name for names in row.get("earlier_measures", {}).values() for name in names}
             lines.append(table_row([row["model"], row["head"], number(row["clean_ndcg10"]), percent(row["spike_k4_retained"]),
                                     percent(row["hard_k4_retained"]),
-                                    *(percent(row["measures"].get(name)) for name in measures)]))
+                                    *(percent(row["measures"].get(name)) + ("*" if name in before else "")
+                                      for name in measures)]))
+        if any(row.get("earlier_measures") for row in members):
+            lines += ["", "\\* from an earlier run of the same settings whose run folders are not here: "
+                      + ", ".join(dict.fromkeys(path for row in members for path in row.get("earlier_measures", {}))) + "."]
         found = [c for c in summary["correlations"] if c["collection"] == collection and c["spearman"] is not None]
         if found:
             lines += ["", "Spearman's rho, proxy against text attack (negative against success / hijack = the proxy "
@@ -187,6 +255,8 @@ def render_table(summary: dict[str, Any]) -> str:
         lines.append("")
     timings = summary.get("timings", {}).get("parts_s", {})
     if timings:
+        before = set(summary["timings"].get("earlier_parts", ()))
         lines += ["## Time per part", "", *table_header(["part", "seconds"]),
-                  *(table_row([part, f"{seconds:.0f}"]) for part, seconds in timings.items()), ""]
+                  *(table_row([part + (" *" if part in before else ""), f"{seconds:.0f}"]) for part, seconds in timings.items()),
+                  *(["", "\\* measured in an earlier run (earlier/)."] if before else []), ""]
     return "\n".join(lines)
