@@ -135,7 +135,7 @@ results-doc:
 	$(PY) eval/results_doc.py --study $(OUT)/study/summary.json --synthetic $(OUT)/synthetic/results.json \
 		--recipe-search $(OUT)/recipe-search/summary.json --corpus-hard $(OUT)/recipe-search/corpus-hard \
 		--coherence $(OUT)/recipe-search/coherence --text-defence $(OUT)/text-defence/summary.json \
-		--text-attacks $(OUT)/text-attacks --out docs/RESULTS.md
+		--text-attacks $(OUT)/text-attacks --attack-study $(OUT)/attack-study/summary.json --out docs/RESULTS.md
 
 # Publishing goes online although every other target defaults to HF_HUB_OFFLINE=1: unless you set HF_HUB_OFFLINE
 # yourself (environment or command line), this target runs with HF_HUB_OFFLINE=0; set to 1, a push stops at once

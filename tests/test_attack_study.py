@@ -18,6 +18,7 @@ from lir_robust.studies.attack_study import (
 )
 from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, render_table, spearman,
                                              summarize_attacks)
+from lir_robust.studies.results_doc import render_results
 
 EXCLUSIVE = "exclusive-capacity1-candidates8"
 
@@ -260,6 +261,10 @@ def test_an_earlier_summary_fills_in_only_what_the_runs_here_lack(tmp_path):
     assert summary["timings"]["parts_s"] == {"c:raw:maxsim:hotflip": 5.0, "c:topk-k4": 10.0}
     table = render_table(summary)
     assert "10.0 %*" in table and "20.0 %*" not in table and "c:topk-k4 *" in table
+    section = render_results(None, None, None, attack_study=summary)  # docs/RESULTS.md nests the same table
+    assert "## Text attacks on the retraining study's models\n\nGenerated from `results/attack-study/summary.json`" in section
+    assert "2 parts have run" in section and "\n### c\n" in section and "\n### Time per part\n" in section
+    assert table.split("## c\n", 1)[1].split("## Time")[0] in section
 
 
 def test_an_earlier_summary_of_other_attack_settings_is_refused(tmp_path):

@@ -204,6 +204,8 @@ def test_the_committed_results_doc_is_generated_from_the_committed_results(tmp_p
                                   "coherence_retrained": recipe / "coherence" / "retrained.json",
                                   "probes": recipe / "probes" / "summary.json",
                                   "text_defence": ROOT / "results" / "text-defence" / "summary.json"})  # = make results-doc
-    assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data,
-                          text_attacks=text_attacks, directions=directions) == committed.read_text(), (
+    attack_study = ROOT / "results" / "attack-study" / "summary.json"
+    attack_study_data = json.loads(attack_study.read_text()) if attack_study.is_file() else None
+    assert render_results(study_data, synthetic_data, tmp_path, recipe_search=search_data, text_attacks=text_attacks,
+                          directions=directions, attack_study=attack_study_data) == committed.read_text(), (
         "docs/RESULTS.md differs from what `make results-doc` makes of the committed results: rerun it")

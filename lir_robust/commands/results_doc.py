@@ -35,6 +35,8 @@ def build_parser() -> cli.ArgumentParser:
                         help="first copy the compact results of these `lir-robust attack` --out folders into "
                              "--text-attacks/<folder name>/ (texts, scores and local paths left out); a folder of runs "
                              "(`make attack`'s runs/) adds each under its path below it")
+    parser.add_argument("--attack-study", type=Path, default=Path("results/attack-study/summary.json"),
+                        help="make attack's summary.json (issue 19; its section is left out when absent)")
     parser.add_argument("--out", type=cli.output_file, default=Path("docs/RESULTS.md"))
     return parser
 
@@ -62,5 +64,6 @@ def main(argv=None) -> None:
     directions = {"corpus_hard": args.corpus_hard / "summary.json", "corpus_hard_docs4": args.corpus_hard / "docs4-summary.json",
                   "coherence_screen": args.coherence / "summary.json", "coherence_retrained": args.coherence / "retrained.json",
                   "probes": args.recipe_search.parent / "probes" / "summary.json", "text_defence": args.text_defence}
-    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks, directions)
+    path = write_results_doc(args.study, args.synthetic, args.out, args.recipe_search, args.text_attacks, directions,
+                             args.attack_study)
     logging.getLogger("results_doc").info("wrote %s", path)

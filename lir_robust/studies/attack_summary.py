@@ -225,14 +225,16 @@ def _timings(out: Path, earlier: Sequence[Path] = ()) -> dict[str, Any]:
     return {"parts_s": parts, "total_s": sum(parts.values())} if parts else {}
 
 
-def render_table(summary: dict[str, Any]) -> str:
-    """table.md: per collection, the rows (clean, proxies, every measure) and the correlations."""
-    lines = ["# Text attacks on the retraining study's models", ""]
+def render_table(summary: dict[str, Any], level: int = 1, intro: Sequence[str] = ()) -> str:
+    """table.md: per collection, the rows (clean, proxies, every measure) and the correlations; ``level``: the
+    title's heading level (docs/RESULTS.md nests it at 2), ``intro``: lines under the title."""
+    title, sub = "#" * level, "#" * (level + 1)
+    lines = [f"{title} Text attacks on the retraining study's models", "", *intro]
     rows = summary["rows"]
     for collection in dict.fromkeys(row["collection"] for row in rows):
         members = [row for row in rows if row["collection"] == collection]
         measures = sorted(dict.fromkeys(name for row in members for name in row["measures"]), key=_measure_order)
-        lines += [f"## {collection}", "",
+        lines += [f"{sub} {collection}", "",
                   *table_header(["model", "head", "clean nDCG@10", "spike K=4 kept", "hard K=4 kept", *measures])]
         for row in members:
             before = {name for names in row.get("earlier_measures", {}).values() for name in names}
@@ -256,7 +258,7 @@ def render_table(summary: dict[str, Any]) -> str:
     timings = summary.get("timings", {}).get("parts_s", {})
     if timings:
         before = set(summary["timings"].get("earlier_parts", ()))
-        lines += ["## Time per part", "", *table_header(["part", "seconds"]),
+        lines += [f"{sub} Time per part", "", *table_header(["part", "seconds"]),
                   *(table_row([part + (" *" if part in before else ""), f"{seconds:.0f}"]) for part, seconds in timings.items()),
                   *(["", "\\* measured in an earlier run (earlier/)."] if before else []), ""]
     return "\n".join(lines)
