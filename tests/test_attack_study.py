@@ -14,7 +14,7 @@ from lir_robust.commands import cli
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.studies.attack_study import (
-    AttackPlan, AttackPlanError, most_robust_variant, parts_of, plan_steps, run_attacks,
+    AttackPlan, AttackPlanError, check_plan, most_robust_variant, parts_of, plan_steps, run_attacks,
 )
 from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, render_table, spearman,
                                              summarize_attacks)
@@ -63,6 +63,23 @@ def test_parts_are_named_per_collection_model_and_head(tmp_path):
         plan_steps(AttackPlan(study=str(study), collections=["b"]), tmp_path / "out")
     with pytest.raises(AttackPlanError, match="holds no retraining study"):
         plan_steps(AttackPlan(study=str(tmp_path)), tmp_path / "out")
+
+
+def test_models_trained_elsewhere_are_attacked_under_the_same_plan(tmp_path):
+    """--models: the study's summary (proxies, heads) from one folder, its models from another; where the models are
+    read from is no setting, so a folder begun with the default resumes with --models (each run records its model)."""
+    study = _study(tmp_path / "study", "minilm", {"a": [0]}, ["maxsim"])
+    models = {step.part: step.model for step in plan_steps(AttackPlan(study=str(study), models=str(tmp_path / "runs" / "models")),
+                                                            tmp_path / "out", show_progress=False)}
+    assert models["a:maxsim:hotflip"] == str(tmp_path / "runs" / "models" / "a" / "maxsim" / "seed0")
+    assert models["a:raw"] == "minilm"
+    default = {step.part: step.model for step in plan_steps(AttackPlan(study=str(study)), tmp_path / "out", show_progress=False)}
+    assert default["a:maxsim:hotflip"] == str(study / "models" / "a" / "maxsim" / "seed0")
+    check_plan(AttackPlan(study=str(study)), tmp_path / "out")
+    check_plan(AttackPlan(study=str(study), models=str(tmp_path / "runs" / "models")), tmp_path / "out")  # accepted
+    assert "models" not in json.loads((tmp_path / "out" / "plan.json").read_text())
+    with pytest.raises(AttackPlanError, match="differs in iterations"):
+        check_plan(AttackPlan(study=str(study), models=str(tmp_path), iterations=5), tmp_path / "out")
 
 
 def test_the_most_robust_variant_is_the_target_first_then_checks_then_spike():

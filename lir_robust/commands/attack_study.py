@@ -26,6 +26,9 @@ def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="results/study",
                         help="the retraining study's output folder (make study), whose models are attacked")
+    parser.add_argument("--models", type=cli.existing_folder, default=None,
+                        help="the study's models folder when not <study>/models (a seed-0 study trained with "
+                             "`make study OUT=runs`, attacked with the proxies of --study's summary)")
     parser.add_argument("--out", type=cli.output_folder, default="results/attack-study")
     parser.add_argument("--parts", nargs="+", default=None, help="named parts to run (default: all); see --list-parts")
     parser.add_argument("--list-parts", action="store_true", help="print the parts, their steps and estimated cost; run nothing")
@@ -49,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise cli.UserError("--parts chooses what to run; drop it with --list-parts or --summarize-only")
     args.plan = AttackPlan(study=args.study, collections=args.collections, iterations=args.iterations,
                            candidates=args.candidates, robust_variant=args.robust_variant, max_queries=args.queries,
-                           seed=args.seed, data_root=args.data_root)
+                           seed=args.seed, data_root=args.data_root,
+                           models=None if args.models is None else str(args.models))
     args.steps = plan_steps(args.plan, Path(args.out), show_progress=not args.quiet)  # refuses a study not there
     for collection in args.plan.chosen_collections():
         cli.check_data(collection, root=args.data_root)

@@ -109,9 +109,18 @@ class AttackPlan:
     max_queries: int | None = None
     seed: int = 0  # the query split and clusters (the models are always the study's seed 0)
     data_root: str | None = None
+    #: where the study's models are (default ``<study>/models``): a study trained elsewhere (``make study OUT=runs``)
+    #: attacked with the proxies of the committed summary; not part of the plan's identity (the runs record each model path)
+    models: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        found = dataclasses.asdict(self)
+        if found["models"] is None:
+            del found["models"]
+        return found
+
+    def models_folder(self) -> Path:
+        return Path(self.models) if self.models is not None else Path(self.study) / "models"
 
     def study_plan(self) -> dict[str, Any]:
         """The study's plan.json, else the plan inside its summary.json (a committed summary without the models)."""
@@ -144,6 +153,7 @@ class AttackStep(Step):
     heads: int = 1  # how many heads the run attacks (for the estimate)
     iterations: int = 100
     collection: str = ""
+    model: str = ""  # the attacked model: a model id / spec (raw) or a retrained model's folder
 
 
 def model_head(model_dir: Path) -> str:
@@ -222,7 +232,7 @@ def _step(plan: AttackPlan, part: str, model: str, collection: str, label: str, 
         return _done(folder, config())
 
     return AttackStep(f"{run.name} {collection}/{label}", part, lambda: _run(config(), folder, show_progress), done,
-                      cache=cache, run=run, heads=count, iterations=plan.iterations, collection=collection)
+                      cache=cache, run=run, heads=count, iterations=plan.iterations, collection=collection, model=model)
 
 
 def plan_steps(plan: AttackPlan, out: str | os.PathLike, show_progress: bool = True) -> list[AttackStep]:
@@ -248,7 +258,7 @@ def plan_steps(plan: AttackPlan, out: str | os.PathLike, show_progress: bool = T
                     steps.append(_step(plan, f"{collection}:raw:{name}:{run.part}", study["model"], collection,
                                        f"raw/{name}", run, [head], runs / run.name / name, cache, show_progress, 1))
         for variant in variants:
-            model_dir = Path(plan.study) / "models" / collection / variant / "seed0"
+            model_dir = plan.models_folder() / collection / variant / "seed0"
             cache = out / "cache" / collection / variant
             for run in SUITE + ((LARGE,) if variant == robust[collection] else ()):
                 part = f"{collection}:{variant}" + (f":{run.part}" if run.part else "")
@@ -271,9 +281,11 @@ def estimate_seconds(step: AttackStep, training_queries: int | None = None) -> f
 def check_plan(plan: AttackPlan, out: Path, write: bool = True) -> None:
     path = out / "plan.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved != plan.to_dict():
-            differing = sorted(key for key in set(saved) | set(plan.to_dict()) if saved.get(key) != plan.to_dict().get(key))
+        saved, wanted = json.loads(path.read_text()), plan.to_dict()
+        for found in (saved, wanted):
+            found.pop("models", None)  # where the models are read from is no setting: each run records its model path
+        if saved != wanted:
+            differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
             raise AttackPlanError(f"{out} holds an attack study of another plan (differs in {', '.join(differing)}); use another --out")
     elif write:
         write_json_atomic(path, plan.to_dict())
