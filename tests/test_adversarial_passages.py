@@ -104,6 +104,25 @@ def test_a_plan_is_parsed_checked_and_names_its_build_steps():
         AdversarialPassages.parse(["hotflip:3"], refresh=-1)
 
 
+def test_positions_reach_every_hotflip_build_and_one_position_saves_as_before():
+    """--adversarial-passage-positions: HotFlip's positions per iteration in each build; the default (1) leaves the
+    saved plan as it was before the setting existed, so older builds still load."""
+    from lir_robust.training.adversarial_passages import _plan_dict
+
+    plan = AdversarialPassages.parse(["hotflip:3"], positions=16, iterations=50)
+    assert plan.hotflip(build=10, cluster=2).positions == 16 and plan.hotflip(10, 2).iterations == 50
+    assert _plan_dict(plan)["positions"] == 16 and "positions" not in _plan_dict(AdversarialPassages.parse(["hotflip:3"]))
+    with pytest.raises(ValueError, match="positions must be an integer >= 1"):
+        AdversarialPassages.parse(["hotflip:3"], positions=0)
+
+
+def test_a_run_with_positions_records_them_in_its_builds_and_config(tiny_bert, tiny_beir, tmp_path):
+    finetune.train(finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path, *PASSAGES, "--adversarial-passage-positions", "3",
+                                             "--max-steps", "1", "--save-every", "0")))
+    assert _builds(tmp_path)["step-00000.json"]["plan"]["positions"] == 3
+    assert json.loads((tmp_path / "config.json").read_text())["adversarial_passage_positions"] == 3
+
+
 def test_passages_are_negatives_with_gradients(tiny_bert, tiny_beir, tmp_path):
     """With the passages the loss differs from a run without them (they enter the loss) and stays finite."""
     finetune.train(finetune.parse_args(_args(tiny_bert, tiny_beir, tmp_path / "plain", "--max-steps", "1", "--save-every", "0")))

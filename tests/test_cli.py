@@ -177,6 +177,7 @@ BAD_INPUTS = [
     ("finetune", ["--data", "{beir}", "--adversarial-passages", "hotflip:4", "hotflip:8"], "--adversarial-passages hotflip:4 hotflip:8: give each kind once"),
     ("finetune", ["--data", "{beir}", "--adversarial-passages", "cluster-text:10", "--adversarial-passage-refresh", "5"], "--adversarial-passage-refresh sets the HotFlip passages of --adversarial-passages; add hotflip:N"),
     ("finetune", ["--data", "{beir}", "--adversarial-passage-iterations", "5"], "--adversarial-passage-iterations sets the HotFlip passages of --adversarial-passages; add hotflip:N"),
+    ("finetune", ["--data", "{beir}", "--adversarial-passages", "cluster-text:4", "--adversarial-passage-positions", "4"], "--adversarial-passage-positions sets the HotFlip passages of --adversarial-passages; add hotflip:N"),
     ("finetune", ["--data", "{beir}", "--adversarial-passages", "hotflip:4", "--adversarial-passage-length", "0"], "argument --adversarial-passage-length: expected an integer >= 1, got '0'"),
     # eval/search.py
     ("search", ["--index", "plaid"], "argument --index: invalid choice: 'plaid' (choose from 'voyager')"),

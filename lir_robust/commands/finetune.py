@@ -82,6 +82,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--adversarial-passage-refresh", type=cli.non_negative_int, default=None, help="with --adversarial-passages hotflip:N: steps between HotFlip builds, each continuing from the last (default 10; 0: built once, at the start). A build costs N x iterations x about 2 s on a CPU core (L = 32)")
     p.add_argument("--adversarial-passage-iterations", type=cli.non_negative_int, default=None, help="with --adversarial-passages hotflip:N: HotFlip swaps tried per passage and build (default 10)")
     p.add_argument("--adversarial-passage-length", type=cli.positive_int, default=None, help="with --adversarial-passages hotflip:N: passage tokens L (default 32, as the attack's)")
+    p.add_argument("--adversarial-passage-positions", type=cli.positive_int, default=None, help="with --adversarial-passages hotflip:N: positions swapped per HotFlip iteration, as the attack's --positions (default 1)")
     p.add_argument("--validation-pairs", type=cli.non_negative_int, default=64, help="pairs held out of training for the validation loss")
     # optimisation
     p.add_argument("--lr", type=cli.positive_float, default=4e-4)
@@ -244,7 +245,7 @@ def _check_adversarial_passages(args: argparse.Namespace, family: str) -> None:
 
     defaults = {field.name: field.default for field in dataclasses.fields(AdversarialPassages)}
     hotflip_options = [(f"--adversarial-passage-{name}", f"adversarial_passage_{name}", defaults[name])
-                       for name in ("refresh", "iterations", "length")]
+                       for name in ("refresh", "iterations", "length", "positions")]
     kinds = [item.split(":")[0] for item in args.adversarial_passages]
     if kinds and family != "text":
         raise cli.UserError(f"--adversarial-passages crafts text passages; --model {args.model} is a colpali-engine model: drop it")

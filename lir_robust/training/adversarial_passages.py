@@ -65,7 +65,8 @@ def parse_adversarial_passage(text: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class AdversarialPassages:
     """What the defence crafts: ``kinds`` ((kind, N) pairs, each kind once); HotFlip's ``length`` tokens,
-    ``iterations`` per build and ``candidates``; ``refresh``: steps between HotFlip builds (0: built once, at step 0);
+    ``iterations`` per build, ``candidates`` and ``positions`` swapped per iteration (the attack's ``--positions``);
+    ``refresh``: steps between HotFlip builds (0: built once, at step 0);
     ``pool``: training queries clustered; ``seed``: the pool, the clusters and HotFlip's positions."""
 
     kinds: tuple[tuple[str, int], ...]
@@ -73,6 +74,7 @@ class AdversarialPassages:
     length: int = 32
     iterations: int = 10
     candidates: int = 32
+    positions: int = 1
     pool: int = 256
     seed: int = 0
 
@@ -84,7 +86,8 @@ class AdversarialPassages:
             raise ValueError(f"give each adversarial-passage kind once, got {list(self.spec())}")
         for kind, count in self.kinds:
             parse_adversarial_passage(f"{kind}:{count}")
-        for name, least in (("refresh", 0), ("length", 1), ("iterations", 0), ("candidates", 1), ("pool", 1), ("seed", 0)):
+        for name, least in (("refresh", 0), ("length", 1), ("iterations", 0), ("candidates", 1), ("positions", 1), ("pool", 1),
+                            ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"AdversarialPassages.{name} must be an integer >= {least}, got {value!r}")
@@ -110,7 +113,7 @@ class AdversarialPassages:
 
     def hotflip(self, build: int, cluster: int) -> HotFlipSettings:
         return HotFlipSettings(length=self.length, iterations=self.iterations, candidates=self.candidates,
-                               init="queries", seed=self.seed + 1_000 * build + cluster)
+                               positions=self.positions, init="queries", seed=self.seed + 1_000 * build + cluster)
 
 
 class PassageBank:
@@ -205,5 +208,8 @@ class PassageBank:
 
 
 def _plan_dict(plan: AdversarialPassages) -> dict[str, Any]:
-    return {"kinds": [list(item) for item in plan.kinds], "refresh": plan.refresh, "length": plan.length,
-            "iterations": plan.iterations, "candidates": plan.candidates, "pool": plan.pool, "seed": plan.seed}
+    found = {"kinds": [list(item) for item in plan.kinds], "refresh": plan.refresh, "length": plan.length,
+             "iterations": plan.iterations, "candidates": plan.candidates, "pool": plan.pool, "seed": plan.seed}
+    if plan.positions != 1:  # one position per iteration: saved as before the setting existed (those builds load)
+        found["positions"] = plan.positions
+    return found

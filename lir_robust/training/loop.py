@@ -51,7 +51,7 @@ __all__ = ["DEFAULT_MAX_STEPS", "WARMUP_SHARE", "FinetuneConfig", "requested_opt
 logger = logging.getLogger(__name__)
 
 ADVERSARIAL_PASSAGE_OPTIONS = ("adversarial_passages", "adversarial_passage_refresh", "adversarial_passage_iterations",
-                               "adversarial_passage_length")
+                               "adversarial_passage_length", "adversarial_passage_positions")
 # The recipe's heads (issue 20, docs/RESULTS.md "Directions tried"): trained through softmax:tau=1.0, scored with blend.
 RECIPE_POOLING = "softmax:tau=1.0"
 RECIPE_SCORING_POOLING = "blend:tau=1.0,weight=0.5,capacity=1,candidates=8"
@@ -97,6 +97,7 @@ class FinetuneConfig:
     adversarial_passage_refresh: int | None = None  # None: AdversarialPassages' defaults (10, 10, 32)
     adversarial_passage_iterations: int | None = None
     adversarial_passage_length: int | None = None
+    adversarial_passage_positions: int | None = None
     corpus_bank_refresh: int | None = None  # with hard-corpus injected negatives (None: corpus_bank.DEFAULT_REFRESH)
     validation_pairs: int = 64
     # optimisation
@@ -140,6 +141,8 @@ def requested_options(config: FinetuneConfig) -> dict:
     if not config.adversarial_passages:  # likewise: a run without passages compares as before these options
         for key in ADVERSARIAL_PASSAGE_OPTIONS:
             options.pop(key)
+    if config.adversarial_passage_positions in (None, 1):  # one position: as a run saved before the option
+        options.pop("adversarial_passage_positions", None)
     if config.scoring_pooling is None:  # saved with the training head, also a run saved before the option
         options.pop("scoring_pooling")
     refresh = bank_refresh(config)
@@ -295,7 +298,7 @@ def train(config: FinetuneConfig):
         if family != "text":
             raise UserError(f"--adversarial-passages crafts text passages; {config.model} is a {family} model: drop it")
         settings = {"refresh": config.adversarial_passage_refresh, "length": config.adversarial_passage_length,
-                    "iterations": config.adversarial_passage_iterations}
+                    "iterations": config.adversarial_passage_iterations, "positions": config.adversarial_passage_positions}
         plan = AdversarialPassages.parse(config.adversarial_passages, seed=config.seed,
                                          **{key: value for key, value in settings.items() if value is not None})
         passages = PassageBank(plan, [pair.query for pair in train_pairs], output / PASSAGE_FOLDER,
