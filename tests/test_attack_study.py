@@ -14,7 +14,7 @@ from lir_robust.commands import cli
 from lir_robust.encoders.text_colbert import TextColBERT
 from lir_robust.scoring.pooling import parse_head
 from lir_robust.studies.attack_study import (
-    AttackPlan, AttackPlanError, check_plan, most_robust_variant, parts_of, plan_steps, run_attacks,
+    AttackPlan, AttackPlanError, check_plan, measured_like, most_robust_variant, parts_of, plan_steps, run_attacks,
 )
 from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, render_table, spearman,
                                              summarize_attacks)
@@ -80,6 +80,21 @@ def test_models_trained_elsewhere_are_attacked_under_the_same_plan(tmp_path):
     assert "models" not in json.loads((tmp_path / "out" / "plan.json").read_text())
     with pytest.raises(AttackPlanError, match="differs in iterations"):
         check_plan(AttackPlan(study=str(study), models=str(tmp_path), iterations=5), tmp_path / "out")
+
+
+def test_unmeasured_steps_are_estimated_from_the_same_run_measured_on_other_models(tmp_path):
+    """--list-parts' estimate of a step not run yet: the median measured seconds of the same suite run with as many
+    heads on the same collection, else on any collection; nothing alike measured: no estimate here (the cost model)."""
+    study = _study(tmp_path / "study", "minilm", {"a": [0], "b": [0]}, ["maxsim", "topk:k=4", "softmax:tau=1.0"])
+    steps = plan_steps(AttackPlan(study=str(study)), tmp_path / "out", show_progress=False)
+    measured = {"hotflip-n10-l32 a/maxsim": 100.0, "hotflip-n10-l32 a/topk-k4": 300.0, "hotflip-n10-l32 a/raw/maxsim": 200.0,
+                "insertion-l64 b/maxsim": 50.0, "cluster-text-n1 a/raw": 9.0}
+    like = measured_like(steps, measured)
+    assert like["hotflip-n10-l32 a/softmax-tau1.0"] == 200.0  # the median of a's three one-head runs
+    assert like["hotflip-n10-l32 b/maxsim"] == 200.0  # none on b: the median over every collection
+    assert like["insertion-l64 a/topk-k4"] == 50.0 and like["cluster-text-n1 b/raw"] == 9.0
+    assert "cluster-text-n1 a/maxsim" not in like  # one head; only the three-head raw run has run: the cost model
+    assert not set(like) & set(measured)
 
 
 def test_the_most_robust_variant_is_the_target_first_then_checks_then_spike():
@@ -320,3 +335,12 @@ def test_list_parts_reports_the_measured_seconds_of_parts_that_ran(tiny_attack_s
     assert "(measured)" in lines["tiny:raw"] and f"~{measured / 60:.0f} min" in lines["tiny:raw"]
     assert "(estimated)" in lines["tiny:maxsim"]  # never ran here
     assert "(measured)" in lines["tiny:softmax-tau1.0"]
+    earlier = root / "out" / "earlier"
+    earlier.mkdir(exist_ok=True)
+    (earlier / "other-summary.json").write_text(json.dumps({"rows": [], "timings": {"parts_s": {"tiny:maxsim": 600.0}}}))
+    try:  # a part another machine ran: its seconds, marked, and not counted as still to run
+        attack_study_command.main(listing)
+    finally:
+        (earlier / "other-summary.json").unlink()
+    lines = {line.split(": ~")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny:")}
+    assert lines["tiny:maxsim"].startswith("tiny:maxsim: ~10 min (measured earlier, earlier/other-summary.json)")

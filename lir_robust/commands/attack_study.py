@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from lir_robust.commands import cli
 from lir_robust.core.errors import DataError
 from lir_robust.studies.attack_study import (SECONDS_PER_ITERATION_L32, SETUP_SECONDS, AttackPlan, check_plan, estimate_seconds,
-                                            parts_of, plan_steps, run_attacks)
-from lir_robust.studies.attack_summary import summarize_attacks
+                                            measured_like, parts_of, plan_steps, run_attacks)
+from lir_robust.studies.attack_summary import earlier_summaries, summarize_attacks
 from lir_robust.studies.retraining import step_timings
 
 
@@ -74,6 +75,35 @@ def _training_queries(collection: str, data_root, seed: int) -> int | None:
         return None
 
 
+def _list_parts(args: argparse.Namespace) -> None:
+    """Each part with its measured seconds, or an estimate; parts an earlier summary ran (OUT/earlier/) are marked
+    and left out of what is still to run."""
+    training = {c: _training_queries(c, args.data_root, args.seed) for c in args.plan.chosen_collections()}
+    measured = {name: entry["seconds"] for name, entry in step_timings(args.out).items()}
+    like = measured_like(args.steps, measured)
+    earlier = {part: (path.name, seconds) for path in earlier_summaries(args.out)
+               for part, seconds in json.loads(path.read_text()).get("timings", {}).get("parts_s", {}).items()}
+    total = measured_total = to_run = 0.0
+    for part in parts_of(args.steps):
+        steps = [step for step in args.steps if step.part == part]
+        timed = [measured[step.name] for step in steps if step.name in measured]
+        seconds = sum(timed) + sum(like.get(step.name) or estimate_seconds(step, training[step.collection])
+                                   for step in steps if step.name not in measured)
+        how = "measured" if len(timed) == len(steps) else f"{len(timed)} of {len(steps)} steps measured" if timed else "estimated"
+        if len(timed) < len(steps) and part in earlier:
+            name, seconds = earlier[part]
+            how = f"measured earlier, earlier/{name}"
+        elif len(timed) < len(steps):
+            to_run += seconds - sum(timed)
+        total, measured_total = total + seconds, measured_total + sum(timed)
+        print(f"{part}: ~{seconds / 60:.0f} min ({how}), {len(steps)} steps ({'; '.join(step.name for step in steps)})")
+    print(f"total: ~{total / 3600:.1f} h, {measured_total / 3600:.1f} h of it measured in {args.out}; still to run: "
+          f"~{to_run / 3600:.1f} h. Estimates come from the measured seconds of the same run on other models ({len(like)} "
+          "steps; the median of the same collection's, else of any), else from the cost model of "
+          f"lir_robust.studies.attack_study (HotFlip measured on this 2-core machine at {SECONDS_PER_ITERATION_L32:.2f} s "
+          f"per iteration at L = 32 with maxsim, {args.plan.iterations} iterations, {SETUP_SECONDS:.0f} s of setup per run)")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -83,21 +113,7 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.list_parts:
-        training = {c: _training_queries(c, args.data_root, args.seed) for c in args.plan.chosen_collections()}
-        measured = {name: entry["seconds"] for name, entry in step_timings(args.out).items()}
-        total = measured_total = 0.0
-        for part in parts_of(args.steps):
-            steps = [step for step in args.steps if step.part == part]
-            timed = [measured[step.name] for step in steps if step.name in measured]
-            seconds = sum(timed) + sum(estimate_seconds(step, training[step.collection]) for step in steps
-                                       if step.name not in measured)
-            total, measured_total = total + seconds, measured_total + sum(timed)
-            how = "measured" if len(timed) == len(steps) else f"{len(timed)} of {len(steps)} steps measured" if timed else "estimated"
-            print(f"{part}: ~{seconds / 60:.0f} min ({how}), {len(steps)} steps ({'; '.join(step.name for step in steps)})")
-        print(f"total: ~{total / 3600:.1f} h, {measured_total / 3600:.1f} h of it measured in {args.out}; the rest "
-              f"estimated by the cost model of lir_robust.studies.attack_study (HotFlip measured on this 2-core machine "
-              f"at {SECONDS_PER_ITERATION_L32:.2f} s per iteration at L = 32 with maxsim, {args.plan.iterations} iterations, "
-              f"{SETUP_SECONDS:.0f} s of setup per run)")
+        _list_parts(args)
         return
     if args.summarize_only:
         check_plan(args.plan, Path(args.out), write=False)  # never a summary of another plan's runs under this plan

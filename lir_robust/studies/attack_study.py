@@ -48,7 +48,7 @@ from lir_robust.studies.retraining import (Step, parts_of, plan_data_root, run_s
                                           variant_name, wanted_steps)
 
 __all__ = ["AttackPlan", "AttackPlanError", "AttackRun", "SUITE", "AttackStep", "plan_steps", "parts_of", "run_attacks",
-           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "SECONDS_PER_ITERATION_L32",
+           "most_robust_variant", "model_head", "check_plan", "estimate_seconds", "measured_like", "SECONDS_PER_ITERATION_L32",
            "SETUP_SECONDS"]
 
 logger = logging.getLogger(__name__)
@@ -276,6 +276,30 @@ def estimate_seconds(step: AttackStep, training_queries: int | None = None) -> f
         return SETUP_SECONDS
     per_iteration = SECONDS_PER_ITERATION_BASE + SECONDS_PER_ITERATION_PER_TOKEN * run.length
     return SETUP_SECONDS + step.heads * passages * step.iterations * per_iteration
+
+
+def measured_like(steps: Sequence[AttackStep], measured: dict[str, float]) -> dict[str, float]:
+    """Estimates for the steps not yet measured, from the ones that were: the median seconds of the measured steps
+    that run the same suite run with as many heads on the same collection, else on any collection (a HotFlip run costs
+    about the same on every model of a collection; the cost model is only the fallback, for runs nothing like has run)."""
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    like: dict[tuple, list[float]] = {}
+    for step in steps:
+        if step.name in measured:
+            for key in ((step.run.name, step.heads, step.collection), (step.run.name, step.heads)):
+                like.setdefault(key, []).append(measured[step.name])
+    found = {}
+    for step in steps:
+        if step.name not in measured:
+            for key in ((step.run.name, step.heads, step.collection), (step.run.name, step.heads)):
+                if key in like:
+                    found[step.name] = median(like[key])
+                    break
+    return found
 
 
 def check_plan(plan: AttackPlan, out: Path, write: bool = True) -> None:
