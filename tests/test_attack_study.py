@@ -16,8 +16,8 @@ from lir_robust.scoring.pooling import parse_head
 from lir_robust.studies.attack_study import (
     AttackPlan, AttackPlanError, check_plan, measured_like, most_robust_variant, parts_of, plan_steps, run_attacks,
 )
-from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, render_table, spearman,
-                                             summarize_attacks)
+from lir_robust.studies.attack_summary import (EarlierSummaryError, attack_rows, correlations, plot_proxy, render_table,
+                                             spearman, summarize_attacks)
 from lir_robust.studies.results_doc import render_results
 
 EXCLUSIVE = "exclusive-capacity1-candidates8"
@@ -293,6 +293,10 @@ def test_an_earlier_summary_fills_in_only_what_the_runs_here_lack(tmp_path):
     assert summary["timings"]["parts_s"] == {"c:raw:maxsim:hotflip": 5.0, "c:topk-k4": 10.0}
     table = render_table(summary)
     assert "10.0 %*" in table and "20.0 %*" not in table and "c:topk-k4 *" in table
+    assert plot_proxy(summary, tmp_path / "proxy.png").stat().st_size > 0  # topk has both a proxy and HotFlip N = 10
+    assert plot_proxy({"rows": [raw]}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    with_figure = render_results(None, None, tmp_path / "figures", attack_study=summary)
+    assert "(figures/attack_study_proxy.png)" in with_figure and (tmp_path / "figures" / "attack_study_proxy.png").is_file()
     section = render_results(None, None, None, attack_study=summary)  # docs/RESULTS.md nests the same table
     assert "## Text attacks on the retraining study's models\n\nGenerated from `results/attack-study/summary.json`" in section
     assert "2 parts have run" in section and "\n### c\n" in section and "\n### Time per part\n" in section

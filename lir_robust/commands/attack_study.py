@@ -19,7 +19,7 @@ from lir_robust.commands import cli
 from lir_robust.core.errors import DataError
 from lir_robust.studies.attack_study import (SECONDS_PER_ITERATION_L32, SETUP_SECONDS, AttackPlan, check_plan, estimate_seconds,
                                             measured_like, parts_of, plan_steps, run_attacks)
-from lir_robust.studies.attack_summary import earlier_summaries, summarize_attacks
+from lir_robust.studies.attack_summary import earlier_summaries, plot_proxy, summarize_attacks
 from lir_robust.studies.retraining import step_timings
 
 
@@ -122,6 +122,7 @@ def main(argv=None) -> None:
         for part, seconds in spent.items():
             log.info("part %s: %.0f s in this run", part, seconds)
     summary = summarize_attacks(args.out, args.study, args.plan.to_dict())
+    plot_proxy(summary, Path(args.out) / "proxy.png")
     log.info("wrote %s (%d rows); time so far by part: %s", Path(args.out) / "summary.json", len(summary["rows"]),
              {part: round(seconds) for part, seconds in summary["timings"].get("parts_s", {}).items()})
 

@@ -18,7 +18,7 @@ from lir_robust.core.files import save_figure_atomic
 from lir_robust.reporting.format import injection_target
 
 __all__ = ["pyplot", "save", "mean_band", "retained_panel", "plot_retained", "retained_figure", "plot_study_retained", "synthetic_figures",
-           "plot_success", "plot_success_panels", "STUDY_INJECTIONS"]
+           "plot_success", "plot_success_panels", "plot_scatter_panels", "STUDY_INJECTIONS"]
 
 # The injections a study figure shows, in this order, when the rows hold them.
 STUDY_INJECTIONS = ("spike", "hard", "spike@10", "hard@10", "corpus", "gaussian")
@@ -208,6 +208,41 @@ def plot_success_panels(panels: Sequence[tuple[str, dict[str, Sequence[float]]]]
         axis.set_title(panel_title, fontsize=8)
         axis.legend(fontsize=6)
     axes[0][0].set_ylabel("success@10 (%), held-out queries")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return save(figure, path, dpi=110)
+
+
+def plot_scatter_panels(panels: Sequence[tuple[str, Sequence[tuple[str, str, float, float]]]], xlabel: str, ylabel: str,
+                        title: str, path: str | Path, columns: int = 2) -> Path | None:
+    """PNG of labelled points in panels, ``columns`` per row (``[(panel title, [(label, group, x, y), ...]), ...]``, x
+    and y shares in [0, 1], drawn in %): one marker per group (the same in every panel), each point named. None
+    (nothing written) without a point."""
+    if not any(points for _, points in panels):
+        return None
+    plt = pyplot()
+    groups = list(dict.fromkeys(group for _, points in panels for _, group, _, _ in points))
+    markers = {group: "os^Dv"[index % 5] for index, group in enumerate(groups)}
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (panel_title, points) in zip(axes.flat, panels):
+        for group in groups:
+            chosen = [(label, 100 * x, 100 * y) for label, member, x, y in points if member == group]
+            if chosen:
+                axis.scatter([x for _, x, _ in chosen], [y for _, _, y in chosen], marker=markers[group], label=group, s=28)
+            for label, x, y in chosen:
+                axis.annotate(label, (x, y), fontsize=5, xytext=(3, 2), textcoords="offset points")
+        axis.set_xlim(0, 105)
+        axis.set_ylim(-3, 103)
+        axis.grid(alpha=0.3)
+        axis.set_xlabel(xlabel, fontsize=8)
+        axis.set_title(panel_title, fontsize=8)
+        axis.legend(fontsize=6)
+    for row in axes:
+        row[0].set_ylabel(ylabel, fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return save(figure, path, dpi=110)

@@ -32,7 +32,7 @@ from lir_robust.reporting.format import number, percent, table_header, table_row
 from lir_robust.studies.retraining import part_seconds, step_timings
 
 __all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "merge_earlier", "correlations", "summarize_attacks",
-           "render_table", "EarlierSummaryError"]
+           "render_table", "plot_proxy", "EarlierSummaryError", "PLOTTED_MEASURE"]
 
 #: the plan settings two summaries must share to be merged (the study folder may differ: the same models elsewhere)
 MERGE_KEYS = ("iterations", "candidates", "max_queries", "seed")
@@ -42,6 +42,7 @@ class EarlierSummaryError(UserError):
     """An earlier summary that cannot be merged (unreadable, or of other attack settings)."""
 
 PROXIES = ("spike_k4_retained", "hard_k4_retained")
+PLOTTED_MEASURE = "hotflip N=10 success@10"  # the text attack plot_proxy sets against the proxies
 PASSAGE_KINDS = ("cluster-text", "hotflip")
 EDIT_KINDS = ("insertion", "stuffing", "query-text")
 
@@ -262,3 +263,20 @@ def render_table(summary: dict[str, Any], level: int = 1, intro: Sequence[str] =
                   *(table_row([part + (" *" if part in before else ""), f"{seconds:.0f}"]) for part, seconds in timings.items()),
                   *(["", "\\* measured in an earlier run (earlier/)."] if before else []), ""]
     return "\n".join(lines)
+
+
+def plot_proxy(summary: dict[str, Any], path: str | os.PathLike, measure: str = PLOTTED_MEASURE) -> Path | None:
+    """PNG: per collection and proxy, each (model, head) row as a point, proxy kept against ``measure`` (retrained
+    models and raw MiniLM's heads told apart); None where no row has both."""
+    from lir_robust.reporting.figures import plot_scatter_panels
+
+    names = {"spike_k4_retained": "spike K=4 kept", "hard_k4_retained": "hard K=4 kept"}
+    panels = []
+    for collection in dict.fromkeys(row["collection"] for row in summary["rows"]):
+        for proxy in PROXIES:
+            points = [(row["head"] if row["model"] == "raw" else row["model"], "raw MiniLM" if row["model"] == "raw" else "retrained",
+                       row[proxy], row["measures"][measure]) for row in summary["rows"]
+                      if row["collection"] == collection and _real(row[proxy]) and _real(row["measures"].get(measure))]
+            panels.append((f"{collection}: {names[proxy]}", points))
+    return plot_scatter_panels(panels, "embedding-level proxy: share of nDCG@10 kept (%)", f"{measure} (%)",
+                               "Does the embedding-level proxy predict the text attack? (make attack)", path)

@@ -298,7 +298,7 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
         lines += found
     lines += text_attack_section(text_attacks, proxy_summary(study, recipe_search, directions), figures, figures_link)
     if attack_study is not None:
-        lines += _attack_study_section(attack_study)
+        lines += _attack_study_section(attack_study, figures, figures_link)
     if synthetic is None:
         lines += ["## Synthetic study", "", "No `results/synthetic/results.json` yet: run `make synth`.", ""]
     else:
@@ -311,9 +311,10 @@ def render_results(study: dict[str, Any] | None, synthetic: dict[str, Any] | Non
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _attack_study_section(summary: dict[str, Any]) -> list[str]:
-    """``make attack``'s table (results/attack-study/table.md) nested under a level-2 heading, with how it was made."""
-    from lir_robust.studies.attack_summary import render_table
+def _attack_study_section(summary: dict[str, Any], figures: Path | None, figures_link: str) -> list[str]:
+    """``make attack``'s table (results/attack-study/table.md) nested under a level-2 heading, with how it was made,
+    and its proxy figure when ``figures`` is given."""
+    from lir_robust.studies.attack_summary import PLOTTED_MEASURE, plot_proxy, render_table
 
     timings = summary.get("timings") or {}
     parts = timings.get("parts_s", {})
@@ -322,6 +323,8 @@ def _attack_study_section(summary: dict[str, Any]) -> list[str]:
              f"{(summary.get('plan') or {}).get('iterations', '?')} iterations). {len(parts)} parts have run, "
              f"{sum(parts.values()) / 3600:.1f} h in all; an empty cell is a part not run yet (`make attack LIST=1` "
              "lists them). Proxies: spike / hard K = 4 kept from the study's summary (mean over its seeds).", ""]
+    if figures is not None and plot_proxy(summary, figures / "attack_study_proxy.png") is not None:
+        intro += [f"![the proxies against {PLOTTED_MEASURE}, per collection]({figures_link}/attack_study_proxy.png)", ""]
     return render_table(summary, level=2, intro=intro).splitlines() + [""]
 
 
