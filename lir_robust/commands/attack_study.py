@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lir_robust.commands import cli
 from lir_robust.core.errors import DataError
 from lir_robust.studies.attack_study import (SECONDS_PER_ITERATION_L32, SETUP_SECONDS, AttackPlan, check_plan, estimate_seconds,
                                             measured_like, parts_of, plan_steps, run_attacks)
-from lir_robust.studies.attack_summary import earlier_summaries, plot_proxy, summarize_attacks
+from lir_robust.studies.attack_summary import earlier_part_seconds, plot_proxy, read_earlier, summarize_attacks
 from lir_robust.studies.retraining import step_timings
 
 
@@ -81,8 +80,7 @@ def _list_parts(args: argparse.Namespace) -> None:
     training = {c: _training_queries(c, args.data_root, args.seed) for c in args.plan.chosen_collections()}
     measured = {name: entry["seconds"] for name, entry in step_timings(args.out).items()}
     like = measured_like(args.steps, measured)
-    earlier = {part: (path.name, seconds) for path in earlier_summaries(args.out)
-               for part, seconds in json.loads(path.read_text()).get("timings", {}).get("parts_s", {}).items()}
+    earlier = earlier_part_seconds(read_earlier(args.out))
     total = measured_total = to_run = 0.0
     for part in parts_of(args.steps):
         steps = [step for step in args.steps if step.part == part]
@@ -91,8 +89,8 @@ def _list_parts(args: argparse.Namespace) -> None:
                                    for step in steps if step.name not in measured)
         how = "measured" if len(timed) == len(steps) else f"{len(timed)} of {len(steps)} steps measured" if timed else "estimated"
         if len(timed) < len(steps) and part in earlier:
-            name, seconds = earlier[part]
-            how = f"measured earlier, earlier/{name}"
+            path, seconds = earlier[part]
+            how = f"measured earlier, earlier/{path.name}"
         elif len(timed) < len(steps):
             to_run += seconds - sum(timed)
         total, measured_total = total + seconds, measured_total + sum(timed)

@@ -114,9 +114,9 @@ class AttackPlan:
     models: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as plan.json keeps it: without ``models``, which is where the models are read from, no setting."""
         found = dataclasses.asdict(self)
-        if found["models"] is None:
-            del found["models"]
+        del found["models"]
         return found
 
     def models_folder(self) -> Path:
@@ -287,15 +287,18 @@ def measured_like(steps: Sequence[AttackStep], measured: dict[str, float]) -> di
         middle = len(values) // 2
         return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
+    def keys(step: AttackStep) -> tuple[tuple, tuple]:  # the same run on the same collection, then on any
+        return (step.run.name, step.heads, step.collection), (step.run.name, step.heads)
+
     like: dict[tuple, list[float]] = {}
     for step in steps:
         if step.name in measured:
-            for key in ((step.run.name, step.heads, step.collection), (step.run.name, step.heads)):
+            for key in keys(step):
                 like.setdefault(key, []).append(measured[step.name])
     found = {}
     for step in steps:
         if step.name not in measured:
-            for key in ((step.run.name, step.heads, step.collection), (step.run.name, step.heads)):
+            for key in keys(step):
                 if key in like:
                     found[step.name] = median(like[key])
                     break
@@ -306,8 +309,6 @@ def check_plan(plan: AttackPlan, out: Path, write: bool = True) -> None:
     path = out / "plan.json"
     if path.is_file():
         saved, wanted = json.loads(path.read_text()), plan.to_dict()
-        for found in (saved, wanted):
-            found.pop("models", None)  # where the models are read from is no setting: each run records its model path
         if saved != wanted:
             differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
             raise AttackPlanError(f"{out} holds an attack study of another plan (differs in {', '.join(differing)}); use another --out")

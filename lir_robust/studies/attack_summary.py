@@ -31,8 +31,8 @@ from lir_robust.core.files import write_json_atomic, write_text_atomic
 from lir_robust.reporting.format import number, percent, table_header, table_row
 from lir_robust.studies.retraining import part_seconds, step_timings
 
-__all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "merge_earlier", "correlations", "summarize_attacks",
-           "render_table", "plot_proxy", "EarlierSummaryError", "PLOTTED_MEASURE"]
+__all__ = ["PROXIES", "spearman", "study_proxy", "attack_rows", "read_earlier", "merge_earlier", "correlations", "summarize_attacks",
+           "earlier_part_seconds", "render_table", "plot_proxy", "EarlierSummaryError", "PLOTTED_MEASURE"]
 
 #: the plan settings two summaries must share to be merged (the study folder may differ: the same models elsewhere)
 MERGE_KEYS = ("iterations", "candidates", "max_queries", "seed")
@@ -131,18 +131,28 @@ def attack_rows(runs_folder: str | os.PathLike, study_summary: dict[str, Any] | 
     return list(rows.values())
 
 
-def merge_earlier(rows: list[dict[str, Any]], earlier: Sequence[str | os.PathLike], plan: dict[str, Any] | None,
-                  study_summary: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """``rows`` with every measure of the ``earlier`` summaries that they lack (rows of this folder's runs win);
-    refuses a summary of other attack settings (:data:`MERGE_KEYS`)."""
-    merged = {(row["collection"], row["model"], row["head"]): row for row in rows}
-    for path in earlier:
+def read_earlier(out: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, summary)`` of every ``<out>/earlier/*summary.json``, each read once; an unreadable one is refused."""
+    found = []
+    for path in sorted((Path(out) / "earlier").glob("*summary.json")):
         try:
-            summary = json.loads(Path(path).read_text())
-            their_rows, their_plan = summary["rows"], summary.get("plan") or {}
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            summary = json.loads(path.read_text())
+            if not isinstance(summary.get("rows"), list):
+                raise ValueError("no list of rows")
+        except (OSError, ValueError, AttributeError) as error:
             raise EarlierSummaryError(f"cannot read the earlier attack summary {path} ({error}); move it out of the "
                                       "earlier/ folder or restore it") from None
+        found.append((path, summary))
+    return found
+
+
+def merge_earlier(rows: list[dict[str, Any]], earlier: Sequence[tuple[Path, dict[str, Any]]], plan: dict[str, Any] | None,
+                  study_summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``rows`` with every measure of the ``earlier`` summaries (:func:`read_earlier`) that they lack (rows of this
+    folder's runs win); refuses a summary of other attack settings (:data:`MERGE_KEYS`)."""
+    merged = {(row["collection"], row["model"], row["head"]): row for row in rows}
+    for path, summary in earlier:
+        their_rows, their_plan = summary["rows"], summary.get("plan") or {}
         differing = [key for key in MERGE_KEYS if plan is not None and their_plan.get(key) != plan.get(key)]
         if differing:
             raise EarlierSummaryError(f"the earlier attack summary {path} used other settings ({', '.join(differing)}: "
@@ -164,10 +174,6 @@ def merge_earlier(rows: list[dict[str, Any]], earlier: Sequence[str | os.PathLik
             if taken:
                 row.setdefault("earlier_measures", {})[str(path)] = taken
     return list(merged.values())
-
-
-def earlier_summaries(out: str | os.PathLike) -> list[Path]:
-    return sorted((Path(out) / "earlier").glob("*summary.json"))
 
 
 def correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,10 +199,10 @@ def summarize_attacks(out: str | os.PathLike, study: str | os.PathLike, plan: di
     out = Path(out)
     study_summary_path = Path(study) / "summary.json"
     study_summary = json.loads(study_summary_path.read_text()) if study_summary_path.is_file() else None
-    earlier = earlier_summaries(out)
+    earlier = read_earlier(out)
     rows = merge_earlier(attack_rows(out / "runs", study_summary), earlier, plan, study_summary)
     summary = {"plan": plan, "study": str(study), "rows": rows, "correlations": correlations(rows),
-               "timings": _timings(out, earlier), "earlier": [str(path) for path in earlier],
+               "timings": _timings(out, earlier), "earlier": [str(path) for path, _ in earlier],
                "notes": {
                    "proxy": "spike / hard K = 4 retained nDCG@10 from the retraining study's summary.json (same variant "
                             "and head; protocol retrained, or raw for raw MiniLM), mean over the study's seeds "
@@ -212,14 +218,19 @@ def summarize_attacks(out: str | os.PathLike, study: str | os.PathLike, plan: di
     return summary
 
 
-def _timings(out: Path, earlier: Sequence[Path] = ()) -> dict[str, Any]:
+def earlier_part_seconds(earlier: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[Path, float]]:
+    """``{part: (summary path, seconds)}`` of the parts the earlier summaries timed (the first summary wins)."""
+    found: dict[str, tuple[Path, float]] = {}
+    for path, summary in earlier:
+        for part, seconds in (summary.get("timings") or {}).get("parts_s", {}).items():
+            found.setdefault(part, (path, seconds))
+    return found
+
+
+def _timings(out: Path, earlier: Sequence[tuple[Path, dict[str, Any]]] = ()) -> dict[str, Any]:
     """Seconds per part: this folder's, then the parts only an earlier summary ran (marked ``earlier_parts``)."""
     parts = part_seconds(step_timings(out))
-    before = {}
-    for path in earlier:
-        for part, seconds in json.loads(path.read_text()).get("timings", {}).get("parts_s", {}).items():
-            if part not in parts:
-                before.setdefault(part, seconds)
+    before = {part: seconds for part, (_, seconds) in earlier_part_seconds(earlier).items() if part not in parts}
     if before:
         parts = {**parts, **before}
         return {"parts_s": parts, "total_s": sum(parts.values()), "earlier_parts": sorted(before)}

@@ -321,7 +321,7 @@ def _attack_study_section(summary: dict[str, Any], figures: Path | None, figures
     intro = [f"Generated from `results/attack-study/summary.json` (`make attack`: every seed-0 model of the retraining "
              "study attacked through its own head, the untrained model through every head; HotFlip "
              f"{(summary.get('plan') or {}).get('iterations', '?')} iterations). {len(parts)} parts have run, "
-             f"{sum(parts.values()) / 3600:.1f} h in all (on 2 cores shared by up to four jobs); n/a: a part not run yet "
+             f"{sum(parts.values()) / 3600:.1f} h in all (results/attack-study/README.md says how they ran); n/a: a part not run yet "
              "(`make attack LIST=1` lists them). Proxies: spike / hard K = 4 kept from the study's summary (mean over its seeds).", ""]
     if figures is not None and plot_proxy(summary, figures / "attack_study_proxy.png") is not None:
         intro += [f"![the proxies against {PLOTTED_MEASURE}, per collection]({figures_link}/attack_study_proxy.png)", ""]
